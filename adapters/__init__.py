@@ -1,0 +1,1 @@
+"""NDXP adapter side: the runtime that serves provider agencies over Kafka."""

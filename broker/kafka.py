@@ -1,0 +1,171 @@
+"""Kafka helpers used by every part: producer/consumer factories, topic admin.
+
+Our defaults: producers use ``acks=all`` with idempotence and a small linger;
+consumers never auto-commit unless asked. Topic creation is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypedDict, Unpack
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from broker.settings import Settings
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class KafkaUnavailable(RuntimeError):
+    """No Kafka bootstrap address is configured or the cluster cannot be reached."""
+
+
+class ProducerParams(TypedDict, total=False):
+    """Keyword pass-through to :class:`aiokafka.AIOKafkaProducer`."""
+
+    client_id: str
+    linger_ms: int
+    max_batch_size: int
+    max_request_size: int
+    request_timeout_ms: int
+    compression_type: str | None
+    transactional_id: str
+    transaction_timeout_ms: int
+
+
+class ConsumerParams(TypedDict, total=False):
+    """Keyword pass-through to :class:`aiokafka.AIOKafkaConsumer`."""
+
+    client_id: str
+    group_id: str | None
+    auto_offset_reset: str
+    enable_auto_commit: bool
+    max_poll_records: int
+    fetch_max_wait_ms: int
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+    isolation_level: str
+    max_partition_fetch_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopicSpec:
+    """A topic to create: name, partitions, replication factor and configs."""
+
+    name: str
+    partitions: int = 1
+    replication_factor: int | None = None
+    """``None`` means the platform default (``Settings.kafka_replication_factor``)."""
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+def bootstrap(settings: Settings) -> str:
+    """The bootstrap address to use, or a clear error if none is configured."""
+    if not settings.kafka_bootstrap:
+        raise KafkaUnavailable(
+            "no Kafka configured: set NDXP_KAFKA_BOOTSTRAP=host:port, "
+            "or start one with `ndxp kafka start`"
+        )
+    return settings.kafka_bootstrap
+
+
+def make_producer(settings: Settings, **params: Unpack[ProducerParams]) -> AIOKafkaProducer:
+    """A producer with our defaults (acks=all, idempotent, small linger); not started."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": bootstrap(settings),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": settings.kafka_linger_ms,
+        "max_batch_size": 256 * 1024,
+        "max_request_size": max(settings.max_body_bytes * 2, 1024 * 1024),
+    }
+    kw.update(params)
+    return AIOKafkaProducer(**kw)
+
+
+def make_consumer(
+    settings: Settings, *topics: str, **params: Unpack[ConsumerParams]
+) -> AIOKafkaConsumer:
+    """A consumer with our defaults (manual commits, earliest reset); not started."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": bootstrap(settings),
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": 50,
+        "max_partition_fetch_bytes": max(settings.max_body_bytes * 2, 1024 * 1024),
+    }
+    kw.update(params)
+    return AIOKafkaConsumer(*topics, **kw)
+
+
+async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    Idempotent: a topic that already exists is left as it is. Any other
+    error raises :class:`KafkaError` naming the topic.
+    """
+    specs = list(specs)
+    if not specs:
+        return []
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
+    await admin.start()
+    try:
+        new = [
+            NewTopic(
+                s.name,
+                s.partitions,
+                s.replication_factor or settings.kafka_replication_factor,
+                topic_configs=dict(s.configs),
+            )
+            for s in specs
+        ]
+        response = await admin.create_topics(new, timeout_ms=30_000)
+    finally:
+        await admin.close()
+    created: list[str] = []
+    for topic, code, message in response.topic_errors:
+        if code == 0:
+            created.append(topic)
+        elif code != _TOPIC_ALREADY_EXISTS:
+            raise KafkaError(f"cannot create topic {topic!r}: error {code}: {message}")
+    if created:
+        await wait_for_topics(settings, created)
+    return created
+
+
+async def wait_for_topics(settings: Settings, names: Iterable[str], within_s: float = 30.0) -> None:
+    """Wait until every partition of ``names`` has a leader (topic is usable)."""
+    wanted = set(names)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
+    await admin.start()
+    try:
+        async with asyncio.timeout(within_s):
+            while True:
+                described = await admin.describe_topics(sorted(wanted))
+                ready = {
+                    t["topic"]
+                    for t in described
+                    if t["error_code"] == 0
+                    and t["partitions"]
+                    and all(p["leader"] >= 0 for p in t["partitions"])
+                }
+                if ready >= wanted:
+                    return
+                await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def cluster_brokers(bootstrap_servers: str) -> int:
+    """How many brokers the cluster reports (raises if it cannot be reached)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        info = await admin.describe_cluster()
+        return len(info["brokers"])
+    finally:
+        await admin.close()

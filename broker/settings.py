@@ -1,0 +1,152 @@
+"""Settings: the one reader of ``NDXP_*`` environment variables.
+
+Every part of the platform takes a :class:`Settings`; nothing else reads
+``os.environ``. Values are cast explicitly, booleans are strict, and secrets
+hide themselves in ``repr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "NDXP_"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected one of {sorted(_TRUE | _FALSE)}")
+
+
+def _int(name: str, raw: str, *, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r}: expected an integer") from exc
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r}: must be >= {minimum}")
+    return value
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r}: expected a number") from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Platform configuration, read once from the environment."""
+
+    # Kafka
+    kafka_bootstrap: str | None = None
+    """``NDXP_KAFKA_BOOTSTRAP``: use this cluster instead of a local one."""
+    kafka_home: Path | None = None
+    """``NDXP_KAFKA_HOME`` (or ``KAFKA_HOME``): an unpacked Apache Kafka to run."""
+    kafka_heap_mb: int = 512
+    kafka_linger_ms: int = 2
+    kafka_replication_factor: int = 1
+    kafka_start_timeout_s: float = 120.0
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "ndxp")
+    """``NDXP_CACHE_DIR``: resolved Kafka jars and local state files."""
+
+    # Gateway
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    instance_id: str = field(default_factory=socket.gethostname)
+    registry_path: Path = field(
+        default_factory=lambda: _project_root() / "deploy" / "registry.yaml"
+    )
+    schemas_dir: Path = field(default_factory=lambda: _project_root() / "schemas")
+    max_body_bytes: int = 1024 * 1024
+    max_in_flight: int = 10_000
+    default_rate_limit: float = 1000.0
+    """Requests per second per client when the registry gives none."""
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    # Adapters
+    adapter_concurrency: int = 256
+    adapter_dedupe_size: int = 100_000
+    sim_latency_ms: int = 0
+
+    def __repr__(self) -> str:
+        # No secrets yet; keep repr compact and safe should one be added.
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"Settings({shown})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        kw: dict[str, object] = {}
+
+        def get(name: str) -> str | None:
+            raw = env.get(PREFIX + name)
+            return raw if raw not in (None, "") else None
+
+        if (v := get("KAFKA_BOOTSTRAP")) is not None:
+            kw["kafka_bootstrap"] = v
+        home = get("KAFKA_HOME") or (env.get("KAFKA_HOME") or None)
+        if home is not None:
+            kw["kafka_home"] = Path(home)
+        for name, attr, minimum in (
+            ("KAFKA_HEAP_MB", "kafka_heap_mb", 128),
+            ("KAFKA_LINGER_MS", "kafka_linger_ms", 0),
+            ("KAFKA_REPLICATION_FACTOR", "kafka_replication_factor", 1),
+            ("PORT", "port", 0),
+            ("WORKERS", "workers", 1),
+            ("MAX_BODY_BYTES", "max_body_bytes", 1),
+            ("MAX_IN_FLIGHT", "max_in_flight", 1),
+            ("ADAPTER_CONCURRENCY", "adapter_concurrency", 1),
+            ("ADAPTER_DEDUPE_SIZE", "adapter_dedupe_size", 1),
+            ("SIM_LATENCY_MS", "sim_latency_ms", 0),
+        ):
+            if (v := get(name)) is not None:
+                kw[attr] = _int(PREFIX + name, v, minimum=minimum)
+        for name, attr in (
+            ("KAFKA_START_TIMEOUT_S", "kafka_start_timeout_s"),
+            ("DEFAULT_RATE_LIMIT", "default_rate_limit"),
+            ("SHUTDOWN_GRACE_S", "shutdown_grace_s"),
+        ):
+            if (v := get(name)) is not None:
+                kw[attr] = _float(PREFIX + name, v)
+        for name, attr in (
+            ("CACHE_DIR", "cache_dir"),
+            ("REGISTRY", "registry_path"),
+            ("SCHEMAS_DIR", "schemas_dir"),
+        ):
+            if (v := get(name)) is not None:
+                kw[attr] = Path(v)
+        for name, attr in (
+            ("HOST", "host"),
+            ("INSTANCE_ID", "instance_id"),
+            ("LOG_LEVEL", "log_level"),
+        ):
+            if (v := get(name)) is not None:
+                kw[attr] = v
+        return cls(**kw)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with ``changes`` applied (settings are frozen)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

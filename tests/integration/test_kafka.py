@@ -1,0 +1,144 @@
+"""Our Kafka helpers and the local Kafka, against a real Apache Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
+from broker.localkafka import LocalKafka, _pid_alive
+from broker.settings import Settings
+
+pytestmark = pytest.mark.kafka
+
+
+async def _consume(settings: Settings, topic: str, count: int, timeout: float = 30) -> list[bytes]:
+    consumer = make_consumer(settings, topic)
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(values) < count:
+                batch = await consumer.getmany(timeout_ms=200)
+                values.extend(m.value for msgs in batch.values() for m in msgs)
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def test_produce_consume_round_trip_keeps_value_and_headers(
+    settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("roundtrip")
+    await ensure_topics(settings, [TopicSpec(name=topic, partitions=3)])
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b'{"a": 1}', key=b"k", headers=[("ndxp-id", b"x1")])
+    finally:
+        await producer.stop()
+    consumer = make_consumer(settings, topic)
+    await consumer.start()
+    try:
+        msg = await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+    assert msg.value == b'{"a": 1}'
+    assert msg.key == b"k"
+    assert ("ndxp-id", b"x1") in list(msg.headers)
+
+
+async def test_topic_creation_is_idempotent_and_applies_partitions_and_configs(
+    settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    topic = unique_name("idem")
+    spec = TopicSpec(name=topic, partitions=4, configs={"retention.ms": "3600000"})
+    assert await ensure_topics(settings, [spec]) == [topic]
+    assert await ensure_topics(settings, [spec]) == []
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert len(described["partitions"]) == 4
+
+
+@pytest.mark.slow
+async def test_three_node_cluster_keeps_acknowledged_messages_when_a_node_stops(
+    base_settings: Settings, unique_name: Callable[[str], str]
+) -> None:
+    kafka = LocalKafka(base_settings, nodes=3)
+    bootstrap = await asyncio.to_thread(kafka.start)
+    try:
+        settings = base_settings.replace(kafka_bootstrap=bootstrap)
+        topic = unique_name("replicated")
+        await ensure_topics(
+            settings,
+            [
+                TopicSpec(
+                    name=topic,
+                    partitions=2,
+                    replication_factor=3,
+                    configs={"min.insync.replicas": "2"},
+                )
+            ],
+        )
+        producer = make_producer(settings, request_timeout_ms=20_000)
+        await producer.start()
+        acked: list[bytes] = []
+        try:
+            for i in range(50):
+                await producer.send_and_wait(topic, f"before-{i}".encode())
+                acked.append(f"before-{i}".encode())
+            stopped_pid = kafka.pids[3]
+            await asyncio.to_thread(kafka.stop_node, 3)
+            assert not _pid_alive(stopped_pid)
+            for i in range(50):
+                await producer.send_and_wait(topic, f"after-{i}".encode())
+                acked.append(f"after-{i}".encode())
+        finally:
+            await producer.stop()
+        seen = await _consume(settings, topic, len(acked))
+        assert sorted(seen) == sorted(acked)
+    finally:
+        pids = list(kafka.pids.values())
+        await asyncio.to_thread(kafka.stop)
+    assert not any(_pid_alive(p) for p in pids)
+    assert not kafka.data_dir.exists()
+
+
+@pytest.mark.slow
+async def test_data_survives_restart_with_data_dir(
+    base_settings: Settings, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "kafka"
+    topic = unique_name("durable")
+    first = LocalKafka(base_settings, nodes=1, data_dir=data_dir)
+    bootstrap = await asyncio.to_thread(first.start)
+    try:
+        settings = base_settings.replace(kafka_bootstrap=bootstrap)
+        await ensure_topics(settings, [TopicSpec(name=topic)])
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b"kept")
+        finally:
+            await producer.stop()
+    finally:
+        await asyncio.to_thread(first.stop)
+    assert data_dir.exists()
+
+    second = LocalKafka(base_settings, nodes=1, data_dir=data_dir)
+    bootstrap2 = await asyncio.to_thread(second.start)
+    try:
+        assert bootstrap2 == bootstrap  # same layout, same ports
+        settings = base_settings.replace(kafka_bootstrap=bootstrap2)
+        assert await _consume(settings, topic, 1) == [b"kept"]
+    finally:
+        await asyncio.to_thread(second.stop)
+    assert data_dir.exists()

@@ -1,0 +1,78 @@
+"""Settings parsing and the local Kafka's configuration, without a broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import localkafka
+from broker.localkafka import Layout, LocalKafka, LocalKafkaError
+from broker.settings import Settings, SettingsError
+
+
+def test_settings_read_only_prefixed_variables_with_explicit_casts() -> None:
+    s = Settings.from_env(
+        {"NDXP_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "NDXP_PORT": "9000", "PORT": "1"}
+    )
+    assert s.kafka_bootstrap == "127.0.0.1:9092"
+    assert s.port == 9000
+
+
+def test_settings_reject_a_non_integer_with_the_variable_name() -> None:
+    with pytest.raises(SettingsError, match="NDXP_PORT"):
+        Settings.from_env({"NDXP_PORT": "eighty"})
+
+
+def test_kafka_home_falls_back_to_plain_kafka_home() -> None:
+    assert Settings.from_env({"KAFKA_HOME": "/opt/kafka"}).kafka_home == Path("/opt/kafka")
+
+
+def test_missing_java_gives_an_actionable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(localkafka.shutil, "which", lambda _: None)
+    with pytest.raises(LocalKafkaError, match="apt-get install openjdk"):
+        localkafka.check_java()
+
+
+def test_missing_maven_gives_an_actionable_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(localkafka.shutil, "which", lambda _: None)
+    with pytest.raises(LocalKafkaError, match="apt-get install maven"):
+        localkafka.resolve_classpath(Settings(cache_dir=tmp_path))
+
+
+def test_kafka_home_without_jars_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(LocalKafkaError, match="not an unpacked Apache Kafka"):
+        localkafka.resolve_classpath(Settings(kafka_home=tmp_path))
+
+
+def test_only_one_or_three_nodes() -> None:
+    with pytest.raises(LocalKafkaError, match="1 or 3"):
+        LocalKafka(Settings(), nodes=2)
+
+
+def test_layout_round_trips_and_three_nodes_are_replicated(tmp_path: Path) -> None:
+    layout = Layout.new(3)
+    layout.save(tmp_path / "cluster.json")
+    assert Layout.load(tmp_path / "cluster.json") == layout
+    props = localkafka._server_properties(layout, layout.nodes[0], tmp_path)
+    assert "process.roles=broker,controller" in props
+    assert "min.insync.replicas=2" in props
+    assert "default.replication.factor=3" in props
+    assert props.count("@127.0.0.1:") == 3
+    assert len({p for n in layout.nodes for p in (n.port, n.controller_port)}) == 6
+
+
+def test_restart_with_busy_port_names_the_port(tmp_path: Path) -> None:
+    import socket
+
+    layout = Layout.new(1)
+    tmp_path.mkdir(exist_ok=True)
+    layout.save(tmp_path / "cluster.json")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", layout.nodes[0].port))
+        s.listen()
+        kafka = LocalKafka(Settings(), nodes=1, data_dir=tmp_path)
+        with pytest.raises(LocalKafkaError, match=str(layout.nodes[0].port)):
+            kafka._prepare()
