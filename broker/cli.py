@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from broker.kafka import KafkaUnavailable
 from broker.localkafka import LocalKafka, LocalKafkaError, state_file
 from broker.settings import Settings, SettingsError
 
@@ -61,6 +62,33 @@ def _kafka_status(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.gateway.app import run_gateway
+
+    settings = settings.replace(
+        port=args.port if args.port is not None else settings.port,
+        workers=args.workers if args.workers is not None else settings.workers,
+        host=args.host if args.host is not None else settings.host,
+    )
+    return run_gateway(settings, progress=_progress)
+
+
+def _adapter(settings: Settings, args: argparse.Namespace) -> int:
+    import uvloop
+
+    from adapters.serve import run_adapters
+
+    uvloop.run(run_adapters(settings, args.agencies, progress=_progress))
+    return 0
+
+
+def _up(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.platform import run_platform
+
+    settings = settings.replace(port=args.port if args.port is not None else settings.port)
+    return run_platform(settings, data_dir=args.data_dir, progress=_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ndxp`` (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="ndxp", description=__doc__)
@@ -79,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
         func=_kafka_stop
     )
     ksub.add_parser("status", help="is the local Kafka running?").set_defaults(func=_kafka_status)
+
+    up = sub.add_parser("up", help="the whole platform on this machine; Ctrl-C stops all")
+    up.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
+    up.add_argument("--data-dir", type=Path, default=None, help="keep Kafka data here")
+    up.set_defaults(func=_up)
+
+    gateway = sub.add_parser("gateway", help="the REST gateway (N processes on one port)")
+    gateway.add_argument("--port", type=int, default=None)
+    gateway.add_argument("--host", default=None)
+    gateway.add_argument("--workers", type=int, default=None)
+    gateway.set_defaults(func=_gateway)
+
+    adapter = sub.add_parser("adapter", help="adapters of simulated agencies")
+    adapter.add_argument("agencies", nargs="+", metavar="agency")
+    adapter.set_defaults(func=_adapter)
     return parser
 
 
@@ -94,9 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # aiokafka narrates every rebalance and coordinator look-up at INFO.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(args.func(settings, args))
-    except LocalKafkaError as exc:
+    except (LocalKafkaError, ValueError, KafkaUnavailable) as exc:
         _progress(f"ndxp: {exc}")
         return 1
     except KeyboardInterrupt:

@@ -150,3 +150,12 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied (settings are frozen)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def child_environment(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment for a child process of the platform: ours, plus ``NDXP_*`` overrides."""
+    env = dict(os.environ)
+    if settings.kafka_bootstrap:
+        env[PREFIX + "KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    env.update({PREFIX + k: v for k, v in overrides.items()})
+    return env

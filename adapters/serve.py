@@ -1,0 +1,66 @@
+"""Run the adapters of simulated agencies until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from adapters.agencies import AGENCIES, handlers_for
+from adapters.runtime import Adapter
+from broker.catalog import Catalog
+from broker.metrics import AdapterMetrics
+from broker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class AdapterSetupError(ValueError):
+    """An agency cannot be served (unknown, or its handlers do not match the catalog)."""
+
+
+def build_adapters(
+    settings: Settings, agencies: Sequence[str], metrics: AdapterMetrics
+) -> list[Adapter]:
+    catalog = Catalog.load(settings.schemas_dir)
+    adapters = []
+    for agency in agencies:
+        if agency not in AGENCIES:
+            raise AdapterSetupError(
+                f"no simulated agency {agency!r}; known: {', '.join(sorted(AGENCIES))}"
+            )
+        handlers = handlers_for(agency, settings)
+        contracted = {s.service for s in catalog.of_provider(agency)}
+        if set(handlers) != contracted:
+            raise AdapterSetupError(
+                f"{agency}: handlers {sorted(handlers)} do not match the catalog's "
+                f"services {sorted(contracted)} in {settings.schemas_dir / agency}"
+            )
+        adapters.append(Adapter(settings, agency, handlers, metrics=metrics))
+    return adapters
+
+
+async def run_adapters(
+    settings: Settings, agencies: Sequence[str], progress: Callable[[str], Any] = print
+) -> None:
+    """Serve ``agencies`` until SIGTERM/SIGINT; stop cleanly (commit, leave the group)."""
+    metrics = AdapterMetrics(CollectorRegistry())
+    adapters = build_adapters(settings, agencies, metrics)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started: list[Adapter] = []
+    try:
+        for adapter in adapters:
+            await adapter.start()
+            started.append(adapter)
+        progress(f"adapters serving: {', '.join(a.provider for a in adapters)}")
+        await stop.wait()
+        progress("adapters stopping")
+    finally:
+        await asyncio.gather(*(a.stop() for a in started), return_exceptions=True)

@@ -1,0 +1,190 @@
+"""Service contracts from ``schemas/<provider>/<service>.json``, validators compiled once.
+
+A contract holds the title and description, mode, version, timeout, the
+JSON Schema 2020-12 of the request and of the response, and example requests.
+Loading fails with a :class:`CatalogError` naming the file and the fault when
+a schema does not compile or an example does not pass its own schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import orjson
+
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+class CatalogError(ValueError):
+    """A service contract cannot be used; the message names the file and the fault."""
+
+
+def valid_name(name: str) -> bool:
+    """Provider and service names: lowercase letters, digits, '-' and '_'."""
+    return bool(name) and set(name) <= _NAME_CHARS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchemaViolation:
+    """One way an instance fails a schema."""
+
+    path: str
+    """JSON pointer into the instance."""
+    schema_path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "schema_path": self.schema_path, "message": self.message}
+
+
+def _pointer(parts: Any) -> str:
+    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+class Contract:
+    """A compiled JSON Schema: checks instances, reports violations with paths."""
+
+    __slots__ = ("_validator", "schema")
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self.schema = dict(schema)
+        self._validator = jsonschema_rs.Draft202012Validator(self.schema)
+
+    def is_valid(self, instance: Any) -> bool:
+        return bool(self._validator.is_valid(instance))
+
+    def violations(self, instance: Any, limit: int = 20) -> list[SchemaViolation]:
+        found = []
+        for i, err in enumerate(self._validator.iter_errors(instance)):
+            if i >= limit:
+                break
+            found.append(
+                SchemaViolation(
+                    path=_pointer(err.instance_path),
+                    schema_path=_pointer(err.schema_path),
+                    message=err.message,
+                )
+            )
+        return found
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    """One service version: the data contract both sides are held to."""
+
+    provider: str
+    service: str
+    title: str
+    description: str
+    version: str
+    mode: str
+    timeout_ms: int
+    request: Contract = field(repr=False)
+    response: Contract = field(repr=False)
+    examples: tuple[Any, ...]
+    source: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}/{self.service}"
+
+    def describe(self) -> dict[str, Any]:
+        """The public shape of ``/v1/services`` entries."""
+        return {
+            "provider": self.provider,
+            "service": self.service,
+            "title": self.title,
+            "description": self.description,
+            "version": self.version,
+            "mode": self.mode,
+            "timeout_ms": self.timeout_ms,
+            "request": self.request.schema,
+            "response": self.response.schema,
+            "examples": list(self.examples),
+        }
+
+
+def load_service(path: Path, provider: str, service: str) -> Service:
+    """Load and check one contract file."""
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise CatalogError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{path}: a contract must be a JSON object")
+    for key in ("provider", "service"):
+        if key in raw and raw[key] != {"provider": provider, "service": service}[key]:
+            raise CatalogError(f"{path}: {key} {raw[key]!r} does not match the file's location")
+    missing = [k for k in ("title", "request", "response", "timeout_ms") if k not in raw]
+    if missing:
+        raise CatalogError(f"{path}: missing {', '.join(missing)}")
+    timeout_ms = raw["timeout_ms"]
+    if not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= 300_000:
+        raise CatalogError(f"{path}: timeout_ms must be an integer from 1 to 300000")
+    contracts = {}
+    for part in ("request", "response"):
+        try:
+            contracts[part] = Contract(raw[part])
+        except (jsonschema_rs.ValidationError, ValueError, TypeError) as exc:
+            raise CatalogError(f"{path}: the {part} schema does not compile: {exc}") from exc
+    examples = raw.get("examples", [])
+    if not isinstance(examples, list):
+        raise CatalogError(f"{path}: examples must be a list of request bodies")
+    for i, example in enumerate(examples):
+        bad = contracts["request"].violations(example)
+        if bad:
+            raise CatalogError(
+                f"{path}: example {i} fails its own request schema: "
+                + "; ".join(f"{v.path}: {v.message}" for v in bad)
+            )
+    return Service(
+        provider=provider,
+        service=service,
+        title=str(raw["title"]),
+        description=str(raw.get("description", "")),
+        version=str(raw.get("version", "1")),
+        mode=str(raw.get("mode", "sync")),
+        timeout_ms=timeout_ms,
+        request=contracts["request"],
+        response=contracts["response"],
+        examples=tuple(examples),
+        source=path,
+    )
+
+
+class Catalog:
+    """Every service contract, by ``(provider, service)``."""
+
+    def __init__(self, services: Mapping[tuple[str, str], Service]) -> None:
+        self._services = dict(sorted(services.items()))
+
+    @classmethod
+    def load(cls, directory: Path) -> Catalog:
+        if not directory.is_dir():
+            raise CatalogError(f"{directory}: schemas directory not found")
+        services: dict[tuple[str, str], Service] = {}
+        for path in sorted(directory.glob("*/*.json")):
+            provider, service = path.parent.name, path.stem
+            if not (valid_name(provider) and valid_name(service)):
+                raise CatalogError(f"{path}: provider and service names must match [a-z0-9_-]+")
+            services[(provider, service)] = load_service(path, provider, service)
+        return cls(services)
+
+    def get(self, provider: str, service: str) -> Service | None:
+        return self._services.get((provider, service))
+
+    def __iter__(self) -> Iterator[Service]:
+        return iter(self._services.values())
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    def providers(self) -> list[str]:
+        return sorted({p for p, _ in self._services})
+
+    def of_provider(self, provider: str) -> list[Service]:
+        return [s for (p, _), s in self._services.items() if p == provider]

@@ -1,0 +1,113 @@
+"""Errors of the platform and their problem+json form (RFC 9457).
+
+The tree (HTTP status, stable ``code``)::
+
+    NdxpError
+    ├── Unauthorized            401 unauthorized
+    ├── AccessDenied            403 access_denied
+    ├── UnknownService          404 unknown_service
+    ├── NotFound                404 not_found          (no such path)
+    ├── MethodNotAllowed        405 method_not_allowed
+    ├── InvalidRequest          400 invalid_request    (with failing schema paths)
+    ├── PayloadTooLarge         413 payload_too_large
+    ├── RateLimited             429 rate_limited       (Retry-After)
+    ├── Overloaded              503 overloaded         (Retry-After)
+    ├── Timeout                 504 timeout            (also a TimeoutError)
+    ├── ProviderError           502 provider_error
+    └── InvalidResponse         502 invalid_response   (provider broke its contract)
+
+A provider's own business errors are not raised: they pass through with the
+provider's status and problem body.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class NdxpError(Exception):
+    """Root of the platform's errors; each maps to one problem+json response."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+    retriable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+        self.extra = extra or {}
+
+    def problem(self, exchange_id: str | None) -> dict[str, Any]:
+        """The problem+json body of this error."""
+        body: dict[str, Any] = {
+            "type": f"https://ndxp.example/problems/{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "code": self.code,
+            "detail": self.detail,
+            "exchange_id": exchange_id,
+        }
+        body.update(self.extra)
+        return body
+
+
+class Unauthorized(NdxpError):
+    status, code, title = 401, "unauthorized", "Missing or unknown API key"
+
+
+class AccessDenied(NdxpError):
+    status, code, title = 403, "access_denied", "Caller may not call this service"
+
+
+class UnknownService(NdxpError):
+    status, code, title = 404, "unknown_service", "No such service"
+
+
+class NotFound(NdxpError):
+    status, code, title = 404, "not_found", "No such resource"
+
+
+class MethodNotAllowed(NdxpError):
+    status, code, title = 405, "method_not_allowed", "Method not allowed"
+
+
+class InvalidRequest(NdxpError, ValueError):
+    status, code, title = 400, "invalid_request", "Request does not match the service contract"
+
+
+class PayloadTooLarge(NdxpError):
+    status, code, title = 413, "payload_too_large", "Request body too large"
+
+
+class RateLimited(NdxpError):
+    status, code, title, retriable = 429, "rate_limited", "Rate limit exceeded", True
+
+
+class Overloaded(NdxpError):
+    status, code, title, retriable = 503, "overloaded", "Gateway overloaded", True
+
+
+class Timeout(NdxpError, TimeoutError):
+    status, code, title, retriable = 504, "timeout", "Provider did not answer in time", True
+
+
+class ProviderError(NdxpError):
+    status, code, title, retriable = 502, "provider_error", "Provider failed", True
+
+
+class InvalidResponse(NdxpError):
+    status, code, title = 502, "invalid_response", "Provider answered outside its contract"
+
+
+class Unavailable(NdxpError):
+    status, code, title, retriable = 503, "unavailable", "Gateway not ready", True

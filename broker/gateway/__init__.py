@@ -1,0 +1,1 @@
+"""The REST gateway: aiohttp app, exchange path, reply routing, metaservices."""

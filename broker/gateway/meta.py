@@ -1,0 +1,141 @@
+"""Metaservices: agencies, services, allowed, openapi.json, health, metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from broker import __version__
+from broker.catalog import Catalog
+from broker.errors import Unavailable, UnknownService
+from broker.gateway.exchange import authenticate
+from broker.gateway.state import GATEWAY
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def agencies(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return json_response({"agencies": [a.describe() for a in gw.registry]})
+
+
+async def services(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return json_response({"services": [s.describe() for s in gw.catalog]})
+
+
+async def service(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    p, s = request.match_info["provider"], request.match_info["service"]
+    svc = gw.catalog.get(p, s)
+    if svc is None:
+        raise UnknownService(f"no service {p}/{s}; see GET /v1/services")
+    return json_response(svc.describe())
+
+
+async def allowed(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    agency = authenticate(gw, request)
+    return json_response({"client": agency.id, "services": gw.registry.allowed_services(agency.id)})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(request.app[GATEWAY].catalog))
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    if not gw.replies.ready:
+        raise Unavailable("reply consumer not assigned yet")
+    return json_response({"status": "ready", "reply_topic": gw.replies.topic, "worker": gw.worker})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    resp = web.Response(body=generate_latest(gw.metrics.registry))
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["code", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "code": {"type": "string"},
+        "detail": {"type": "string"},
+        "exchange_id": {"type": ["string", "null"]},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def openapi_document(catalog: Catalog) -> dict[str, Any]:
+    """OpenAPI 3.1, one operation per service with its own schemas."""
+    problem = {
+        "description": "Error (problem+json)",
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+    paths: dict[str, Any] = {}
+    for svc in catalog:
+        examples = {f"example{i}": {"value": ex} for i, ex in enumerate(svc.examples)}
+        paths[f"/v1/exchange/{svc.provider}/{svc.service}"] = {
+            "post": {
+                "operationId": f"{svc.provider}__{svc.service}".replace("-", "_"),
+                "summary": svc.title,
+                "description": svc.description,
+                "tags": [svc.provider],
+                "security": [{"apiKey": []}],
+                "parameters": [
+                    {"name": "X-Request-Id", "in": "header", "schema": {"type": "string"}},
+                    {"name": "X-NDXP-User-Id", "in": "header", "schema": {"type": "string"}},
+                    {"name": "X-NDXP-Purpose", "in": "header", "schema": {"type": "string"}},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": svc.request.schema, "examples": examples}
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The provider's typed answer",
+                        "content": {"application/json": {"schema": svc.response.schema}},
+                    },
+                    "default": problem,
+                },
+                "x-ndxp-timeout-ms": svc.timeout_ms,
+                "x-ndxp-version": svc.version,
+            }
+        }
+    for path, summary in (
+        ("/v1/agencies", "Registered agencies"),
+        ("/v1/services", "Service catalog"),
+        ("/v1/allowed", "Services the caller may call"),
+        ("/healthz", "Liveness"),
+        ("/readyz", "Readiness"),
+    ):
+        paths[path] = {"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "NDXP data exchange gateway", "version": __version__},
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "paths": paths,
+        "components": {
+            "schemas": {"Problem": _PROBLEM_SCHEMA},
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,116 @@
+"""Reply routing: the worker's own reply topic and its in-flight table.
+
+Each gateway worker owns one reply topic with one partition, assigned
+manually (no consumer group), read from its end with ``read_committed`` so
+that only replies of committed adapter transactions are seen. The in-flight
+table maps exchange id → future; a reply with no waiting future is late and
+is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from broker.envelope import Reply
+from broker.kafka import TopicSpec, ensure_topics, make_consumer
+from broker.metrics import GatewayMetrics
+from broker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ReplyRouter:
+    """Consumes one reply topic and resolves the futures of waiting exchanges."""
+
+    def __init__(self, settings: Settings, topic: str, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.metrics = metrics
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        """Create and assign the reply topic; ready once its position is known."""
+        if self._consumer is not None:
+            return
+        await ensure_topics(
+            self.settings,
+            [TopicSpec(name=self.topic, partitions=1, configs={"retention.ms": "3600000"})],
+        )
+        consumer = make_consumer(
+            self.settings,
+            group_id=None,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=100,
+            max_poll_records=2000,
+        )
+        await consumer.start()
+        tp = TopicPartition(self.topic, 0)
+        consumer.assign([tp])
+        # Replies written before we started answer nobody that still waits.
+        await consumer.seek_to_end(tp)
+        await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name=f"replies:{self.topic}")
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        for fut in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+
+    def expect(self, exchange_id: str) -> asyncio.Future[Reply]:
+        """Register an exchange awaiting its reply."""
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[exchange_id] = fut
+        return fut
+
+    def forget(self, exchange_id: str) -> None:
+        """The exchange is over (answered or timed out): a later reply is late."""
+        self._pending.pop(exchange_id, None)
+
+    def waiting(self, exchange_id: str) -> bool:
+        return exchange_id in self._pending
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reply consumer failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for messages in batch.values():
+                for msg in messages:
+                    try:
+                        reply = Reply.from_message(msg.headers, msg.value)
+                    except ValueError as exc:
+                        log.warning("dropping malformed reply at offset %s: %s", msg.offset, exc)
+                        continue
+                    fut = self._pending.pop(reply.exchange_id, None)
+                    if fut is None or fut.done():
+                        self.metrics.late_replies.inc()
+                        continue
+                    fut.set_result(reply)

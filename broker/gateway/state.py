@@ -1,0 +1,35 @@
+"""What one gateway worker holds, and the typed keys to reach it from handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from broker.catalog import Catalog
+from broker.gateway.limits import Limits
+from broker.gateway.replies import ReplyRouter
+from broker.metrics import GatewayMetrics
+from broker.registry import Registry
+from broker.settings import Settings
+
+
+@dataclass(slots=True, kw_only=True)
+class Gateway:
+    """The parts of a gateway worker; the producer and router start with the app."""
+
+    settings: Settings
+    catalog: Catalog
+    registry: Registry
+    metrics: GatewayMetrics
+    limits: Limits
+    replies: ReplyRouter
+    worker: int = 0
+    producer: AIOKafkaProducer = field(init=False)
+    """Set when the app starts (it needs the running loop)."""
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+EXCHANGE_ID = "ndxp.exchange_id"
+"""Request key holding the exchange id (from X-Request-Id, or generated)."""

@@ -1,0 +1,148 @@
+"""`ndxp up`: the whole platform on this machine, and Ctrl-C stops all of it.
+
+Starts a local Apache Kafka (unless NDXP_KAFKA_BOOTSTRAP is set), the
+adapters of every simulated agency the catalog has, and the gateway, each
+part as its own process; prints the URL, demo keys and a curl example.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from broker.catalog import Catalog
+from broker.localkafka import LocalKafka
+from broker.registry import Registry
+from broker.settings import Settings, child_environment
+
+STOP_GRACE_S = 20.0
+
+
+class PlatformError(RuntimeError):
+    """A part of the platform failed to start."""
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise PlatformError(f"{shlex.join(map(str, p.args))} exited with {p.returncode}")  # type: ignore[arg-type]
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=2) as resp,  # noqa: S310 - loopback URL
+        ):
+            if resp.status == 200:
+                return
+        time.sleep(0.3)
+    raise PlatformError(f"{url} was not ready within {within_s:.0f}s")
+
+
+def demo_text(settings: Settings, base_url: str) -> str:
+    """What `ndxp up` prints: URLs, demo keys and a ready-to-paste curl."""
+    catalog = Catalog.load(settings.schemas_dir)
+    registry = Registry.load(settings.registry_path, catalog)
+    lines = [f"NDXP gateway: {base_url}", "  catalog: " + base_url + "/v1/services"]
+    lines.append(f"  openapi: {base_url}/openapi.json   metrics: {base_url}/metrics")
+    lines.append("demo API keys (client → key):")
+    example: tuple[str, str, Any] | None = None
+    for agency in registry:
+        key = f"demo-{agency.id}"
+        if registry.authenticate(key) is None:
+            continue
+        allowed = registry.allowed_services(agency.id)
+        if not allowed:
+            continue
+        lines.append(f"  {agency.id:10} {key:18} may call {len(allowed)} service(s)")
+        for name in allowed:
+            svc = catalog.get(*name.split("/", 1))
+            if example is None and svc is not None and svc.examples:
+                example = (key, name, svc.examples[0])
+    if example is not None:
+        key, name, body = example
+        lines.append("try:")
+        lines.append(
+            f"  curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+            f"-d '{orjson.dumps(body).decode()}' {base_url}/v1/exchange/{name}"
+        )
+    return "\n".join(lines)
+
+
+def run_platform(
+    settings: Settings,
+    *,
+    data_dir: Path | None = None,
+    progress: Callable[[str], Any] = print,
+) -> int:
+    """Run everything until SIGINT/SIGTERM; return the exit code."""
+    stopping = False
+
+    def on_signal(signum: int, _: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    kafka: LocalKafka | None = None
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        if not settings.kafka_bootstrap:
+            kafka = LocalKafka(settings, nodes=1, data_dir=data_dir, progress=progress)
+            settings = settings.replace(kafka_bootstrap=kafka.start())
+        env = child_environment(settings)
+        catalog = Catalog.load(settings.schemas_dir)
+        ndxp = [sys.executable, "-m", "broker.cli"]
+        procs.append(subprocess.Popen([*ndxp, "adapter", *catalog.providers()], env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    *ndxp,
+                    "gateway",
+                    "--port",
+                    str(settings.port),
+                    "--workers",
+                    str(settings.workers),
+                ],
+                env=env,
+            )
+        )
+        base = f"http://{settings.host}:{settings.port}"
+        _wait_ready(base + "/readyz", procs, within_s=60)
+        progress(demo_text(settings, base))
+        progress("platform up; Ctrl-C stops everything")
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        failed = [p for p in procs if p.poll() is not None]
+        raise PlatformError(f"a part exited unexpectedly: {failed[0].args!r}")
+    except KeyboardInterrupt:
+        progress("stopping the platform")
+        return 0
+    except PlatformError as exc:
+        progress(f"ndxp up: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for p in reversed(procs):  # gateway first, then adapters
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        if kafka is not None:
+            kafka.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        progress("stopped" if not stopping else "all parts stopped")

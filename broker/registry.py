@@ -1,0 +1,148 @@
+"""Agencies, hashed API keys, rate limits and access rights (default deny).
+
+The registry is YAML::
+
+    agencies:
+      - id: hanoi                      # short id used in paths and metrics
+        code: "H26"                    # official electronic code
+        name: "UBND Thành phố Hà Nội"
+        keys_sha256: ["<hex sha256 of the API key>"]
+        rate_limit: 200                # requests/s (optional)
+        max_in_flight: 500             # concurrent exchanges (optional)
+    rights:
+      hanoi: [bca/citizen, tax/*]      # provider/service, or provider/* for all
+
+Loading checks every right against the agencies and the catalog and fails
+with a :class:`RegistryError` naming the file and the fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from broker.catalog import Catalog, valid_name
+
+
+class RegistryError(ValueError):
+    """The registry cannot be used; the message names the file and the fault."""
+
+
+def hash_key(api_key: str) -> str:
+    """The stored form of an API key: hex SHA-256."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Agency:
+    """A registered body: a client, a provider, or both."""
+
+    id: str
+    code: str
+    name: str
+    rate_limit: float | None = None
+    max_in_flight: int | None = None
+
+    def describe(self) -> dict[str, str]:
+        return {"id": self.id, "code": self.code, "name": self.name}
+
+
+class Registry:
+    """Who may call what: agencies by key hash, and the allowed services of each."""
+
+    def __init__(
+        self,
+        agencies: dict[str, Agency],
+        key_hashes: dict[str, str],
+        rights: dict[str, frozenset[str]],
+    ) -> None:
+        self.agencies = agencies
+        self._by_hash = key_hashes
+        self._rights = rights
+
+    @classmethod
+    def load(cls, path: Path, catalog: Catalog) -> Registry:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError as exc:
+            raise RegistryError(f"{path}: registry file not found") from exc
+        except yaml.YAMLError as exc:
+            raise RegistryError(f"{path}: not valid YAML: {exc}") from exc
+        return cls.from_dict(raw, catalog, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, catalog: Catalog, *, source: str = "<registry>") -> Registry:
+        if not isinstance(raw, dict) or not isinstance(raw.get("agencies"), list):
+            raise RegistryError(f"{source}: expected a mapping with an 'agencies' list")
+        agencies: dict[str, Agency] = {}
+        hashes: dict[str, str] = {}
+        for i, entry in enumerate(raw["agencies"]):
+            where = f"{source}: agencies[{i}]"
+            if not isinstance(entry, dict) or not valid_name(str(entry.get("id", ""))):
+                raise RegistryError(f"{where}: needs an 'id' of [a-z0-9_-]+")
+            aid = str(entry["id"])
+            if aid in agencies:
+                raise RegistryError(f"{where}: agency {aid!r} is listed twice")
+            for digest in entry.get("keys_sha256", []):
+                digest = str(digest).lower()
+                if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                    raise RegistryError(f"{where}: {digest!r} is not a hex SHA-256")
+                if digest in hashes:
+                    raise RegistryError(f"{where}: a key of {aid!r} is also {hashes[digest]!r}'s")
+                hashes[digest] = aid
+            agencies[aid] = Agency(
+                id=aid,
+                code=str(entry.get("code", aid)),
+                name=str(entry.get("name", aid)),
+                rate_limit=float(entry["rate_limit"]) if "rate_limit" in entry else None,
+                max_in_flight=int(entry["max_in_flight"]) if "max_in_flight" in entry else None,
+            )
+        for provider in catalog.providers():
+            if provider not in agencies:
+                raise RegistryError(
+                    f"{source}: the catalog has services of {provider!r}, which is no agency"
+                )
+        rights: dict[str, frozenset[str]] = {}
+        raw_rights = raw.get("rights", {}) or {}
+        if not isinstance(raw_rights, dict):
+            raise RegistryError(f"{source}: 'rights' must map agency id to a list of services")
+        for client, services in raw_rights.items():
+            if client not in agencies:
+                raise RegistryError(f"{source}: rights name unknown agency {client!r}")
+            allowed: set[str] = set()
+            for item in services or []:
+                provider, _, service = str(item).partition("/")
+                if provider not in agencies:
+                    raise RegistryError(
+                        f"{source}: right {client} → {item!r} names unknown agency {provider!r}"
+                    )
+                if service == "*":
+                    allowed.update(s.key for s in catalog.of_provider(provider))
+                elif catalog.get(provider, service) is None:
+                    raise RegistryError(
+                        f"{source}: right {client} → {item!r} names unknown service"
+                    )
+                else:
+                    allowed.add(f"{provider}/{service}")
+            rights[str(client)] = frozenset(allowed)
+        return cls(agencies, hashes, rights)
+
+    def authenticate(self, api_key: str) -> Agency | None:
+        """The agency holding ``api_key``, or ``None``."""
+        # Looking up the digest, not the key, leaks nothing usable through timing.
+        aid = self._by_hash.get(hash_key(api_key))
+        return None if aid is None else self.agencies[aid]
+
+    def allowed(self, client: str, provider: str, service: str) -> bool:
+        return f"{provider}/{service}" in self._rights.get(client, frozenset())
+
+    def allowed_services(self, client: str) -> list[str]:
+        return sorted(self._rights.get(client, frozenset()))
+
+    def __iter__(self) -> Iterator[Agency]:
+        return iter(self.agencies.values())
