@@ -49,7 +49,7 @@ def authenticate(gw: Gateway, request: web.Request) -> Agency:
 async def exchange(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     started = time.perf_counter()
-    exchange_id: str = request[EXCHANGE_ID]
+    exchange_id = request[EXCHANGE_ID]
     provider = request.match_info["provider"]
     service = request.match_info["service"]
     client = "-"

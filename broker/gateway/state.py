@@ -31,5 +31,5 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
-EXCHANGE_ID = "ndxp.exchange_id"
+EXCHANGE_ID = web.RequestKey("exchange_id", str)
 """Request key holding the exchange id (from X-Request-Id, or generated)."""

@@ -1,0 +1,131 @@
+"""A small test provider: its contracts, registry, handlers, and gateway helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+
+from adapters.runtime import Adapter, BusinessError, Handler, Request
+from broker.gateway.app import create_app
+from broker.gateway.state import GATEWAY, Gateway
+from broker.settings import Settings
+
+ECHO_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["msg"],
+    "properties": {
+        "msg": {"type": "string", "maxLength": 2000000},
+        "mode": {"enum": ["ok", "bad", "crash", "missing"]},
+        "sleep_ms": {"type": "integer", "minimum": 0, "maximum": 5000},
+    },
+}
+ECHO_RESPONSE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["msg", "via"],
+    "properties": {"msg": {"type": "string"}, "via": {"type": "string"}},
+}
+
+
+def write_contracts(root: Path, provider: str) -> Path:
+    """schemas/<provider>/{echo,slow}.json for the test provider."""
+    d = root / "schemas" / provider
+    d.mkdir(parents=True)
+    for name, timeout in (("echo", 5000), ("slow", 300)):
+        (d / f"{name}.json").write_text(
+            json.dumps(
+                {
+                    "title": f"Test {name}",
+                    "description": "test service",
+                    "timeout_ms": timeout,
+                    "request": ECHO_REQUEST,
+                    "response": ECHO_RESPONSE,
+                    "examples": [{"msg": "hello"}],
+                }
+            )
+        )
+    return root / "schemas"
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def write_registry(root: Path, provider: str) -> Path:
+    """alice may call everything of the provider; bob nothing; slowpoke is rate limited."""
+    raw = {
+        "agencies": [
+            {"id": provider, "code": "T.PROV", "name": "Test provider", "keys_sha256": []},
+            {"id": "alice", "code": "T.A", "name": "Alice", "keys_sha256": [key_hash("key-alice")],
+             "rate_limit": 100000},
+            {"id": "bob", "code": "T.B", "name": "Bob", "keys_sha256": [key_hash("key-bob")]},
+            {"id": "slowpoke", "code": "T.S", "name": "Slowpoke",
+             "keys_sha256": [key_hash("key-slowpoke")], "rate_limit": 1},
+        ],
+        "rights": {"alice": [f"{provider}/*"], "slowpoke": [f"{provider}/echo"], "bob": []},
+    }  # fmt: skip
+    path = root / "registry.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+class EchoHandlers:
+    """Handlers whose behaviour the request chooses; counts calls per message."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def echo(self, req: Request) -> Any:
+        self.calls[req.body["msg"]] += 1
+        if req.body.get("sleep_ms"):
+            await asyncio.sleep(req.body["sleep_ms"] / 1000)
+        mode = req.body.get("mode", "ok")
+        if mode == "bad":
+            return {"msg": 42, "via": req.meta.reply_to}
+        if mode == "crash":
+            raise RuntimeError("boom")
+        if mode == "missing":
+            raise BusinessError(404, "record_not_found", f"no record {req.body['msg']}")
+        return {"msg": req.body["msg"], "via": req.meta.reply_to}
+
+    async def slow(self, req: Request) -> Any:
+        self.calls[req.body["msg"]] += 1
+        await asyncio.sleep(1.0)
+        return {"msg": req.body["msg"], "via": req.meta.reply_to}
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"echo": self.echo, "slow": self.slow}
+
+
+@asynccontextmanager
+async def running_adapter(
+    settings: Settings, provider: str, handlers: EchoHandlers
+) -> AsyncIterator[Adapter]:
+    async with Adapter(settings, provider, handlers.handlers()) as adapter:
+        await adapter.wait_assigned()
+        yield adapter
+
+
+@asynccontextmanager
+async def running_gateway(
+    settings: Settings, *, worker: int = 0
+) -> AsyncIterator[tuple[ClientSession, Gateway]]:
+    app: web.Application = create_app(settings, worker=worker)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession(base_url=str(server.make_url(""))) as session:
+            yield session, app[GATEWAY]
+    finally:
+        await server.close()

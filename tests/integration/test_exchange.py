@@ -1,0 +1,190 @@
+"""The exchange path end to end: gateway → Kafka → adapter → Kafka → gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import ClientResponse, ClientSession
+
+from broker.settings import Settings
+from tests.integration.exchange_fixtures import EchoHandlers, running_adapter, running_gateway
+
+pytestmark = pytest.mark.kafka
+
+ALICE = {"Authorization": "Bearer key-alice"}
+
+
+async def problem(resp: ClientResponse, status: int, code: str) -> dict[str, Any]:
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    body: dict[str, Any] = await resp.json(content_type=None)
+    assert body["code"] == code
+    assert body["status"] == status
+    assert body["exchange_id"] == resp.headers["X-Request-Id"]
+    assert body["detail"]
+    return body
+
+
+async def test_ok_exchange_returns_the_typed_answer_and_echoes_request_id(
+    exchange_settings: Settings, provider: str
+) -> None:
+    handlers = EchoHandlers()
+    async with (
+        running_adapter(exchange_settings, provider, handlers),
+        running_gateway(exchange_settings) as (http, gw),
+    ):
+        resp = await http.post(
+            f"/v1/exchange/{provider}/echo",
+            data=b'{"msg": "xin chao"}',
+            headers={**ALICE, "X-Request-Id": "req-001", "X-NDXP-Purpose": "test"},
+        )
+        assert resp.status == 200
+        assert resp.headers["X-Request-Id"] == "req-001"
+        assert await resp.json() == {"msg": "xin chao", "via": gw.replies.topic}
+        metrics = await (await http.get("/metrics")).text()
+    assert (
+        f'ndxp_exchanges_total{{client="alice",outcome="ok",provider="{provider}",service="echo"}} 1.0'
+        in metrics
+    )
+
+
+async def test_every_error_code_comes_from_a_real_request(
+    exchange_settings: Settings, provider: str
+) -> None:
+    handlers = EchoHandlers()
+    url = f"/v1/exchange/{provider}/echo"
+    async with (
+        running_adapter(exchange_settings, provider, handlers),
+        running_gateway(exchange_settings) as (http, _),
+    ):
+        await problem(await http.post(url, json={"msg": "a"}), 401, "unauthorized")
+        await problem(
+            await http.post(url, json={"msg": "a"}, headers={"Authorization": "Bearer nope"}),
+            401,
+            "unauthorized",
+        )
+        await problem(
+            await http.post(url, json={"msg": "a"}, headers={"Authorization": "Bearer key-bob"}),
+            403,
+            "access_denied",
+        )
+        await problem(
+            await http.post(f"/v1/exchange/{provider}/nothing", json={}, headers=ALICE),
+            404,
+            "unknown_service",
+        )
+        body = await problem(
+            await http.post(url, json={"msg": 5, "extra": 1}, headers=ALICE), 400, "invalid_request"
+        )
+        assert {e["path"] for e in body["errors"]} >= {"/msg", "/"}
+        await problem(
+            await http.post(url, data=b"{not json", headers=ALICE), 400, "invalid_request"
+        )
+        big = orjson.dumps({"msg": "x" * (exchange_settings.max_body_bytes + 10)})
+        await problem(await http.post(url, data=big, headers=ALICE), 413, "payload_too_large")
+        await problem(
+            await http.post(url, json={"msg": "b", "mode": "crash"}, headers=ALICE),
+            502,
+            "provider_error",
+        )
+        body = await problem(
+            await http.post(url, json={"msg": "c", "mode": "bad"}, headers=ALICE),
+            502,
+            "invalid_response",
+        )
+        assert body["errors"][0]["path"] == "/msg"
+        await problem(
+            await http.post(f"/v1/exchange/{provider}/slow", json={"msg": "d"}, headers=ALICE),
+            504,
+            "timeout",
+        )
+        # The provider's own business error passes through with its status and body.
+        body = await problem(
+            await http.post(url, json={"msg": "e", "mode": "missing"}, headers=ALICE),
+            404,
+            "record_not_found",
+        )
+        assert body["detail"] == "no record e"
+        # Rate limit: slowpoke may make 1 request/s.
+        slow_key = {"Authorization": "Bearer key-slowpoke"}
+        first = await http.post(url, json={"msg": "f"}, headers=slow_key)
+        assert first.status == 200
+        limited = await http.post(url, json={"msg": "g"}, headers=slow_key)
+        await problem(limited, 429, "rate_limited")
+        assert int(limited.headers["Retry-After"]) >= 1
+        assert handlers.calls["g"] == 0  # rejected before Kafka
+        await problem(await http.get("/v1/nowhere"), 404, "not_found")
+        await problem(
+            await http.post(url, json={"msg": "h"}, headers={**ALICE, "X-Request-Id": "bad id!"}),
+            400,
+            "invalid_request",
+        )
+
+    # overloaded: a gateway allowing one exchange in flight
+    tight = exchange_settings.replace(max_in_flight=1)
+    async with (
+        running_adapter(tight, provider, handlers),
+        running_gateway(tight, worker=1) as (http, _),
+    ):
+        slow = asyncio.create_task(
+            http.post(url, json={"msg": "i", "sleep_ms": 1000}, headers=ALICE)
+        )
+        await asyncio.sleep(0.3)
+        over = await http.post(url, json={"msg": "j"}, headers=ALICE)
+        await problem(over, 503, "overloaded")
+        assert over.headers["Retry-After"]
+        assert (await slow).status == 200
+
+
+async def test_slow_handler_gives_504_and_its_late_reply_is_dropped_and_counted(
+    exchange_settings: Settings, provider: str
+) -> None:
+    handlers = EchoHandlers()
+    async with (
+        running_adapter(exchange_settings, provider, handlers),
+        running_gateway(exchange_settings) as (http, gw),
+    ):
+        resp = await http.post(f"/v1/exchange/{provider}/slow", json={"msg": "z"}, headers=ALICE)
+        await problem(resp, 504, "timeout")
+        async with asyncio.timeout(15):
+            while gw.metrics.late_replies._value.get() < 1:
+                await asyncio.sleep(0.1)
+        assert handlers.calls["z"] == 1
+        assert gw.replies.in_flight == 0
+
+
+async def test_metaservices_describe_the_catalog_and_the_caller(
+    exchange_settings: Settings, provider: str
+) -> None:
+    async with running_gateway(exchange_settings) as (http, gw):
+        agencies = await (await http.get("/v1/agencies")).json()
+        assert {"id": "alice", "code": "T.A", "name": "Alice"} in agencies["agencies"]
+        services = (await (await http.get("/v1/services")).json())["services"]
+        assert {s["service"] for s in services} == {"echo", "slow"}
+        echo = next(s for s in services if s["service"] == "echo")
+        assert set(echo) >= {
+            "provider", "service", "title", "description", "mode", "timeout_ms",
+            "request", "response", "examples",
+        }  # fmt: skip
+        one = await http.get(f"/v1/services/{provider}/echo")
+        assert (await one.json())["timeout_ms"] == 5000
+        await problem(await http.get(f"/v1/services/{provider}/none"), 404, "unknown_service")
+        allowed = await (await http.get("/v1/allowed", headers=ALICE)).json()
+        assert allowed["services"] == [f"{provider}/echo", f"{provider}/slow"]
+        await problem(await http.get("/v1/allowed"), 401, "unauthorized")
+        doc = await (await http.get("/openapi.json")).json()
+        assert doc["openapi"].startswith("3.1")
+        op = doc["paths"][f"/v1/exchange/{provider}/echo"]["post"]
+        assert op["requestBody"]["content"]["application/json"]["schema"]["required"] == ["msg"]
+        assert (await http.get("/healthz")).status == 200
+        ready = await http.get("/readyz")
+        assert (await ready.json())["reply_topic"] == gw.replies.topic
+        assert "ndxp_gateway_in_flight" in await (await http.get("/metrics")).text()
+
+
+async def _call(http: ClientSession, url: str, msg: str) -> tuple[int, Any]:
+    resp = await http.post(url, json={"msg": msg}, headers=ALICE)
+    return resp.status, await resp.json(content_type=None)
