@@ -40,7 +40,9 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def gateway_process(settings: Settings, workers: int, log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def gateway_process(
+    settings: Settings, workers: int, log: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -124,9 +126,7 @@ async def test_adapter_killed_mid_stream_loses_nothing_and_answers_nothing_twice
     total = 400
     topic = request_topic(provider, "echo")
     replies = f"ndxp.reply.{settings.instance_id}-test"
-    await ensure_topics(
-        settings, [TopicSpec(name=topic, partitions=4), TopicSpec(name=replies)]
-    )
+    await ensure_topics(settings, [TopicSpec(name=topic, partitions=4), TopicSpec(name=replies)])
     producer = make_producer(settings)
     await producer.start()
     try:
