@@ -135,10 +135,8 @@ async def test_adapter_killed_mid_stream_loses_nothing_and_answers_nothing_twice
                 exchange_id=f"x-{i}", client="alice", provider=provider, service="echo",
                 reply_to=replies, deadline_ms=now_ms() + 300_000,
             )  # fmt: skip
-            await producer.send(
-                topic, f'{{"msg": "k-{i}", "sleep_ms": 40}}'.encode(), key=meta.exchange_id.encode(),
-                headers=meta.headers(),
-            )  # fmt: skip
+            body = f'{{"msg": "k-{i}", "sleep_ms": 40}}'.encode()
+            await producer.send(topic, body, key=meta.exchange_id.encode(), headers=meta.headers())
         await producer.flush()
     finally:
         await producer.stop()
