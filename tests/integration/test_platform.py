@@ -1,0 +1,87 @@
+"""`ndxp up` as a newcomer runs it: starts everything, the printed curl works, Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from broker.catalog import Catalog
+from broker.localkafka import free_port
+from broker.settings import Settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True)
+    children: dict[int, list[int]] = {}
+    for line in out.stdout.splitlines():
+        p, pp = map(int, line.split())
+        children.setdefault(pp, []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_ndxp_up_serves_the_printed_curl_and_ctrl_c_stops_everything(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "NDXP_KAFKA_BOOTSTRAP"}
+    env["NDXP_CACHE_DIR"] = str(base_settings.cache_dir)
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "up", "--port", str(port)],
+            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "platform up" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        text = log.read_text()
+        assert "demo-" in text
+        curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl "))
+        args = shlex.split(curl)
+        headers = dict(
+            h.split(": ", 1) for h in (args[i + 1] for i, a in enumerate(args) if a == "-H")
+        )
+        body = args[args.index("-d") + 1].encode()
+        url = args[-1]
+        assert url.startswith(f"http://127.0.0.1:{port}/v1/exchange/")
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+            answer = orjson.loads(resp.read())
+        provider, service = re.findall(r"/v1/exchange/([^/]+)/([^/]+)$", url)[0]
+        contract = Catalog.load(base_settings.schemas_dir).get(provider, service)
+        assert contract is not None
+        assert contract.response.is_valid(answer), answer
+        children = _descendants(proc.pid)
+        assert len(children) >= 3  # kafka, adapters, gateway (+ its workers)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    assert code == 0, log.read_text()
+    deadline = time.monotonic() + 5  # reaped children vanish within moments
+    while (alive := [p for p in children if Path(f"/proc/{p}").exists()]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]
