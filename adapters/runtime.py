@@ -201,9 +201,7 @@ class Adapter:
                         await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
                     await producer.send_offsets_to_transaction(offsets, self.group_id)
             except Exception:
-                log.exception(
-                    "%s: transaction failed; the batch will be redelivered", self.provider
-                )
+                log.exception("%s: transaction failed; the batch will be redelivered", self.provider)
                 self._rewind(consumer, batch)
                 await asyncio.sleep(0.2)
                 continue
@@ -267,9 +265,7 @@ class Adapter:
         if handler is None:
             self.metrics.requests.labels(*labels, "provider_error").inc()
             body = _problem(eid, 502, "provider_error", f"{self.provider} has no {meta.service}")
-            return Reply(
-                exchange_id=eid, status=502, outcome=ReplyOutcome.PROVIDER_ERROR, body=body
-            )
+            return Reply(exchange_id=eid, status=502, outcome=ReplyOutcome.PROVIDER_ERROR, body=body)
         try:
             request = Request(meta=meta, body=orjson.loads(raw or b""))
         except orjson.JSONDecodeError:
@@ -277,9 +273,7 @@ class Adapter:
         started = time.perf_counter()
         try:
             result = await handler(request)
-            reply = Reply(
-                exchange_id=eid, status=200, outcome=ReplyOutcome.OK, body=orjson.dumps(result)
-            )
+            reply = Reply(exchange_id=eid, status=200, outcome=ReplyOutcome.OK, body=orjson.dumps(result))
         except BusinessError as exc:
             reply = Reply(
                 exchange_id=eid,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -24,16 +25,17 @@ class AdapterSetupError(ValueError):
 
 
 def build_adapters(
-    settings: Settings, agencies: Sequence[str], metrics: AdapterMetrics
+    settings: Settings,
+    agencies: Sequence[str],
+    metrics: AdapterMetrics,
+    resources: AsyncExitStack,
 ) -> list[Adapter]:
     catalog = Catalog.load(settings.schemas_dir)
     adapters = []
     for agency in agencies:
         if agency not in AGENCIES:
-            raise AdapterSetupError(
-                f"no simulated agency {agency!r}; known: {', '.join(sorted(AGENCIES))}"
-            )
-        handlers = handlers_for(agency, settings)
+            raise AdapterSetupError(f"no simulated agency {agency!r}; known: {', '.join(sorted(AGENCIES))}")
+        handlers = handlers_for(agency, settings, resources)
         contracted = {s.service for s in catalog.of_provider(agency)}
         if set(handlers) != contracted:
             raise AdapterSetupError(
@@ -49,7 +51,12 @@ async def run_adapters(
 ) -> None:
     """Serve ``agencies`` until SIGTERM/SIGINT; stop cleanly (commit, leave the group)."""
     metrics = AdapterMetrics(CollectorRegistry())
-    adapters = build_adapters(settings, agencies, metrics)
+    async with AsyncExitStack() as resources:
+        adapters = build_adapters(settings, agencies, metrics, resources)
+        await _serve(adapters, progress)
+
+
+async def _serve(adapters: list[Adapter], progress: Callable[[str], Any]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -82,6 +82,29 @@ def _adapter(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    import uvloop
+
+    from adapters.backends.land import serve_backend
+
+    async def run() -> None:
+        task = asyncio.create_task(serve_backend(settings, args.port))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        _progress(f"land registry backend on http://{settings.host}:{args.port}")
+        try:
+            await task
+        except asyncio.CancelledError:
+            _progress("land registry backend stopped")
+
+    uvloop.run(run())
+    return 0
+
+
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     from broker.platform import run_platform
 
@@ -118,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--host", default=None)
     gateway.add_argument("--workers", type=int, default=None)
     gateway.set_defaults(func=_gateway)
+
+    backend = sub.add_parser("backend", help="an agency's own REST backend (simulated)")
+    backend.add_argument("name", choices=("land",))
+    backend.add_argument("--port", type=int, default=8091)
+    backend.set_defaults(func=_backend)
 
     adapter = sub.add_parser("adapter", help="adapters of simulated agencies")
     adapter.add_argument("agencies", nargs="+", metavar="agency")

@@ -67,8 +67,7 @@ def bootstrap(settings: Settings) -> str:
     """The bootstrap address to use, or a clear error if none is configured."""
     if not settings.kafka_bootstrap:
         raise KafkaUnavailable(
-            "no Kafka configured: set NDXP_KAFKA_BOOTSTRAP=host:port, "
-            "or start one with `ndxp kafka start`"
+            "no Kafka configured: set NDXP_KAFKA_BOOTSTRAP=host:port, or start one with `ndxp kafka start`"
         )
     return settings.kafka_bootstrap
 
@@ -87,9 +86,7 @@ def make_producer(settings: Settings, **params: Unpack[ProducerParams]) -> AIOKa
     return AIOKafkaProducer(**kw)
 
 
-def make_consumer(
-    settings: Settings, *topics: str, **params: Unpack[ConsumerParams]
-) -> AIOKafkaConsumer:
+def make_consumer(settings: Settings, *topics: str, **params: Unpack[ConsumerParams]) -> AIOKafkaConsumer:
     """A consumer with our defaults (manual commits, earliest reset); not started."""
     kw: dict[str, Any] = {
         "bootstrap_servers": bootstrap(settings),

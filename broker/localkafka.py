@@ -67,9 +67,7 @@ def check_java() -> str:
             "install it (Debian: apt-get install openjdk-17-jre-headless), "
             "or set NDXP_KAFKA_BOOTSTRAP to use an existing cluster"
         )
-    out = subprocess.run(
-        [java, "-version"], capture_output=True, text=True, check=False, timeout=60
-    ).stderr
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False, timeout=60).stderr
     match = re.search(r'version "(\d+)', out)
     if match and int(match.group(1)) < 17:
         raise LocalKafkaError(f"Apache Kafka {KAFKA_VERSION} needs Java 17+, found: {out.strip()}")
@@ -127,9 +125,7 @@ def resolve_classpath(settings: Settings, progress: Progress = _quiet) -> str:
     with _file_lock(settings.cache_dir / f"kafka-{KAFKA_VERSION}.lock"):
         if (home / ".complete").exists():  # another process resolved it meanwhile
             return f"{lib}/*"
-        progress(
-            f"resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central into {lib} (once)"
-        )
+        progress(f"resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central into {lib} (once)")
         started = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix="resolve-", dir=settings.cache_dir))
         try:
@@ -141,9 +137,7 @@ def resolve_classpath(settings: Settings, progress: Progress = _quiet) -> str:
             ]  # fmt: skip
             tail: list[str] = []
             fetched = 0
-            with subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            ) as proc:
+            with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     tail = [*tail[-30:], line.rstrip()]
@@ -152,9 +146,7 @@ def resolve_classpath(settings: Settings, progress: Progress = _quiet) -> str:
                         if fetched % 25 == 0:
                             progress(f"  maven: {fetched} files downloaded")
             if proc.returncode != 0:
-                raise LocalKafkaError(
-                    "Maven could not resolve Apache Kafka's jars:\n" + "\n".join(tail)
-                )
+                raise LocalKafkaError("Maven could not resolve Apache Kafka's jars:\n" + "\n".join(tail))
             if lib.exists():
                 shutil.rmtree(lib)
             home.mkdir(parents=True, exist_ok=True)
@@ -215,8 +207,7 @@ class Layout:
             ports.add(free_port())
         it = iter(sorted(ports))
         nodes = tuple(
-            NodeSpec(node_id=i, port=next(it), controller_port=next(it))
-            for i in range(1, count + 1)
+            NodeSpec(node_id=i, port=next(it), controller_port=next(it)) for i in range(1, count + 1)
         )
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         return cls(cluster_id=cid, nodes=nodes)
@@ -388,9 +379,7 @@ class LocalKafka:
                     f"{self.data_dir} holds a {len(layout.nodes)}-node cluster; "
                     f"start it with --nodes {len(layout.nodes)} or use another --data-dir"
                 )
-            busy = [
-                p for n in layout.nodes for p in (n.port, n.controller_port) if not _port_is_free(p)
-            ]
+            busy = [p for n in layout.nodes for p in (n.port, n.controller_port) if not _port_is_free(p)]
             if busy:
                 raise LocalKafkaError(
                     f"ports {busy} of the cluster in {self.data_dir} are in use: is it already "
@@ -427,9 +416,7 @@ class LocalKafka:
 
     def _format(self, layout: Layout) -> None:
         todo = [
-            n
-            for n in layout.nodes
-            if not (self.node_dir(n.node_id) / "data" / "meta.properties").exists()
+            n for n in layout.nodes if not (self.node_dir(n.node_id) / "data" / "meta.properties").exists()
         ]
         if not todo:
             return
@@ -445,9 +432,7 @@ class LocalKafka:
         for p in procs:
             out, _ = p.communicate(timeout=120)
             if p.returncode != 0:
-                raise LocalKafkaError(
-                    f"formatting Kafka storage failed:\n{out.decode(errors='replace')}"
-                )
+                raise LocalKafkaError(f"formatting Kafka storage failed:\n{out.decode(errors='replace')}")
 
     def start_node(self, node_id: int) -> None:
         """Start one node of an already-laid-out cluster (used by start and failure tests)."""
@@ -557,9 +542,7 @@ class LocalKafka:
         kafka.temporary = bool(state["temporary"])
         kafka.layout = Layout.load(kafka.data_dir / "cluster.json")
         kafka.pids = {
-            int(k): int(v)
-            for k, v in state["pids"].items()
-            if _is_our_kafka(int(v), kafka.node_dir(int(k)))
+            int(k): int(v) for k, v in state["pids"].items() if _is_our_kafka(int(v), kafka.node_dir(int(k)))
         }
         return kafka
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from broker.catalog import Catalog
-from broker.localkafka import LocalKafka
+from broker.localkafka import LocalKafka, free_port
 from broker.registry import Registry
 from broker.settings import Settings, child_environment
 
@@ -99,9 +99,13 @@ def run_platform(
         if not settings.kafka_bootstrap:
             kafka = LocalKafka(settings, nodes=1, data_dir=data_dir, progress=progress)
             settings = settings.replace(kafka_bootstrap=kafka.start())
-        env = child_environment(settings)
         catalog = Catalog.load(settings.schemas_dir)
         ndxp = [sys.executable, "-m", "broker.cli"]
+        backend_port = free_port()
+        backend_url = f"http://127.0.0.1:{backend_port}"
+        env = child_environment(settings, LAND_BACKEND_URL=backend_url)
+        procs.append(subprocess.Popen([*ndxp, "backend", "land", "--port", str(backend_port)], env=env))
+        _wait_ready(backend_url + "/healthz", procs, within_s=30)
         procs.append(subprocess.Popen([*ndxp, "adapter", *catalog.providers()], env=env))
         procs.append(
             subprocess.Popen(
@@ -133,7 +137,7 @@ def run_platform(
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for p in reversed(procs):  # gateway first, then adapters
+        for p in reversed(procs):  # gateway first, then adapters, then the backend
             if p.poll() is None:
                 p.terminate()
                 try:

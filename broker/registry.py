@@ -104,9 +104,7 @@ class Registry:
             )
         for provider in catalog.providers():
             if provider not in agencies:
-                raise RegistryError(
-                    f"{source}: the catalog has services of {provider!r}, which is no agency"
-                )
+                raise RegistryError(f"{source}: the catalog has services of {provider!r}, which is no agency")
         rights: dict[str, frozenset[str]] = {}
         raw_rights = raw.get("rights", {}) or {}
         if not isinstance(raw_rights, dict):
@@ -124,9 +122,7 @@ class Registry:
                 if service == "*":
                     allowed.update(s.key for s in catalog.of_provider(provider))
                 elif catalog.get(provider, service) is None:
-                    raise RegistryError(
-                        f"{source}: right {client} → {item!r} names unknown service"
-                    )
+                    raise RegistryError(f"{source}: right {client} → {item!r} names unknown service")
                 else:
                     allowed.add(f"{provider}/{service}")
             rights[str(client)] = frozenset(allowed)

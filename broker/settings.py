@@ -74,9 +74,7 @@ class Settings:
     port: int = 8080
     workers: int = 1
     instance_id: str = field(default_factory=socket.gethostname)
-    registry_path: Path = field(
-        default_factory=lambda: _project_root() / "deploy" / "registry.yaml"
-    )
+    registry_path: Path = field(default_factory=lambda: _project_root() / "deploy" / "registry.yaml")
     schemas_dir: Path = field(default_factory=lambda: _project_root() / "schemas")
     max_body_bytes: int = 1024 * 1024
     max_in_flight: int = 10_000
@@ -89,6 +87,9 @@ class Settings:
     adapter_concurrency: int = 256
     adapter_dedupe_size: int = 100_000
     sim_latency_ms: int = 0
+    land_backend_url: str = "http://127.0.0.1:8091"
+    """``NDXP_LAND_BACKEND_URL``: the land registry's own REST backend."""
+    backend_timeout_ms: int = 2000
 
     def __repr__(self) -> str:
         # No secrets yet; keep repr compact and safe should one be added.
@@ -121,6 +122,7 @@ class Settings:
             ("ADAPTER_CONCURRENCY", "adapter_concurrency", 1),
             ("ADAPTER_DEDUPE_SIZE", "adapter_dedupe_size", 1),
             ("SIM_LATENCY_MS", "sim_latency_ms", 0),
+            ("BACKEND_TIMEOUT_MS", "backend_timeout_ms", 1),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = _int(PREFIX + name, v, minimum=minimum)
@@ -142,6 +144,7 @@ class Settings:
             ("HOST", "host"),
             ("INSTANCE_ID", "instance_id"),
             ("LOG_LEVEL", "log_level"),
+            ("LAND_BACKEND_URL", "land_backend_url"),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = v

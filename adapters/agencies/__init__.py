@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 
 from adapters.runtime import Handler
 from broker.settings import Settings
 
 AGENCIES: dict[str, str] = {
     "bca": "adapters.agencies.population",
+    "dkkd": "adapters.agencies.enterprise",
+    "thue": "adapters.agencies.tax",
+    "bhxh": "adapters.agencies.insurance",
+    "btp": "adapters.agencies.justice",
+    "csgt": "adapters.agencies.transport",
+    "tnmt": "adapters.agencies.land",
 }
 """Provider agency id → module serving it."""
 
 
-def handlers_for(agency: str, settings: Settings) -> Mapping[str, Handler]:
-    """The service handlers of a simulated agency (KeyError if there is none)."""
+def handlers_for(agency: str, settings: Settings, resources: AsyncExitStack) -> Mapping[str, Handler]:
+    """The service handlers of a simulated agency (KeyError if there is none).
+
+    An agency that holds resources (an HTTP client, say) registers their
+    cleanup on ``resources``, which the caller closes after its adapter stops.
+    """
     module = importlib.import_module(AGENCIES[agency])
-    result: Mapping[str, Handler] = module.handlers(settings)
+    result: Mapping[str, Handler] = module.handlers(settings, resources)
     return result

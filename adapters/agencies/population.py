@@ -2,35 +2,44 @@
 
 from __future__ import annotations
 
-import asyncio
+from contextlib import AsyncExitStack
 from typing import Any
 
 from adapters import synthetic
-from adapters.runtime import BusinessError, Handler, Request
+from adapters.agencies.common import citizen_or_404, person_fields, simulated
+from adapters.runtime import Handler, Request
 from broker.settings import Settings
 
 
-def _not_found(cccd: str) -> BusinessError:
-    return BusinessError(404, "citizen_not_found", f"no citizen with CCCD {cccd}")
-
-
-def handlers(settings: Settings) -> dict[str, Handler]:
-    latency = settings.sim_latency_ms / 1000
-
+def handlers(settings: Settings, resources: AsyncExitStack) -> dict[str, Handler]:
+    @simulated(settings)
     async def citizen(req: Request) -> dict[str, Any]:
-        if latency:
-            await asyncio.sleep(latency)
-        cccd = req.body["cccd"]
-        p = synthetic.person(cccd)
-        if p is None:
-            raise _not_found(cccd)
+        p = citizen_or_404(req.body["cccd"])
         return {
-            "cccd": p.cccd,
-            "full_name": p.full_name,
-            "gender": p.gender,
-            "birth_date": p.birth_date.isoformat(),
+            **person_fields(p),
             "birth_province": p.birth_province,
             "permanent_address": p.address,
+            "nationality": "Việt Nam",
         }
 
-    return {"citizen": citizen}
+    @simulated(settings)
+    async def verify_identity(req: Request) -> dict[str, Any]:
+        # Answers only yes/no: an unknown CCCD is simply "no match".
+        p = synthetic.person(req.body["cccd"])
+        match = (
+            p is not None
+            and synthetic.normalise_name(p.full_name) == synthetic.normalise_name(req.body["full_name"])
+            and p.birth_date.isoformat() == req.body["birth_date"]
+        )
+        return {"match": match}
+
+    @simulated(settings)
+    async def household(req: Request) -> dict[str, Any]:
+        p = citizen_or_404(req.body["cccd"])
+        return {
+            "household_id": f"HK{synthetic.rng('hk-id', p.cccd).randrange(10**10):010d}",
+            "address": p.address,
+            "members": [{**person_fields(m), "relation": relation} for relation, m in synthetic.household(p)],
+        }
+
+    return {"citizen": citizen, "verify_identity": verify_identity, "household": household}

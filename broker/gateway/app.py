@@ -151,9 +151,7 @@ def create_app(
     return app
 
 
-async def serve(
-    settings: Settings, *, worker: int = 0, on_ready: Callable[[], None] | None = None
-) -> None:
+async def serve(settings: Settings, *, worker: int = 0, on_ready: Callable[[], None] | None = None) -> None:
     """Serve one worker until SIGTERM/SIGINT, then shut down gracefully."""
     app = create_app(settings, worker=worker)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
@@ -229,10 +227,7 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
                     forward(signal.SIGTERM, None)
                     break
         if started == len(procs):
-            progress(
-                f"gateway ready on http://{settings.host}:{settings.port} "
-                f"with {len(procs)} worker(s)"
-            )
+            progress(f"gateway ready on http://{settings.host}:{settings.port} with {len(procs)} worker(s)")
         for p in procs:
             p.join()
     finally:

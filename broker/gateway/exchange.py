@@ -64,10 +64,7 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         labels = (provider, service)
         if not gw.registry.allowed(agency.id, provider, service):
             raise AccessDenied(f"{agency.id} may not call {provider}/{service}")
-        if (
-            request.content_length is not None
-            and request.content_length > gw.settings.max_body_bytes
-        ):
+        if request.content_length is not None and request.content_length > gw.settings.max_body_bytes:
             raise PayloadTooLarge(f"the body limit is {gw.settings.max_body_bytes} bytes")
         with gw.limits.admit(agency):
             body = await _read_body(request, gw.settings.max_body_bytes)
@@ -99,9 +96,7 @@ async def exchange(request: web.Request) -> web.StreamResponse:
                     await delivery
                     reply = await reply_future
             except TimeoutError as exc:
-                raise Timeout(
-                    f"{provider}/{service} did not answer within {svc.timeout_ms} ms"
-                ) from exc
+                raise Timeout(f"{provider}/{service} did not answer within {svc.timeout_ms} ms") from exc
             finally:
                 gw.replies.forget(exchange_id)
                 gw.metrics.in_flight.dec()

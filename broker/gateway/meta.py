@@ -85,9 +85,7 @@ def openapi_document(catalog: Catalog) -> dict[str, Any]:
     """OpenAPI 3.1, one operation per service with its own schemas."""
     problem = {
         "description": "Error (problem+json)",
-        "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-        },
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
     paths: dict[str, Any] = {}
     for svc in catalog:
@@ -106,9 +104,7 @@ def openapi_document(catalog: Catalog) -> dict[str, Any]:
                 ],
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json": {"schema": svc.request.schema, "examples": examples}
-                    },
+                    "content": {"application/json": {"schema": svc.request.schema, "examples": examples}},
                 },
                 "responses": {
                     "200": {

@@ -49,9 +49,7 @@ async def test_ok_exchange_returns_the_typed_answer_and_echoes_request_id(
     assert f"ndxp_exchanges_total{{{labels}}} 1.0" in metrics
 
 
-async def test_every_error_code_comes_from_a_real_request(
-    exchange_settings: Settings, provider: str
-) -> None:
+async def test_every_error_code_comes_from_a_real_request(exchange_settings: Settings, provider: str) -> None:
     handlers = EchoHandlers()
     url = f"/v1/exchange/{provider}/echo"
     async with (
@@ -78,9 +76,7 @@ async def test_every_error_code_comes_from_a_real_request(
             await http.post(url, json={"msg": 5, "extra": 1}, headers=ALICE), 400, "invalid_request"
         )
         assert {e["path"] for e in body["errors"]} >= {"/msg", "/"}
-        await problem(
-            await http.post(url, data=b"{not json", headers=ALICE), 400, "invalid_request"
-        )
+        await problem(await http.post(url, data=b"{not json", headers=ALICE), 400, "invalid_request")
         big = orjson.dumps({"msg": "x" * (exchange_settings.max_body_bytes + 10)})
         await problem(await http.post(url, data=big, headers=ALICE), 413, "payload_too_large")
         await problem(
@@ -127,9 +123,7 @@ async def test_every_error_code_comes_from_a_real_request(
         running_adapter(tight, provider, handlers),
         running_gateway(tight, worker=1) as (http, _),
     ):
-        slow = asyncio.create_task(
-            http.post(url, json={"msg": "i", "sleep_ms": 1000}, headers=ALICE)
-        )
+        slow = asyncio.create_task(http.post(url, json={"msg": "i", "sleep_ms": 1000}, headers=ALICE))
         await asyncio.sleep(0.3)
         over = await http.post(url, json={"msg": "j"}, headers=ALICE)
         await problem(over, 503, "overloaded")

@@ -59,9 +59,7 @@ def test_ndxp_up_serves_the_printed_curl_and_ctrl_c_stops_everything(
         assert "demo-" in text
         curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl "))
         args = shlex.split(curl)
-        headers = dict(
-            h.split(": ", 1) for h in (args[i + 1] for i, a in enumerate(args) if a == "-H")
-        )
+        headers = dict(h.split(": ", 1) for h in (args[i + 1] for i, a in enumerate(args) if a == "-H"))
         body = args[args.index("-d") + 1].encode()
         url = args[-1]
         assert url.startswith(f"http://127.0.0.1:{port}/v1/exchange/")
@@ -80,8 +78,6 @@ def test_ndxp_up_serves_the_printed_curl_and_ctrl_c_stops_everything(
         code = proc.wait(60)
     assert code == 0, log.read_text()
     deadline = time.monotonic() + 5  # reaped children vanish within moments
-    while (alive := [p for p in children if Path(f"/proc/{p}").exists()]) and (
-        time.monotonic() < deadline
-    ):
+    while (alive := [p for p in children if Path(f"/proc/{p}").exists()]) and (time.monotonic() < deadline):
         time.sleep(0.1)
     assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes() for p in alive]

@@ -12,9 +12,7 @@ from broker.settings import Settings, SettingsError
 
 
 def test_settings_read_only_prefixed_variables_with_explicit_casts() -> None:
-    s = Settings.from_env(
-        {"NDXP_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "NDXP_PORT": "9000", "PORT": "1"}
-    )
+    s = Settings.from_env({"NDXP_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "NDXP_PORT": "9000", "PORT": "1"})
     assert s.kafka_bootstrap == "127.0.0.1:9092"
     assert s.port == 9000
 
@@ -34,9 +32,7 @@ def test_missing_java_gives_an_actionable_error(monkeypatch: pytest.MonkeyPatch)
         localkafka.check_java()
 
 
-def test_missing_maven_gives_an_actionable_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_missing_maven_gives_an_actionable_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(localkafka.shutil, "which", lambda _: None)
     with pytest.raises(LocalKafkaError, match="apt-get install maven"):
         localkafka.resolve_classpath(Settings(cache_dir=tmp_path))

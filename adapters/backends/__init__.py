@@ -1,0 +1,1 @@
+"""Agencies' own REST backends (simulated), which forwarding adapters call."""

@@ -1,0 +1,75 @@
+"""The simulated national databases through the real gateway and Kafka."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.catalog import Catalog
+from broker.registry import Registry
+from broker.settings import Settings
+from tests.integration.demo_fixtures import demo_platform
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_every_example_passes_through_the_gateway_and_fits_its_contract(
+    settings: Settings,
+) -> None:
+    catalog = Catalog.load(settings.schemas_dir)
+    assert len(catalog) >= 12
+    assert len(catalog.providers()) >= 6
+    async with demo_platform(settings) as (http, _):
+        listed = (await (await http.get("/v1/services")).json())["services"]
+        assert {f"{s['provider']}/{s['service']}" for s in listed} == {s.key for s in catalog}
+        for svc in catalog:
+            assert svc.examples, svc.key
+            for example in svc.examples:
+                resp = await http.post(
+                    f"/v1/exchange/{svc.key}",
+                    json=example,
+                    headers={"Authorization": "Bearer demo-dvcqg"},
+                )
+                body = await resp.json(content_type=None)
+                assert resp.status == 200, (svc.key, example, body)
+                assert svc.response.is_valid(body), (svc.key, svc.response.violations(body))
+
+
+async def test_demo_access_rights_hold_for_every_client_and_service(settings: Settings) -> None:
+    catalog = Catalog.load(settings.schemas_dir)
+    registry = Registry.load(settings.registry_path, catalog)
+    clients = [a.id for a in registry if registry.authenticate(f"demo-{a.id}") is not None]
+    assert {"hanoi", "danang", "langson", "dvcqg", "vneid", "vcb"} <= set(clients)
+    # Policy facts a real deployment would insist on.
+    assert registry.allowed("vcb", "bca", "verify_identity")
+    assert not registry.allowed("vcb", "bca", "household")
+    assert not registry.allowed("vcb", "bca", "citizen")
+    async with demo_platform(settings) as (http, _):
+        for client in clients:
+            key = {"Authorization": f"Bearer demo-{client}"}
+            allowed = await (await http.get("/v1/allowed", headers=key)).json()
+            assert allowed["services"] == registry.allowed_services(client)
+            for svc in catalog:
+                resp = await http.post(f"/v1/exchange/{svc.key}", json=svc.examples[0], headers=key)
+                await resp.read()
+                expected = 200 if registry.allowed(client, svc.provider, svc.service) else 403
+                assert resp.status == expected, (client, svc.key, resp.status)
+
+
+async def test_unknown_identifiers_get_the_providers_own_404_and_malformed_ones_never_reach_kafka(
+    settings: Settings,
+) -> None:
+    from adapters import synthetic
+
+    missing = next(
+        f"001090{i:06d}" for i in range(10**6) if synthetic.person(f"001090{i:06d}") is None
+    )
+    key = {"Authorization": "Bearer demo-dvcqg"}
+    async with demo_platform(settings) as (http, _):
+        resp = await http.post("/v1/exchange/bca/citizen", json={"cccd": missing}, headers=key)
+        body = await resp.json(content_type=None)
+        assert resp.status == 404
+        assert body["code"] == "citizen_not_found"
+        for bad in ("12345", "999090012345", "00109001234X"):
+            resp = await http.post("/v1/exchange/bca/citizen", json={"cccd": bad}, headers=key)
+            assert resp.status == 400, bad
+            assert (await resp.json(content_type=None))["code"] == "invalid_request"
