@@ -123,7 +123,8 @@ def age(p: Person) -> int:
 
 
 def make_cccd(r: random.Random, *, gender: str, year: int, province: str | None = None) -> str:
-    """A well-formed CCCD for someone of this gender and birth year."""
+    """A well-formed CCCD for someone of this gender and birth year (clamped to 1900-2025)."""
+    year = min(max(year, 1900), REFERENCE_DATE.year - 1)
     century = (year - 1900) // 100
     digit = 2 * century + (0 if gender == "male" else 1)
     prov = province or r.choice(list(PROVINCES))

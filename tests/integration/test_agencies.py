@@ -60,9 +60,7 @@ async def test_unknown_identifiers_get_the_providers_own_404_and_malformed_ones_
 ) -> None:
     from adapters import synthetic
 
-    missing = next(
-        f"001090{i:06d}" for i in range(10**6) if synthetic.person(f"001090{i:06d}") is None
-    )
+    missing = next(f"001090{i:06d}" for i in range(10**6) if synthetic.person(f"001090{i:06d}") is None)
     key = {"Authorization": "Bearer demo-dvcqg"}
     async with demo_platform(settings) as (http, _):
         resp = await http.post("/v1/exchange/bca/citizen", json={"cccd": missing}, headers=key)
