@@ -39,7 +39,7 @@ from broker.envelope import (
     dlq_topic,
     request_topic,
 )
-from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
+from broker.kafka import TopicSpec, consumer_lag, ensure_topics, make_consumer, make_producer
 from broker.metrics import AdapterMetrics
 from broker.settings import Settings
 
@@ -188,6 +188,7 @@ class Adapter:
                 continue
             if consumer.assignment():
                 self.assigned.set()
+            self.metrics.consumer_lag.labels(self.provider).set(await consumer_lag(consumer))
             if not batch:
                 continue
             handled = await asyncio.gather(

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from adapters.agencies import AGENCIES, handlers_for
 from adapters.runtime import Adapter
 from broker.catalog import Catalog
-from broker.metrics import AdapterMetrics
+from broker.metrics import AdapterMetrics, serve_metrics
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,10 @@ async def run_adapters(
     metrics = AdapterMetrics(CollectorRegistry())
     async with AsyncExitStack() as resources:
         adapters = build_adapters(settings, agencies, metrics, resources)
+        if settings.metrics_port:
+            runner = await serve_metrics(metrics.registry, settings.host, settings.metrics_port)
+            resources.push_async_callback(runner.cleanup)
+            progress(f"adapter metrics on http://{settings.host}:{settings.metrics_port}/metrics")
         await _serve(adapters, progress)
 
 

@@ -78,6 +78,8 @@ def _adapter(settings: Settings, args: argparse.Namespace) -> int:
 
     from adapters.serve import run_adapters
 
+    if args.metrics_port is not None:
+        settings = settings.replace(metrics_port=args.metrics_port)
     uvloop.run(run_adapters(settings, args.agencies, progress=_progress))
     return 0
 
@@ -102,6 +104,17 @@ def _backend(settings: Settings, args: argparse.Namespace) -> int:
             _progress("land registry backend stopped")
 
     uvloop.run(run())
+    return 0
+
+
+def _counter(settings: Settings, args: argparse.Namespace) -> int:
+    import uvloop
+
+    from broker.counter.serve import run_counter
+
+    if args.metrics_port is not None:
+        settings = settings.replace(metrics_port=args.metrics_port)
+    uvloop.run(run_counter(settings, progress=_progress))
     return 0
 
 
@@ -147,8 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--port", type=int, default=8091)
     backend.set_defaults(func=_backend)
 
+    counter = sub.add_parser("counter", help="exact transaction counts from ndxp.tx")
+    counter.add_argument("--metrics-port", type=int, default=None)
+    counter.set_defaults(func=_counter)
+
     adapter = sub.add_parser("adapter", help="adapters of simulated agencies")
     adapter.add_argument("agencies", nargs="+", metavar="agency")
+    adapter.add_argument("--metrics-port", type=int, default=None)
     adapter.set_defaults(func=_adapter)
     return parser
 

@@ -7,6 +7,7 @@ consumers never auto-commit unless asked. Topic creation is idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, Unpack
@@ -166,3 +167,15 @@ async def cluster_brokers(bootstrap_servers: str) -> int:
         return len(info["brokers"])
     finally:
         await admin.close()
+
+
+async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
+    """Records not yet consumed over the consumer's assignment (high watermark - position)."""
+    lag = 0
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None:  # nothing fetched from this partition yet
+            continue
+        with contextlib.suppress(Exception):  # partition revoked meanwhile
+            lag += max(0, high - await consumer.position(tp))
+    return lag

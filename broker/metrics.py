@@ -5,7 +5,18 @@ Names and labels are part of what operators rely on; the README lists them.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -48,6 +59,25 @@ class GatewayMetrics:
             "Replies that arrived after their exchange timed out (dropped)",
             registry=registry,
         )
+        self.tx_pending = Gauge(
+            "ndxp_tx_records_pending",
+            "Transaction records queued, not yet acknowledged by Kafka",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.tx_sent = Counter(
+            "ndxp_tx_records_sent_total", "Transaction records written to Kafka", registry=registry
+        )
+        self.tx_retries = Counter(
+            "ndxp_tx_records_retried_total",
+            "Transaction record sends that failed and were retried",
+            registry=registry,
+        )
+        self.tx_lost = Counter(
+            "ndxp_tx_records_lost_total",
+            "Transaction records that could not be sent before shutdown (logged)",
+            registry=registry,
+        )
 
 
 class AdapterMetrics:
@@ -80,9 +110,73 @@ class AdapterMetrics:
             ["provider"],
             registry=registry,
         )
+        self.consumer_lag = Gauge(
+            "ndxp_adapter_consumer_lag",
+            "Requests waiting in the provider's request topics (high watermark - position)",
+            ["provider"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "ndxp_adapter_dead_letters_total",
             "Messages that could not be decoded, sent to ndxp.dlq.<provider>",
             ["provider"],
             registry=registry,
         )
+
+
+class CounterMetrics:
+    """Metrics of the transaction counter."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.counted = Counter(
+            "ndxp_counter_records_total",
+            "Transaction records counted (exactly once)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "ndxp_counter_duplicates_total",
+            "Transaction records dropped because their exchange was already counted",
+            registry=registry,
+        )
+        self.malformed = Counter(
+            "ndxp_counter_malformed_total",
+            "Messages on the transaction topic that are not transaction records",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "ndxp_counter_lag",
+            "Transaction records not yet counted (high watermark - position)",
+            registry=registry,
+        )
+        self.commit_seconds = Histogram(
+            "ndxp_counter_commit_seconds",
+            "Time to commit one batch of counts with its offsets (one Kafka transaction)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+
+def exposition(registry: CollectorRegistry, multiprocess_dir: Path | None = None) -> web.Response:
+    """A /metrics response: this registry, or every worker's metrics in multiprocess mode."""
+    if multiprocess_dir is not None:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
+    resp = web.Response(body=generate_latest(registry))
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> web.AppRunner:
+    """Serve ``/metrics`` of a process that has no HTTP server of its own (adapter, counter)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return exposition(registry)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

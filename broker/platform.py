@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,12 +49,22 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], within_s: float)
     raise PlatformError(f"{url} was not ready within {within_s:.0f}s")
 
 
+def _port(preferred: int) -> int:
+    """``preferred`` if it is free (the port deploy/prometheus scrapes), else any free port."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
 def demo_text(settings: Settings, base_url: str) -> str:
     """What `ndxp up` prints: URLs, demo keys and a ready-to-paste curl."""
     catalog = Catalog.load(settings.schemas_dir)
     registry = Registry.load(settings.registry_path, catalog)
     lines = [f"NDXP gateway: {base_url}", "  catalog: " + base_url + "/v1/services"]
-    lines.append(f"  openapi: {base_url}/openapi.json   metrics: {base_url}/metrics")
+    lines.append(f"  openapi: {base_url}/openapi.json   stats: {base_url}/v1/stats")
     lines.append("demo API keys (client → key):")
     example: tuple[str, str, Any] | None = None
     for agency in registry:
@@ -106,7 +117,14 @@ def run_platform(
         env = child_environment(settings, LAND_BACKEND_URL=backend_url)
         procs.append(subprocess.Popen([*ndxp, "backend", "land", "--port", str(backend_port)], env=env))
         _wait_ready(backend_url + "/healthz", procs, within_s=30)
-        procs.append(subprocess.Popen([*ndxp, "adapter", *catalog.providers()], env=env))
+        adapter_metrics = _port(9101)
+        counter_metrics = _port(9102)
+        procs.append(
+            subprocess.Popen(
+                [*ndxp, "adapter", *catalog.providers(), "--metrics-port", str(adapter_metrics)], env=env
+            )
+        )
+        procs.append(subprocess.Popen([*ndxp, "counter", "--metrics-port", str(counter_metrics)], env=env))
         procs.append(
             subprocess.Popen(
                 [
@@ -123,6 +141,10 @@ def run_platform(
         base = f"http://{settings.host}:{settings.port}"
         _wait_ready(base + "/readyz", procs, within_s=60)
         progress(demo_text(settings, base))
+        progress(
+            f"metrics: gateway {base}/metrics, adapters http://127.0.0.1:{adapter_metrics}/metrics, "
+            f"counter http://127.0.0.1:{counter_metrics}/metrics"
+        )
         progress("platform up; Ctrl-C stops everything")
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)

@@ -83,6 +83,22 @@ class Settings:
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 
+    # Transaction records and counting
+    tx_topic: str = "ndxp.tx"
+    """``NDXP_TX_TOPIC``: where the gateway writes a record of every exchange."""
+    stats_topic: str = "ndxp.stats"
+    """``NDXP_STATS_TOPIC``: the counter's compacted counts (also names its group)."""
+    stats_utc_offset_hours: int = 7
+    """Days are counted in this UTC offset (Vietnam: +7, no daylight saving)."""
+    dedupe_retention_hours: int = 48
+    """How long the counter remembers exchange ids to drop duplicate records."""
+    counter_batch: int = 5000
+    """Most transaction records the counter commits in one Kafka transaction."""
+    metrics_port: int = 0
+    """``NDXP_METRICS_PORT``: /metrics of an adapter or counter process (0: none)."""
+    metrics_dir: Path | None = None
+    """``NDXP_METRICS_DIR``: prometheus-client multiprocess directory for gateway workers."""
+
     # Adapters
     adapter_concurrency: int = 256
     adapter_dedupe_size: int = 100_000
@@ -123,9 +139,14 @@ class Settings:
             ("ADAPTER_DEDUPE_SIZE", "adapter_dedupe_size", 1),
             ("SIM_LATENCY_MS", "sim_latency_ms", 0),
             ("BACKEND_TIMEOUT_MS", "backend_timeout_ms", 1),
+            ("METRICS_PORT", "metrics_port", 0),
+            ("COUNTER_BATCH", "counter_batch", 1),
+            ("DEDUPE_RETENTION_HOURS", "dedupe_retention_hours", 1),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = _int(PREFIX + name, v, minimum=minimum)
+        if (v := get("STATS_UTC_OFFSET_HOURS")) is not None:
+            kw["stats_utc_offset_hours"] = _int(PREFIX + "STATS_UTC_OFFSET_HOURS", v, minimum=-12)
         for name, attr in (
             ("KAFKA_START_TIMEOUT_S", "kafka_start_timeout_s"),
             ("DEFAULT_RATE_LIMIT", "default_rate_limit"),
@@ -137,6 +158,7 @@ class Settings:
             ("CACHE_DIR", "cache_dir"),
             ("REGISTRY", "registry_path"),
             ("SCHEMAS_DIR", "schemas_dir"),
+            ("METRICS_DIR", "metrics_dir"),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = Path(v)
@@ -145,6 +167,8 @@ class Settings:
             ("INSTANCE_ID", "instance_id"),
             ("LOG_LEVEL", "log_level"),
             ("LAND_BACKEND_URL", "land_backend_url"),
+            ("TX_TOPIC", "tx_topic"),
+            ("STATS_TOPIC", "stats_topic"),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = v

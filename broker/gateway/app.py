@@ -13,85 +13,38 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import re
 import signal
 import sys
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable
 from multiprocessing.queues import Queue
+from pathlib import Path
 from typing import Any
 
-import orjson
 import uvloop
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import mark_process_dead
 
 from broker.catalog import Catalog
+from broker.counter.recorder import TxRecorder
+from broker.counter.stats import StatsView
 from broker.envelope import reply_topic
-from broker.errors import (
-    InvalidRequest,
-    MethodNotAllowed,
-    NdxpError,
-    NotFound,
-    PayloadTooLarge,
-)
 from broker.gateway import meta
 from broker.gateway.exchange import exchange
 from broker.gateway.limits import Limits
+from broker.gateway.problems import problems
 from broker.gateway.replies import ReplyRouter
-from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
-from broker.kafka import make_producer
+from broker.gateway.state import GATEWAY, Gateway
+from broker.kafka import TopicSpec, ensure_topics, make_producer
 from broker.metrics import GatewayMetrics
 from broker.registry import Registry
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def problem_response(exc: NdxpError, exchange_id: str) -> web.Response:
-    resp = web.Response(
-        body=orjson.dumps(exc.problem(exchange_id)),
-        status=exc.status,
-        content_type="application/problem+json",
-    )
-    if exc.retry_after is not None:
-        resp.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.499)))
-    return resp
-
-
-@web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Exchange id on every request and response; every error as problem+json."""
-    given = request.headers.get("X-Request-Id")
-    valid = given is not None and _REQUEST_ID.match(given) is not None
-    exchange_id = given if valid and given is not None else uuid.uuid4().hex
-    request[EXCHANGE_ID] = exchange_id
-    try:
-        if given is not None and not valid:
-            raise InvalidRequest("X-Request-Id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-        resp = await handler(request)
-    except NdxpError as exc:
-        resp = problem_response(exc, exchange_id)
-    except web.HTTPException as exc:
-        mapped: NdxpError
-        if exc.status == 404:
-            mapped = NotFound(f"no such path: {request.path}")
-        elif exc.status == 405:
-            mapped = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-        elif exc.status == 413:
-            mapped = PayloadTooLarge("request body too large")
-        else:
-            raise
-        resp = problem_response(mapped, exchange_id)
-    except Exception:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        resp = problem_response(NdxpError("unexpected error; see the gateway log"), exchange_id)
-    resp.headers["X-Request-Id"] = exchange_id
-    return resp
 
 
 def worker_reply_topic(settings: Settings, worker: int) -> str:
@@ -122,6 +75,8 @@ def create_app(
             workers=settings.workers,
         ),
         replies=ReplyRouter(settings, worker_reply_topic(settings, worker), metrics),
+        recorder=TxRecorder(settings.tx_topic, metrics),
+        stats=StatsView(settings),
         worker=worker,
     )
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
@@ -133,17 +88,30 @@ def create_app(
         yield
         await gw.producer.stop()  # flushes what is still batched
 
+    async def tx_recorder(app: web.Application) -> AsyncIterator[None]:
+        await ensure_topics(settings, [TopicSpec(name=settings.tx_topic, partitions=4)])
+        gw.recorder.start(gw.producer)
+        yield
+        # In-flight exchanges are over by now (the server stopped first): flush their records.
+        await gw.recorder.stop(flush_within_s=settings.shutdown_grace_s)
+
     async def reply_router(app: web.Application) -> AsyncIterator[None]:
         await gw.replies.start()
         yield
         await gw.replies.stop()
 
-    app.cleanup_ctx.extend([kafka_producer, reply_router])
+    async def stats_view(app: web.Application) -> AsyncIterator[None]:
+        await gw.stats.start()
+        yield
+        await gw.stats.stop()
+
+    app.cleanup_ctx.extend([kafka_producer, tx_recorder, reply_router, stats_view])
     app.router.add_post("/v1/exchange/{provider}/{service}", exchange)
     app.router.add_get("/v1/agencies", meta.agencies)
     app.router.add_get("/v1/services", meta.services)
     app.router.add_get("/v1/services/{provider}/{service}", meta.service)
     app.router.add_get("/v1/allowed", meta.allowed)
+    app.router.add_get("/v1/stats", meta.stats)
     app.router.add_get("/openapi.json", meta.openapi)
     app.router.add_get("/healthz", meta.healthz)
     app.router.add_get("/readyz", meta.readyz)
@@ -191,12 +159,23 @@ def _worker_main(settings: Settings, worker: int, ready: Queue[int]) -> None:
     except Exception:
         log.exception("gateway worker %d failed", worker)
         sys.exit(1)
+    finally:
+        if settings.metrics_dir is not None:
+            mark_process_dead(os.getpid(), str(settings.metrics_dir))  # type: ignore[no-untyped-call]
 
 
 def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> int:
     """Run ``settings.workers`` worker processes on one port; return the exit code."""
     if settings.port == 0 and settings.workers > 1:
         raise ValueError("several workers need a fixed --port (SO_REUSEPORT)")
+    metrics_dir: tempfile.TemporaryDirectory[str] | None = None
+    if settings.workers > 1 and settings.metrics_dir is None:
+        # prometheus-client's multiprocess mode: every worker writes its values to
+        # files here and /metrics, answered by any worker, sums them all. The
+        # library reads this variable when the (spawned) workers import it.
+        metrics_dir = tempfile.TemporaryDirectory(prefix="ndxp-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
+        settings = settings.replace(metrics_dir=Path(metrics_dir.name))
     ctx = multiprocessing.get_context("spawn")
     ready: Queue[int] = ctx.Queue()
     procs = [
@@ -233,5 +212,7 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        if metrics_dir is not None:
+            metrics_dir.cleanup()
     codes = [p.exitcode or 0 for p in procs]
     return 0 if all(c == 0 for c in codes) else 1

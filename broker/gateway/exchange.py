@@ -3,19 +3,22 @@
 authenticate → authorize → admit (rate, in-flight) → read body (size limit)
 → validate request → produce to ``ndxp.req.<provider>.<service>`` → await the
 reply on this worker's reply topic within the service timeout → validate the
-response → answer. The request bytes go to Kafka as they came.
+response → answer. The request bytes go to Kafka as they came. Whatever the
+outcome, the exchange is counted in metrics and in a transaction record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Any
 
 import orjson
 from aiohttp import web
 
-from broker.envelope import ReplyOutcome, RequestMeta, now_ms, request_topic
+from broker.catalog import Service
+from broker.counter.records import TxRecord
+from broker.envelope import Reply, ReplyOutcome, RequestMeta, now_ms, request_topic
 from broker.errors import (
     AccessDenied,
     InvalidRequest,
@@ -27,9 +30,11 @@ from broker.errors import (
     Unauthorized,
     UnknownService,
 )
+from broker.gateway.problems import problem_response
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
 from broker.registry import Agency
 
+log = logging.getLogger(__name__)
 JSON = "application/json"
 PROBLEM = "application/problem+json"
 
@@ -49,82 +54,111 @@ def authenticate(gw: Gateway, request: web.Request) -> Agency:
 async def exchange(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     started = time.perf_counter()
-    exchange_id = request[EXCHANGE_ID]
+    rec = TxRecord(
+        exchange_id=request[EXCHANGE_ID],
+        client="-",
+        provider="-",
+        service="-",
+        outcome="internal_error",
+        status=500,
+        t_in=time.time() * 1000,
+        gateway=gw.replies.topic,
+        user_id=request.headers.get("X-NDXP-User-Id"),
+        purpose=request.headers.get("X-NDXP-Purpose"),
+    )
+    try:
+        resp = await _exchange(gw, request, rec)
+    except NdxpError as exc:
+        rec.outcome = exc.code
+        resp = problem_response(exc, rec.exchange_id)
+    except Exception:
+        log.exception("exchange %s failed unexpectedly", rec.exchange_id)
+        resp = problem_response(NdxpError("unexpected error; see the gateway log"), rec.exchange_id)
+    rec.status = resp.status
+    rec.response_bytes = len(resp.body) if isinstance(resp.body, bytes) else 0
+    rec.t_out = time.time() * 1000
+    gw.metrics.exchanges.labels(rec.client, rec.provider, rec.service, rec.outcome).inc()
+    gw.metrics.duration.labels(rec.provider, rec.service).observe(time.perf_counter() - started)
+    gw.recorder.record(rec)
+    return resp
+
+
+async def _exchange(gw: Gateway, request: web.Request, rec: TxRecord) -> web.Response:
     provider = request.match_info["provider"]
     service = request.match_info["service"]
-    client = "-"
-    labels = ("-", "-")
-    outcome = "internal_error"
-    try:
-        agency = authenticate(gw, request)
-        client = agency.id
-        svc = gw.catalog.get(provider, service)
-        if svc is None:
-            raise UnknownService(f"no service {provider}/{service}; see GET /v1/services")
-        labels = (provider, service)
-        if not gw.registry.allowed(agency.id, provider, service):
-            raise AccessDenied(f"{agency.id} may not call {provider}/{service}")
-        if request.content_length is not None and request.content_length > gw.settings.max_body_bytes:
-            raise PayloadTooLarge(f"the body limit is {gw.settings.max_body_bytes} bytes")
-        with gw.limits.admit(agency):
-            body = await _read_body(request, gw.settings.max_body_bytes)
-            _validate_request(svc.request.violations, body)
-            meta = RequestMeta(
-                exchange_id=exchange_id,
-                client=agency.id,
-                provider=provider,
-                service=service,
-                reply_to=gw.replies.topic,
-                deadline_ms=now_ms() + svc.timeout_ms,
-                user_id=request.headers.get("X-NDXP-User-Id"),
-                purpose=request.headers.get("X-NDXP-Purpose"),
-                traceparent=request.headers.get("traceparent"),
-            )
-            if gw.replies.waiting(exchange_id):
-                raise InvalidRequest(f"X-Request-Id {exchange_id!r} is already in flight")
-            reply_future = gw.replies.expect(exchange_id)
-            gw.metrics.in_flight.inc()
-            sent = time.perf_counter()
-            try:
-                async with asyncio.timeout(svc.timeout_ms / 1000):
-                    delivery = await gw.producer.send(
-                        request_topic(provider, service),
-                        body,
-                        key=exchange_id.encode(),
-                        headers=meta.headers(),
-                    )
-                    await delivery
-                    reply = await reply_future
-            except TimeoutError as exc:
-                raise Timeout(f"{provider}/{service} did not answer within {svc.timeout_ms} ms") from exc
-            finally:
-                gw.replies.forget(exchange_id)
-                gw.metrics.in_flight.dec()
-            gw.metrics.kafka_roundtrip.labels(*labels).observe(time.perf_counter() - sent)
+    agency = authenticate(gw, request)
+    rec.client = agency.id
+    svc = gw.catalog.get(provider, service)
+    if svc is None:
+        raise UnknownService(f"no service {provider}/{service}; see GET /v1/services")
+    rec.provider, rec.service = provider, service
+    if not gw.registry.allowed(agency.id, provider, service):
+        raise AccessDenied(f"{agency.id} may not call {provider}/{service}")
+    limit = gw.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body limit is {limit} bytes")
+    with gw.limits.admit(agency):
+        body = await _read_body(request, limit)
+        rec.request_bytes = len(body)
+        _validate_request(svc, body)
+        reply = await _round_trip(gw, request, svc, agency, body, rec)
 
-        if reply.outcome is ReplyOutcome.PROVIDER_ERROR:
-            raise ProviderError(_detail(reply.body) or f"{provider} failed to answer")
-        if reply.outcome is ReplyOutcome.BUSINESS_ERROR:
-            outcome = "business_error"
-            return web.Response(body=reply.body, status=reply.status, content_type=PROBLEM)
-        try:
-            answer = orjson.loads(reply.body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidResponse(f"{provider}/{service} answered with invalid JSON") from exc
-        bad = svc.response.violations(answer)
-        if bad:
-            raise InvalidResponse(
-                f"{provider}/{service} answered outside its contract",
-                extra={"errors": [v.as_dict() for v in bad]},
+    if reply.outcome is ReplyOutcome.PROVIDER_ERROR:
+        raise ProviderError(_detail(reply.body) or f"{provider} failed to answer")
+    if reply.outcome is ReplyOutcome.BUSINESS_ERROR:
+        rec.outcome = "business_error"
+        return web.Response(body=reply.body, status=reply.status, content_type=PROBLEM)
+    try:
+        answer = orjson.loads(reply.body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidResponse(f"{svc.key} answered with invalid JSON") from exc
+    bad = svc.response.violations(answer)
+    if bad:
+        raise InvalidResponse(
+            f"{svc.key} answered outside its contract",
+            extra={"errors": [v.as_dict() for v in bad]},
+        )
+    rec.outcome = "ok"
+    return web.Response(body=reply.body, status=200, content_type=JSON)
+
+
+async def _round_trip(
+    gw: Gateway, request: web.Request, svc: Service, agency: Agency, body: bytes, rec: TxRecord
+) -> Reply:
+    """Produce the request and await its reply within the service timeout."""
+    eid = rec.exchange_id
+    meta = RequestMeta(
+        exchange_id=eid,
+        client=agency.id,
+        provider=svc.provider,
+        service=svc.service,
+        reply_to=gw.replies.topic,
+        deadline_ms=now_ms() + svc.timeout_ms,
+        user_id=rec.user_id,
+        purpose=rec.purpose,
+        traceparent=request.headers.get("traceparent"),
+    )
+    if gw.replies.waiting(eid):
+        raise InvalidRequest(f"X-Request-Id {eid!r} is already in flight")
+    reply_future = gw.replies.expect(eid)
+    gw.metrics.in_flight.inc()
+    sent = time.perf_counter()
+    try:
+        async with asyncio.timeout(svc.timeout_ms / 1000):
+            delivery = await gw.producer.send(
+                request_topic(svc.provider, svc.service), body, key=eid.encode(), headers=meta.headers()
             )
-        outcome = "ok"
-        return web.Response(body=reply.body, status=200, content_type=JSON)
-    except NdxpError as exc:
-        outcome = exc.code
-        raise
+            await delivery
+            rec.t_sent = time.time() * 1000
+            reply = await reply_future
+            rec.t_reply = time.time() * 1000
+    except TimeoutError as exc:
+        raise Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms") from exc
     finally:
-        gw.metrics.exchanges.labels(client, *labels, outcome).inc()
-        gw.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+        gw.replies.forget(eid)
+        gw.metrics.in_flight.dec()
+    gw.metrics.kafka_roundtrip.labels(svc.provider, svc.service).observe(time.perf_counter() - sent)
+    return reply
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -137,7 +171,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
-def _validate_request(violations: Any, body: bytes) -> None:
+def _validate_request(svc: Service, body: bytes) -> None:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -145,7 +179,7 @@ def _validate_request(violations: Any, body: bytes) -> None:
             f"the body is not valid JSON: {exc}",
             extra={"errors": [{"path": "/", "schema_path": "/", "message": "invalid JSON"}]},
         ) from exc
-    bad = violations(doc)
+    bad = svc.request.violations(doc)
     if bad:
         raise InvalidRequest(
             "; ".join(f"{v.path}: {v.message}" for v in bad[:3]),

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from broker import __version__
 from broker.catalog import Catalog
-from broker.errors import Unavailable, UnknownService
+from broker.counter.records import day_of
+from broker.counter.stats import summarise
+from broker.errors import InvalidRequest, Unavailable, UnknownService
 from broker.gateway.exchange import authenticate
 from broker.gateway.state import GATEWAY
+from broker.metrics import exposition
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -44,6 +48,17 @@ async def allowed(request: web.Request) -> web.Response:
     return json_response({"client": agency.id, "services": gw.registry.allowed_services(agency.id)})
 
 
+async def stats(request: web.Request) -> web.Response:
+    """Exact counts of one day (default: today in the counting time zone)."""
+    gw = request.app[GATEWAY]
+    day = request.query.get("day") or day_of(time.time() * 1000, gw.settings.stats_utc_offset_hours)
+    try:
+        dt.date.fromisoformat(day)
+    except ValueError as exc:
+        raise InvalidRequest(f"day must be YYYY-MM-DD, not {day!r}") from exc
+    return json_response(summarise(gw.stats.counts, day))
+
+
 async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document(request.app[GATEWAY].catalog))
 
@@ -61,9 +76,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    resp = web.Response(body=generate_latest(gw.metrics.registry))
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return resp
+    return exposition(gw.metrics.registry, gw.settings.metrics_dir)
 
 
 _PROBLEM_SCHEMA = {
@@ -121,6 +134,7 @@ def openapi_document(catalog: Catalog) -> dict[str, Any]:
         ("/v1/agencies", "Registered agencies"),
         ("/v1/services", "Service catalog"),
         ("/v1/allowed", "Services the caller may call"),
+        ("/v1/stats", "Exact transaction counts of a day (?day=YYYY-MM-DD)"),
         ("/healthz", "Liveness"),
         ("/readyz", "Readiness"),
     ):

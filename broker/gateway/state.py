@@ -8,6 +8,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from broker.catalog import Catalog
+from broker.counter.recorder import TxRecorder
+from broker.counter.stats import StatsView
 from broker.gateway.limits import Limits
 from broker.gateway.replies import ReplyRouter
 from broker.metrics import GatewayMetrics
@@ -25,6 +27,8 @@ class Gateway:
     metrics: GatewayMetrics
     limits: Limits
     replies: ReplyRouter
+    recorder: TxRecorder
+    stats: StatsView
     worker: int = 0
     producer: AIOKafkaProducer = field(init=False)
     """Set when the app starts (it needs the running loop)."""

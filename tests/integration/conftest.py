@@ -22,5 +22,7 @@ def exchange_settings(settings: Settings, provider: str, tmp_path: Path) -> Sett
         schemas_dir=write_contracts(tmp_path, provider),
         registry_path=write_registry(tmp_path, provider),
         instance_id=f"test-{uuid.uuid4().hex[:8]}",
+        tx_topic=f"ndxp.tx.{provider}",
+        stats_topic=f"ndxp.stats.{provider}",
         max_body_bytes=64 * 1024,
     )

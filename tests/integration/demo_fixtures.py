@@ -22,7 +22,10 @@ from tests.integration.exchange_fixtures import running_gateway
 @asynccontextmanager
 async def demo_platform(settings: Settings) -> AsyncIterator[tuple[ClientSession, Settings]]:
     """Yields an HTTP session on a gateway in front of every demo agency."""
-    settings = settings.replace(instance_id=f"demo-{uuid.uuid4().hex[:8]}")
+    run = uuid.uuid4().hex[:8]
+    settings = settings.replace(
+        instance_id=f"demo-{run}", tx_topic=f"ndxp.tx.demo-{run}", stats_topic=f"ndxp.stats.demo-{run}"
+    )
     backend = TestServer(create_backend(settings), host="127.0.0.1")
     await backend.start_server()
     settings = settings.replace(land_backend_url=str(backend.make_url("")).rstrip("/"))

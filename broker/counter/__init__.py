@@ -1,0 +1,1 @@
+"""Transaction records and exact counting: recorder (gateway), counter, stats view."""

@@ -1,0 +1,173 @@
+"""`ndxp counter`: exact counts per day, client, provider, service and outcome.
+
+Exactly once, by construction:
+
+- The counter consumes ``ndxp.tx`` (``read_committed``) in a consumer group
+  and, per polled batch, writes in **one Kafka transaction** the updated
+  count rows (compacted stats topic), the exchange ids it counted (compacted
+  "seen" topic, kept ``dedupe_retention_hours``) and the consumer offsets.
+  Killed at any point, it restarts from the last committed transaction, with
+  counts that match those offsets exactly: nothing is counted twice or lost.
+- A record whose exchange id was already counted (the same record sent
+  twice) is dropped and counted as a duplicate.
+- On start it loads its state from the two compacted topics, not by
+  re-reading the history of ``ndxp.tx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter as Tally
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from broker.counter.records import TxRecord, day_of
+from broker.counter.stats import StatKey, read_compacted, stats_topic_spec
+from broker.kafka import TopicSpec, consumer_lag, ensure_topics, make_consumer, make_producer
+from broker.metrics import CounterMetrics
+from broker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TxCounter:
+    """Counts transaction records exactly once; state lives in Kafka."""
+
+    def __init__(self, settings: Settings, metrics: CounterMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.group_id = f"{settings.stats_topic}.counter"
+        self.seen_topic = f"{settings.stats_topic}.seen"
+        self.counts: dict[StatKey, int] = {}
+        self.seen: set[str] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        retention_ms = self.settings.dedupe_retention_hours * 3600 * 1000
+        await ensure_topics(
+            self.settings,
+            [
+                TopicSpec(name=self.settings.tx_topic, partitions=4),
+                stats_topic_spec(self.settings),
+                TopicSpec(
+                    name=self.seen_topic,
+                    configs={"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)},
+                ),
+            ],
+        )
+        started = time.monotonic()
+        loader = make_consumer(self.settings, group_id=None, isolation_level="read_committed")
+        await loader.start()
+        try:
+            stats = await read_compacted(loader, TopicPartition(self.settings.stats_topic, 0))
+            seen = await read_compacted(loader, TopicPartition(self.seen_topic, 0))
+        finally:
+            await loader.stop()
+        self.counts = {StatKey.decode(k): int(orjson.loads(v)["count"]) for k, v in stats.items()}
+        self.seen = {k.decode() for k in seen}
+        log.info(
+            "counter state loaded in %.1fs: %d count rows, %d remembered exchanges",
+            time.monotonic() - started,
+            len(self.counts),
+            len(self.seen),
+        )
+        self._producer = make_producer(
+            self.settings, client_id="ndxp-counter", transactional_id=self.group_id
+        )
+        await self._producer.start()
+        self._consumer = make_consumer(
+            self.settings,
+            group_id=self.group_id,
+            client_id="ndxp-counter",
+            isolation_level="read_committed",
+            max_poll_records=self.settings.counter_batch,
+            fetch_max_wait_ms=100,
+        )
+        await self._consumer.start()
+        self._consumer.subscribe([self.settings.tx_topic])
+        self._task = asyncio.create_task(self._run(), name="counter")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _run(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        assert consumer is not None
+        assert producer is not None
+        while not self._stopping.is_set():
+            try:
+                batch = await consumer.getmany(timeout_ms=200)
+            except Exception:
+                log.exception("counter: poll failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            await self._update_lag(consumer)
+            if not batch:
+                continue
+            deltas, new_seen, outcomes = self._tally(batch)
+            changed = {key: self.counts.get(key, 0) + n for key, n in deltas.items()}
+            offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+            started = time.perf_counter()
+            try:
+                async with producer.transaction():
+                    for key, count in changed.items():
+                        await producer.send(
+                            self.settings.stats_topic, orjson.dumps({"count": count}), key=key.encode()
+                        )
+                    for eid, day in new_seen.items():
+                        await producer.send(self.seen_topic, day.encode(), key=eid.encode())
+                    await producer.send_offsets_to_transaction(offsets, self.group_id)
+            except Exception:
+                log.exception("counter: transaction failed; the batch will be counted again")
+                for tp, msgs in batch.items():
+                    with contextlib.suppress(Exception):
+                        consumer.seek(tp, msgs[0].offset)
+                await asyncio.sleep(0.2)
+                continue
+            # Only now, with the transaction committed, does memory move on.
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            self.counts.update(changed)
+            self.seen.update(new_seen)
+            for outcome, n in outcomes.items():
+                self.metrics.counted.labels(outcome).inc(n)
+
+    def _tally(
+        self, batch: dict[TopicPartition, list[Any]]
+    ) -> tuple[Tally[StatKey], dict[str, str], Tally[str]]:
+        deltas: Tally[StatKey] = Tally()
+        new_seen: dict[str, str] = {}
+        outcomes: Tally[str] = Tally()
+        for messages in batch.values():
+            for msg in messages:
+                try:
+                    rec = TxRecord.decode(msg.value or b"")
+                except ValueError:
+                    self.metrics.malformed.inc()
+                    log.warning("counter: skipping a malformed record at %s@%s", msg.topic, msg.offset)
+                    continue
+                if rec.exchange_id in self.seen or rec.exchange_id in new_seen:
+                    self.metrics.duplicates.inc()
+                    continue
+                day = day_of(rec.t_in, self.settings.stats_utc_offset_hours)
+                new_seen[rec.exchange_id] = day
+                deltas[StatKey(day, rec.client, rec.provider, rec.service, rec.outcome)] += 1
+                outcomes[rec.outcome] += 1
+        return deltas, new_seen, outcomes
+
+    async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        self.metrics.lag.set(await consumer_lag(consumer))

@@ -1,0 +1,128 @@
+"""Counts as stored in the compacted stats topic, and the gateway's view of them.
+
+One message per (day, client, provider, service, outcome): key
+``day|client|provider|service|outcome``, value ``{"count": n}``; compaction
+keeps the latest. The gateway's :class:`StatsView` reads the topic from the
+beginning (``read_committed``) and answers ``GET /v1/stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from typing import Any, NamedTuple
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from broker.kafka import TopicSpec, ensure_topics, make_consumer
+from broker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StatKey(NamedTuple):
+    day: str
+    client: str
+    provider: str
+    service: str
+    outcome: str
+
+    def encode(self) -> bytes:
+        return "|".join(self).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> StatKey:
+        return cls(*raw.decode().split("|"))
+
+
+def stats_topic_spec(settings: Settings) -> TopicSpec:
+    return TopicSpec(
+        name=settings.stats_topic,
+        partitions=1,
+        configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"},
+    )
+
+
+def summarise(counts: dict[StatKey, int], day: str) -> dict[str, Any]:
+    """The public shape of ``/v1/stats`` for one day."""
+    by: dict[str, dict[str, int]] = {
+        k: defaultdict(int) for k in ("by_outcome", "by_client", "by_provider", "by_service")
+    }
+    total = 0
+    for key, n in counts.items():
+        if key.day != day or n == 0:
+            continue
+        total += n
+        by["by_outcome"][key.outcome] += n
+        by["by_client"][key.client] += n
+        by["by_provider"][key.provider] += n
+        by["by_service"][f"{key.provider}/{key.service}"] += n
+    return {"day": day, "total": total, **{k: dict(sorted(v.items())) for k, v in by.items()}}
+
+
+async def read_compacted(consumer: AIOKafkaConsumer, tp: TopicPartition) -> dict[bytes, bytes]:
+    """Every key's latest value in ``tp``, reading from the beginning to the current end."""
+    consumer.assign([tp])
+    await consumer.seek_to_beginning(tp)
+    end = (await consumer.end_offsets([tp]))[tp]
+    latest: dict[bytes, bytes] = {}
+    while await consumer.position(tp) < end:
+        batch = await consumer.getmany(tp, timeout_ms=500)
+        for msg in batch.get(tp, []):
+            if msg.value is None:
+                latest.pop(msg.key, None)
+            else:
+                latest[msg.key] = msg.value
+    return latest
+
+
+class StatsView:
+    """Follows the stats topic; the counts the counter has committed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.counts: dict[StatKey, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings, [stats_topic_spec(self.settings)])
+        self._consumer = make_consumer(self.settings, group_id=None, isolation_level="read_committed")
+        await self._consumer.start()
+        tp = TopicPartition(self.settings.stats_topic, 0)
+        for key, value in (await read_compacted(self._consumer, tp)).items():
+            self._apply(key, value)
+        self._task = asyncio.create_task(self._follow(), name="stats-view")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    def _apply(self, key: bytes, value: bytes) -> None:
+        try:
+            self.counts[StatKey.decode(key)] = int(orjson.loads(value)["count"])
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("ignoring malformed stats row %r: %s", key, exc)
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("stats view: poll failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for messages in batch.values():
+                for msg in messages:
+                    if msg.key is not None and msg.value is not None:
+                        self._apply(msg.key, msg.value)

@@ -1,0 +1,61 @@
+"""Errors as problem+json (RFC 9457), and the middleware that gives every request an exchange id."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from broker.errors import InvalidRequest, MethodNotAllowed, NdxpError, NotFound, PayloadTooLarge
+from broker.gateway.state import EXCHANGE_ID
+
+log = logging.getLogger(__name__)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem_response(exc: NdxpError, exchange_id: str) -> web.Response:
+    resp = web.Response(
+        body=orjson.dumps(exc.problem(exchange_id)),
+        status=exc.status,
+        content_type="application/problem+json",
+    )
+    if exc.retry_after is not None:
+        resp.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.499)))
+    return resp
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Exchange id on every request and response; every error as problem+json."""
+    given = request.headers.get("X-Request-Id")
+    valid = given is not None and _REQUEST_ID.match(given) is not None
+    exchange_id = given if valid and given is not None else uuid.uuid4().hex
+    request[EXCHANGE_ID] = exchange_id
+    try:
+        if given is not None and not valid:
+            raise InvalidRequest("X-Request-Id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        resp = await handler(request)
+    except NdxpError as exc:
+        resp = problem_response(exc, exchange_id)
+    except web.HTTPException as exc:
+        mapped: NdxpError
+        if exc.status == 404:
+            mapped = NotFound(f"no such path: {request.path}")
+        elif exc.status == 405:
+            mapped = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        elif exc.status == 413:
+            mapped = PayloadTooLarge("request body too large")
+        else:
+            raise
+        resp = problem_response(mapped, exchange_id)
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        resp = problem_response(NdxpError("unexpected error; see the gateway log"), exchange_id)
+    resp.headers["X-Request-Id"] = exchange_id
+    return resp
