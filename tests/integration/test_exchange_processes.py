@@ -84,11 +84,25 @@ async def test_1000_concurrent_exchanges_through_two_workers_get_their_own_answe
 
                 async with asyncio.timeout(120):
                     results = await asyncio.gather(*(call(i) for i in range(1000)))
+                # Whichever worker answers /metrics, it counts both workers' exchanges.
+                totals = set()
+                for _ in range(6):
+                    async with http.get("/metrics", headers={"Connection": "close"}) as resp:
+                        totals.add(_exchanges_total(await resp.text()))
     assert [status for _, status, _ in results] == [200] * 1000
     assert all(body["msg"] == f"m-{i}" for i, _, body in results)  # no crossed replies
     workers = Counter(body["via"] for _, _, body in results)
     assert len(workers) == 2, workers  # both workers served, each on its own reply topic
     assert sum(handlers.calls.values()) == 1000  # none lost, none processed twice
+    assert totals == {1000.0}
+
+
+def _exchanges_total(exposition: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith("ndxp_exchanges_total{")
+    )
 
 
 async def test_sigterm_on_gateway_under_load_completes_in_flight_and_exits_0(

@@ -67,12 +67,22 @@ def test_ndxp_up_serves_the_printed_curl_and_ctrl_c_stops_everything(
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200
             answer = orjson.loads(resp.read())
+        base = url.split("/v1/")[0]
+        deadline = time.monotonic() + 30  # the counter counts it within moments
+        while True:
+            with urllib.request.urlopen(base + "/v1/stats", timeout=10) as resp:
+                stats = orjson.loads(resp.read())
+            if stats["total"] >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert stats["total"] == 1
+        assert stats["by_outcome"] == {"ok": 1}
         provider, service = re.findall(r"/v1/exchange/([^/]+)/([^/]+)$", url)[0]
         contract = Catalog.load(base_settings.schemas_dir).get(provider, service)
         assert contract is not None
         assert contract.response.is_valid(answer), answer
         children = _descendants(proc.pid)
-        assert len(children) >= 3  # kafka, adapters, gateway (+ its workers)
+        assert len(children) >= 5  # kafka, backend, adapters, counter, gateway (+ its workers)
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)
