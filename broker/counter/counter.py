@@ -44,11 +44,13 @@ class TxCounter:
         self.group_id = f"{settings.stats_topic}.counter"
         self.seen_topic = f"{settings.stats_topic}.seen"
         self.counts: dict[StatKey, int] = {}
-        self.seen: set[str] = set()
+        self.seen: dict[str, str] = {}
+        """Exchange id → day, for the dedupe window (``dedupe_retention_hours``)."""
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._prune_at = 100_000
 
     async def start(self) -> None:
         retention_ms = self.settings.dedupe_retention_hours * 3600 * 1000
@@ -72,7 +74,8 @@ class TxCounter:
         finally:
             await loader.stop()
         self.counts = {StatKey.decode(k): int(orjson.loads(v)["count"]) for k, v in stats.items()}
-        self.seen = {k.decode() for k in seen}
+        self.seen = {k.decode(): v.decode() for k, v in seen.items()}
+        self._prune()
         log.info(
             "counter state loaded in %.1fs: %d count rows, %d remembered exchanges",
             time.monotonic() - started,
@@ -143,6 +146,8 @@ class TxCounter:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             self.counts.update(changed)
             self.seen.update(new_seen)
+            if len(self.seen) > self._prune_at:
+                self._prune()
             for outcome, n in outcomes.items():
                 self.metrics.counted.labels(outcome).inc(n)
 
@@ -168,6 +173,16 @@ class TxCounter:
                 deltas[StatKey(day, rec.client, rec.provider, rec.service, rec.outcome)] += 1
                 outcomes[rec.outcome] += 1
         return deltas, new_seen, outcomes
+
+    def _prune(self) -> None:
+        """Forget exchange ids older than the dedupe window, as the seen topic's retention does."""
+        now_ms = time.time() * 1000
+        keep_from = day_of(
+            now_ms - self.settings.dedupe_retention_hours * 3600 * 1000,
+            self.settings.stats_utc_offset_hours,
+        )
+        self.seen = {eid: day for eid, day in self.seen.items() if day >= keep_from}
+        self._prune_at = max(100_000, 2 * len(self.seen))
 
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         self.metrics.lag.set(await consumer_lag(consumer))
