@@ -27,19 +27,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from broker.envelope import (
     H_ERROR,
-    Headers,
     Reply,
     ReplyOutcome,
     RequestMeta,
     dlq_topic,
     request_topic,
 )
-from broker.kafka import TopicSpec, consumer_lag, ensure_topics, make_consumer, make_producer
+from broker.errors import problem_body
+from broker.kafka import (
+    Outgoing,
+    TopicSpec,
+    consumer_lag,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    poll,
+    produce_and_commit,
+)
 from broker.metrics import AdapterMetrics
 from broker.settings import Settings
 
@@ -72,22 +81,11 @@ class BusinessError(Exception):
         self.title = title or code.replace("_", " ").capitalize()
 
     def problem(self, exchange_id: str) -> dict[str, Any]:
-        return {
-            "type": f"https://ndxp.example/problems/{self.code}",
-            "title": self.title,
-            "status": self.status,
-            "code": self.code,
-            "detail": self.detail,
-            "exchange_id": exchange_id,
-        }
+        return problem_body(self.status, self.code, self.title, self.detail, exchange_id)
 
 
 @dataclass(frozen=True, slots=True)
-class _Out:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: Headers
+class _Out(Outgoing):
     reply: Reply | None = None
 
 
@@ -180,12 +178,7 @@ class Adapter:
         assert consumer is not None
         assert producer is not None
         while not self._stopping.is_set():
-            try:
-                batch = await consumer.getmany(timeout_ms=100)
-            except Exception:
-                log.exception("%s: poll failed; retrying", self.provider)
-                await asyncio.sleep(0.5)
-                continue
+            batch = await poll(consumer, f"adapter {self.provider}", timeout_ms=100)
             if consumer.assignment():
                 self.assigned.set()
             self.metrics.consumer_lag.labels(self.provider).set(await consumer_lag(consumer))
@@ -195,26 +188,12 @@ class Adapter:
                 *(self._handle(msg) for messages in batch.values() for msg in messages)
             )
             outs = [out for outs_of_one in handled for out in outs_of_one]
-            offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
-            try:
-                async with producer.transaction():
-                    for out in outs:
-                        await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
-                    await producer.send_offsets_to_transaction(offsets, self.group_id)
-            except Exception:
-                log.exception("%s: transaction failed; the batch will be redelivered", self.provider)
-                self._rewind(consumer, batch)
-                await asyncio.sleep(0.2)
-                continue
-            for out in outs:
-                if out.reply is not None:
-                    self._remember(out.reply)
-
-    @staticmethod
-    def _rewind(consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]) -> None:
-        for tp, messages in batch.items():
-            with contextlib.suppress(Exception):  # partition may have been revoked
-                consumer.seek(tp, messages[0].offset)
+            if await produce_and_commit(
+                producer, consumer, self.group_id, batch, outs, f"adapter {self.provider}"
+            ):
+                for out in outs:
+                    if out.reply is not None:
+                        self._remember(out.reply)
 
     def _remember(self, reply: Reply) -> None:
         self._memory[reply.exchange_id] = reply
@@ -226,7 +205,7 @@ class Adapter:
         self.metrics.dead_letters.labels(self.provider).inc()
         log.warning("%s: dead letter from %s@%s: %s", self.provider, msg.topic, msg.offset, reason)
         headers = [*list(msg.headers or ()), (H_ERROR, reason.encode())]
-        return _Out(dlq_topic(self.provider), msg.key, msg.value or b"", headers)
+        return _Out(dlq_topic(self.provider), msg.value or b"", msg.key, headers)
 
     async def _handle(self, msg: Any) -> list[_Out]:
         try:
@@ -257,7 +236,7 @@ class Adapter:
         return [self._reply_out(meta, reply)]
 
     def _reply_out(self, meta: RequestMeta, reply: Reply) -> _Out:
-        return _Out(meta.reply_to, meta.exchange_id.encode(), reply.body, reply.headers(), reply)
+        return _Out(meta.reply_to, reply.body, meta.exchange_id.encode(), reply.headers(), reply)
 
     async def _call(self, meta: RequestMeta, raw: bytes | None) -> Reply | None:
         eid = meta.exchange_id

@@ -27,6 +27,18 @@ from typing import Any, ClassVar
 PROBLEM_JSON = "application/problem+json"
 
 
+def problem_body(status: int, code: str, title: str, detail: str, exchange_id: str | None) -> dict[str, Any]:
+    """An RFC 9457 problem with the platform's ``code`` and ``exchange_id`` members."""
+    return {
+        "type": f"https://ndxp.example/problems/{code}",
+        "title": title,
+        "status": status,
+        "code": code,
+        "detail": detail,
+        "exchange_id": exchange_id,
+    }
+
+
 class NdxpError(Exception):
     """Root of the platform's errors; each maps to one problem+json response."""
 
@@ -49,16 +61,7 @@ class NdxpError(Exception):
 
     def problem(self, exchange_id: str | None) -> dict[str, Any]:
         """The problem+json body of this error."""
-        body: dict[str, Any] = {
-            "type": f"https://ndxp.example/problems/{self.code}",
-            "title": self.title,
-            "status": self.status,
-            "code": self.code,
-            "detail": self.detail,
-            "exchange_id": exchange_id,
-        }
-        body.update(self.extra)
-        return body
+        return {**problem_body(self.status, self.code, self.title, self.detail, exchange_id), **self.extra}
 
 
 class Unauthorized(NdxpError):

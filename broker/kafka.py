@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, Unpack
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from broker.settings import Settings
 
+log = logging.getLogger(__name__)
 _TOPIC_ALREADY_EXISTS = 36
 
 
@@ -179,3 +181,59 @@ async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
         with contextlib.suppress(Exception):  # partition revoked meanwhile
             lag += max(0, high - await consumer.position(tp))
     return lag
+
+
+Batch = dict[TopicPartition, list[Any]]
+
+
+async def poll(consumer: AIOKafkaConsumer, what: str, timeout_ms: int) -> Batch:
+    """One ``getmany``; a failure is logged and yields an empty batch after a pause."""
+    try:
+        batch: Batch = await consumer.getmany(timeout_ms=timeout_ms)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s: poll failed; retrying", what)
+        await asyncio.sleep(0.5)
+        return {}
+    return batch
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A record to produce inside a transaction."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+async def produce_and_commit(
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+    group_id: str,
+    batch: Batch,
+    outgoing: Iterable[Outgoing],
+    what: str,
+) -> bool:
+    """Consume–process–produce, exactly once: in one Kafka transaction, produce
+    ``outgoing`` and commit the offsets that follow ``batch``.
+
+    Returns False when the transaction failed; the consumer is then rewound to
+    the start of the batch, so that it is processed again.
+    """
+    offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
+    try:
+        async with producer.transaction():
+            for out in outgoing:
+                await producer.send(out.topic, out.value, key=out.key, headers=out.headers or None)
+            await producer.send_offsets_to_transaction(offsets, group_id)
+    except Exception:
+        log.exception("%s: transaction failed; the batch will be processed again", what)
+        for tp, messages in batch.items():
+            with contextlib.suppress(Exception):  # partition may have been revoked
+                consumer.seek(tp, messages[0].offset)
+        await asyncio.sleep(0.2)
+        return False
+    return True

@@ -28,7 +28,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from broker.counter.records import TxRecord, day_of
 from broker.counter.stats import StatKey, read_compacted, stats_topic_spec
-from broker.kafka import TopicSpec, consumer_lag, ensure_topics, make_consumer, make_producer
+from broker.kafka import (
+    Outgoing,
+    TopicSpec,
+    consumer_lag,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    poll,
+    produce_and_commit,
+)
 from broker.metrics import CounterMetrics
 from broker.settings import Settings
 
@@ -113,34 +122,18 @@ class TxCounter:
         assert consumer is not None
         assert producer is not None
         while not self._stopping.is_set():
-            try:
-                batch = await consumer.getmany(timeout_ms=200)
-            except Exception:
-                log.exception("counter: poll failed; retrying")
-                await asyncio.sleep(0.5)
-                continue
+            batch = await poll(consumer, "counter", timeout_ms=200)
             await self._update_lag(consumer)
             if not batch:
                 continue
             deltas, new_seen, outcomes = self._tally(batch)
             changed = {key: self.counts.get(key, 0) + n for key, n in deltas.items()}
-            offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+            outgoing = [
+                Outgoing(self.settings.stats_topic, orjson.dumps({"count": n}), key.encode())
+                for key, n in changed.items()
+            ] + [Outgoing(self.seen_topic, day.encode(), eid.encode()) for eid, day in new_seen.items()]
             started = time.perf_counter()
-            try:
-                async with producer.transaction():
-                    for key, count in changed.items():
-                        await producer.send(
-                            self.settings.stats_topic, orjson.dumps({"count": count}), key=key.encode()
-                        )
-                    for eid, day in new_seen.items():
-                        await producer.send(self.seen_topic, day.encode(), key=eid.encode())
-                    await producer.send_offsets_to_transaction(offsets, self.group_id)
-            except Exception:
-                log.exception("counter: transaction failed; the batch will be counted again")
-                for tp, msgs in batch.items():
-                    with contextlib.suppress(Exception):
-                        consumer.seek(tp, msgs[0].offset)
-                await asyncio.sleep(0.2)
+            if not await produce_and_commit(producer, consumer, self.group_id, batch, outgoing, "counter"):
                 continue
             # Only now, with the transaction committed, does memory move on.
             self.metrics.commit_seconds.observe(time.perf_counter() - started)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from broker.kafka import TopicSpec, ensure_topics, make_consumer
+from broker.kafka import TopicSpec, ensure_topics, make_consumer, poll
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,7 @@ class StatsView:
     async def _follow(self) -> None:
         assert self._consumer is not None
         while True:
-            try:
-                batch = await self._consumer.getmany(timeout_ms=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("stats view: poll failed; retrying")
-                await asyncio.sleep(0.5)
-                continue
+            batch = await poll(self._consumer, "stats view", timeout_ms=500)
             for messages in batch.values():
                 for msg in messages:
                     if msg.key is not None and msg.value is not None:

@@ -16,7 +16,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from broker.envelope import Reply
-from broker.kafka import TopicSpec, ensure_topics, make_consumer
+from broker.kafka import TopicSpec, ensure_topics, make_consumer, poll
 from broker.metrics import GatewayMetrics
 from broker.settings import Settings
 
@@ -94,14 +94,7 @@ class ReplyRouter:
     async def _run(self) -> None:
         assert self._consumer is not None
         while True:
-            try:
-                batch = await self._consumer.getmany(timeout_ms=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reply consumer failed; retrying")
-                await asyncio.sleep(0.5)
-                continue
+            batch = await poll(self._consumer, f"replies {self.topic}", timeout_ms=500)
             for messages in batch.values():
                 for msg in messages:
                     try:
