@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
+
 from broker.kafka import KafkaUnavailable
 from broker.localkafka import LocalKafka, LocalKafkaError, state_file
 from broker.settings import Settings, SettingsError
@@ -187,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(args.func(settings, args))
-    except (LocalKafkaError, ValueError, KafkaUnavailable) as exc:
+    except (LocalKafkaError, ValueError, KafkaUnavailable, KafkaError) as exc:
         _progress(f"ndxp: {exc}")
         return 1
     except KeyboardInterrupt:

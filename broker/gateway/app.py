@@ -25,6 +25,7 @@ from typing import Any
 
 import uvloop
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import mark_process_dead
 
@@ -84,7 +85,11 @@ def create_app(
 
     async def kafka_producer(app: web.Application) -> AsyncIterator[None]:
         gw.producer = make_producer(settings, client_id=f"ndxp-gateway-{worker}")
-        await gw.producer.start()
+        try:
+            await gw.producer.start()
+        except BaseException:
+            await gw.producer.stop()
+            raise
         yield
         await gw.producer.stop()  # flushes what is still batched
 
@@ -156,6 +161,9 @@ def _worker_main(settings: Settings, worker: int, ready: Queue[int]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
     try:
         uvloop.run(serve(settings, worker=worker, on_ready=lambda: ready.put(worker)))
+    except KafkaError as exc:
+        log.error("gateway worker %d: cannot use Kafka at %s: %s", worker, settings.kafka_bootstrap, exc)
+        sys.exit(1)
     except Exception:
         log.exception("gateway worker %d failed", worker)
         sys.exit(1)
@@ -168,6 +176,9 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
     """Run ``settings.workers`` worker processes on one port; return the exit code."""
     if settings.port == 0 and settings.workers > 1:
         raise ValueError("several workers need a fixed --port (SO_REUSEPORT)")
+    # Check the catalog and registry here, so that a fault stops start-up with
+    # one clear message (CatalogError/RegistryError name the file and the fault).
+    Registry.load(settings.registry_path, Catalog.load(settings.schemas_dir))
     metrics_dir: tempfile.TemporaryDirectory[str] | None = None
     if settings.workers > 1 and settings.metrics_dir is None:
         # prometheus-client's multiprocess mode: every worker writes its values to
@@ -203,6 +214,7 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
                 started += 1
             except Exception:  # queue.Empty: check that nobody died
                 if any(p.exitcode is not None for p in procs):
+                    progress("a gateway worker failed to start; see its log above")
                     forward(signal.SIGTERM, None)
                     break
         if started == len(procs):
