@@ -53,6 +53,7 @@ class ConsumerParams(TypedDict, total=False):
     heartbeat_interval_ms: int
     isolation_level: str
     max_partition_fetch_bytes: int
+    fetch_min_bytes: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
