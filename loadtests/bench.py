@@ -34,13 +34,14 @@ def _free_port() -> int:
 
 
 def _locust(host: str, users: int, seconds: int, mode: str, out: Path) -> dict[str, float]:
+    out.mkdir(parents=True, exist_ok=True)
     prefix = out / mode
     env = {**os.environ, "NDXP_LOAD_MODE": mode, "PYTHONPATH": str(ROOT)}
     subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-H", host,
          "-u", str(users), "-r", str(users), "--run-time", f"{seconds}s", "--stop-timeout", "10",
          "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"],
-        env=env, check=False, cwd=ROOT, stdout=subprocess.DEVNULL,
+        env=env, check=False, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     with open(f"{prefix}_stats.csv", newline="") as fh:
         row = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
@@ -59,6 +60,9 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--warmup", type=int, default=15, help="seconds of exchanges first, not measured (JIT, caches)"
+    )
     args = parser.parse_args()
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="ndxp-bench-") as tmp:
@@ -79,6 +83,9 @@ def main() -> int:
             host = f"http://127.0.0.1:{port}"
             print(f"platform up at {host} ({args.workers} gateway worker(s)); "
                   f"{args.users} users, {args.seconds}s per run", flush=True)  # fmt: skip
+            if args.warmup:
+                print(f"warming up for {args.warmup}s ...", flush=True)
+                _locust(host, args.users, args.warmup, "exchange", out / "warmup-")
             results = {}
             for mode in ("health", "exchange"):
                 print(f"running {mode} ...", flush=True)
