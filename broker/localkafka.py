@@ -180,6 +180,18 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
+def new_cluster_id() -> str:
+    """A Kafka cluster id (base64 of a UUID) that does not start with '-'.
+
+    Kafka's own ``random-uuid`` avoids a leading '-' as well: command lines
+    would take such an id for an option.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSpec:
     """One combined broker+controller node."""
@@ -209,8 +221,7 @@ class Layout:
         nodes = tuple(
             NodeSpec(node_id=i, port=next(it), controller_port=next(it)) for i in range(1, count + 1)
         )
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        return cls(cluster_id=cid, nodes=nodes)
+        return cls(cluster_id=new_cluster_id(), nodes=nodes)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -426,7 +437,7 @@ class LocalKafka:
             props = self.node_dir(n.node_id) / "server.properties"
             cmd = self._java(
                 n.node_id, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                "-t", layout.cluster_id, "-c", str(props), heap_mb=256,
+                f"--cluster-id={layout.cluster_id}", "-c", str(props), heap_mb=256,
             )  # fmt: skip
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         for p in procs:

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
@@ -45,6 +47,9 @@ def _locust(host: str, users: int, seconds: int, mode: str, out: Path) -> dict[s
     )  # fmt: skip
     with open(f"{prefix}_stats.csv", newline="") as fh:
         row = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
+    with open(f"{prefix}_failures.csv", newline="") as fh:
+        for failure in sorted(csv.DictReader(fh), key=lambda r: -int(r["Occurrences"]))[:5]:
+            print(f"  {mode} failure x{failure['Occurrences']}: {failure['Name']}: {failure['Error'][:160]}")
     return {
         "requests": float(row["Request Count"]),
         "failures": float(row["Failure Count"]),
@@ -68,7 +73,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ndxp-bench-") as tmp:
         out = Path(tmp)
         log = (out / "up.log").open("wb")
-        env = {**os.environ, "NDXP_WORKERS": str(args.workers), "NDXP_LOG_LEVEL": "WARNING"}
+        # The demo registry's per-client rate limits would answer 429 long before
+        # the platform's own limits show: measure with them raised 1000-fold.
+        registry = yaml.safe_load((ROOT / "deploy" / "registry.yaml").read_text())
+        for agency in registry["agencies"]:
+            if "rate_limit" in agency:
+                agency["rate_limit"] *= 1000
+        (out / "registry.yaml").write_text(yaml.safe_dump(registry, allow_unicode=True))
+        env = {
+            **os.environ,
+            "NDXP_WORKERS": str(args.workers),
+            "NDXP_LOG_LEVEL": "WARNING",
+            "NDXP_REGISTRY": str(out / "registry.yaml"),
+        }
         up = subprocess.Popen(
             [sys.executable, "-m", "broker.cli", "up", "--port", str(port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

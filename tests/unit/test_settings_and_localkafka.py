@@ -72,3 +72,8 @@ def test_restart_with_busy_port_names_the_port(tmp_path: Path) -> None:
         kafka = LocalKafka(Settings(), nodes=1, data_dir=tmp_path)
         with pytest.raises(LocalKafkaError, match=str(layout.nodes[0].port)):
             kafka._prepare()
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    # About 1 in 64 random ids starts with '-'; the format tool would take it for a flag.
+    assert not any(localkafka.new_cluster_id().startswith("-") for _ in range(2000))
