@@ -93,7 +93,8 @@ class Settings:
     dedupe_retention_hours: int = 48
     """How long the counter remembers exchange ids to drop duplicate records."""
     counter_batch: int = 5000
-    """Most transaction records the counter commits in one Kafka transaction."""
+    """Most transaction records the counter commits in one Kafka transaction (<= 20000,
+    so that one batch's exchange ids fit in one Kafka message)."""
     metrics_port: int = 0
     """``NDXP_METRICS_PORT``: /metrics of an adapter or counter process (0: none)."""
     metrics_dir: Path | None = None
@@ -140,7 +141,7 @@ class Settings:
             ("SIM_LATENCY_MS", "sim_latency_ms", 0),
             ("BACKEND_TIMEOUT_MS", "backend_timeout_ms", 1),
             ("METRICS_PORT", "metrics_port", 0),
-            ("COUNTER_BATCH", "counter_batch", 1),
+            ("COUNTER_BATCH", "counter_batch", 1),  # at most 20000: see counter_batch
             ("DEDUPE_RETENTION_HOURS", "dedupe_retention_hours", 1),
         ):
             if (v := get(name)) is not None:
@@ -172,6 +173,8 @@ class Settings:
         ):
             if (v := get(name)) is not None:
                 kw[attr] = v
+        if int(kw.get("counter_batch", 0)) > 20_000:  # type: ignore[call-overload]
+            raise SettingsError(f"{PREFIX}COUNTER_BATCH must be at most 20000")
         return cls(**kw)  # type: ignore[arg-type]
 
     def replace(self, **changes: object) -> Settings:

@@ -4,8 +4,9 @@ Exactly once, by construction:
 
 - The counter consumes ``ndxp.tx`` (``read_committed``) in a consumer group
   and, per polled batch, writes in **one Kafka transaction** the updated
-  count rows (compacted stats topic), the exchange ids it counted (compacted
-  "seen" topic, kept ``dedupe_retention_hours``) and the consumer offsets.
+  count rows (compacted stats topic), the exchange ids it counted (one
+  message per batch on the "seen" topic, kept ``dedupe_retention_hours``)
+  and the consumer offsets.
   Killed at any point, it restarts from the last committed transaction, with
   counts that match those offsets exactly: nothing is counted twice or lost.
 - A record whose exchange id was already counted (the same record sent
@@ -27,7 +28,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from broker.counter.records import TxRecord, day_of
-from broker.counter.stats import StatKey, read_compacted, stats_topic_spec
+from broker.counter.stats import StatKey, read_compacted, read_to_end, stats_topic_spec
 from broker.kafka import (
     Outgoing,
     TopicSpec,
@@ -51,7 +52,7 @@ class TxCounter:
         self.settings = settings
         self.metrics = metrics
         self.group_id = f"{settings.stats_topic}.counter"
-        self.seen_topic = f"{settings.stats_topic}.seen"
+        self.seen_topic = f"{settings.stats_topic}.seen-batches"
         self.counts: dict[StatKey, int] = {}
         self.seen: dict[str, str] = {}
         """Exchange id → day, for the dedupe window (``dedupe_retention_hours``)."""
@@ -70,7 +71,7 @@ class TxCounter:
                 stats_topic_spec(self.settings),
                 TopicSpec(
                     name=self.seen_topic,
-                    configs={"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)},
+                    configs={"cleanup.policy": "delete", "retention.ms": str(retention_ms)},
                 ),
             ],
         )
@@ -79,11 +80,13 @@ class TxCounter:
         await loader.start()
         try:
             stats = await read_compacted(loader, TopicPartition(self.settings.stats_topic, 0))
-            seen = await read_compacted(loader, TopicPartition(self.seen_topic, 0))
+            seen_batches = await read_to_end(loader, TopicPartition(self.seen_topic, 0))
         finally:
             await loader.stop()
         self.counts = {StatKey.decode(k): int(orjson.loads(v)["count"]) for k, v in stats.items()}
-        self.seen = {k.decode(): v.decode() for k, v in seen.items()}
+        self.seen = {}
+        for msg in seen_batches:
+            self.seen.update(orjson.loads(msg.value))
         self._prune()
         log.info(
             "counter state loaded in %.1fs: %d count rows, %d remembered exchanges",
@@ -131,7 +134,9 @@ class TxCounter:
             outgoing = [
                 Outgoing(self.settings.stats_topic, orjson.dumps({"count": n}), key.encode())
                 for key, n in changed.items()
-            ] + [Outgoing(self.seen_topic, day.encode(), eid.encode()) for eid, day in new_seen.items()]
+            ]
+            if new_seen:  # one message per batch: exchange id → day
+                outgoing.append(Outgoing(self.seen_topic, orjson.dumps(new_seen)))
             started = time.perf_counter()
             if not await produce_and_commit(producer, consumer, self.group_id, batch, outgoing, "counter"):
                 continue

@@ -63,19 +63,26 @@ def summarise(counts: dict[StatKey, int], day: str) -> dict[str, Any]:
     return {"day": day, "total": total, **{k: dict(sorted(v.items())) for k, v in by.items()}}
 
 
-async def read_compacted(consumer: AIOKafkaConsumer, tp: TopicPartition) -> dict[bytes, bytes]:
-    """Every key's latest value in ``tp``, reading from the beginning to the current end."""
+async def read_to_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> list[Any]:
+    """Every message of ``tp``, from the beginning to its end when called."""
     consumer.assign([tp])
     await consumer.seek_to_beginning(tp)
     end = (await consumer.end_offsets([tp]))[tp]
-    latest: dict[bytes, bytes] = {}
+    messages: list[Any] = []
     while await consumer.position(tp) < end:
         batch = await consumer.getmany(tp, timeout_ms=500)
-        for msg in batch.get(tp, []):
-            if msg.value is None:
-                latest.pop(msg.key, None)
-            else:
-                latest[msg.key] = msg.value
+        messages.extend(batch.get(tp, []))
+    return messages
+
+
+async def read_compacted(consumer: AIOKafkaConsumer, tp: TopicPartition) -> dict[bytes, bytes]:
+    """Every key's latest value in ``tp`` (a tombstone removes the key)."""
+    latest: dict[bytes, bytes] = {}
+    for msg in await read_to_end(consumer, tp):
+        if msg.value is None:
+            latest.pop(msg.key, None)
+        else:
+            latest[msg.key] = msg.value
     return latest
 
 
