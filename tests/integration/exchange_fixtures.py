@@ -71,7 +71,7 @@ def write_registry(root: Path, provider: str) -> Path:
              "rate_limit": 100000},
             {"id": "bob", "code": "T.B", "name": "Bob", "keys_sha256": [key_hash("key-bob")]},
             {"id": "slowpoke", "code": "T.S", "name": "Slowpoke",
-             "keys_sha256": [key_hash("key-slowpoke")], "rate_limit": 1},
+             "keys_sha256": [key_hash("key-slowpoke")], "rate_limit": 0.1},
         ],
         "rights": {"alice": [f"{provider}/*"], "slowpoke": [f"{provider}/echo"], "bob": []},
     }  # fmt: skip

@@ -123,7 +123,7 @@ async def test_counter_killed_mid_stream_and_duplicates_still_give_exact_counts(
         settings,
         TX_TOPIC=settings.tx_topic,
         STATS_TOPIC=settings.stats_topic,
-        COUNTER_BATCH="40",
+        COUNTER_BATCH="20",
         INSTANCE_ID=settings.instance_id,
     )
     cmd = [sys.executable, "-m", "broker.cli", "counter"]

@@ -102,7 +102,7 @@ async def test_every_error_code_comes_from_a_real_request(exchange_settings: Set
             "record_not_found",
         )
         assert body["detail"] == "no record e"
-        # Rate limit: slowpoke may make 1 request/s.
+        # Rate limit: slowpoke may make 1 request per 10 s.
         slow_key = {"Authorization": "Bearer key-slowpoke"}
         first = await http.post(url, json={"msg": "f"}, headers=slow_key)
         assert first.status == 200
