@@ -63,7 +63,7 @@ class TopicSpec:
     name: str
     partitions: int = 1
     replication_factor: int | None = None
-    """``None`` means the platform default (``Settings.kafka_replication_factor``)."""
+    """``None``: ``Settings.kafka_replication_factor``, else 3 (fewer on a smaller cluster)."""
     configs: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -115,15 +115,14 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
     await admin.start()
     try:
-        new = [
-            NewTopic(
-                s.name,
-                s.partitions,
-                s.replication_factor or settings.kafka_replication_factor,
-                topic_configs=dict(s.configs),
-            )
-            for s in specs
-        ]
+        brokers = len((await admin.describe_cluster())["brokers"])
+        default_rf = settings.kafka_replication_factor or min(3, brokers)
+        new = []
+        for s in specs:
+            rf = s.replication_factor or default_rf
+            # Acknowledged writes (acks=all) survive one broker failing.
+            configs = {"min.insync.replicas": str(min(2, rf)), **s.configs}
+            new.append(NewTopic(s.name, s.partitions, rf, topic_configs=configs))
         response = await admin.create_topics(new, timeout_ms=30_000)
     finally:
         await admin.close()

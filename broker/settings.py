@@ -64,7 +64,8 @@ class Settings:
     """``NDXP_KAFKA_HOME`` (or ``KAFKA_HOME``): an unpacked Apache Kafka to run."""
     kafka_heap_mb: int = 512
     kafka_linger_ms: int = 2
-    kafka_replication_factor: int = 1
+    kafka_replication_factor: int | None = None
+    """``NDXP_KAFKA_REPLICATION_FACTOR``; unset: 3, or fewer on a smaller cluster."""
     kafka_start_timeout_s: float = 120.0
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "ndxp")
     """``NDXP_CACHE_DIR``: resolved Kafka jars and local state files."""

@@ -76,6 +76,16 @@ async def test_three_node_cluster_keeps_acknowledged_messages_when_a_node_stops(
     bootstrap = await asyncio.to_thread(kafka.start)
     try:
         settings = base_settings.replace(kafka_bootstrap=bootstrap)
+        # Topics the platform creates with its defaults are replicated 3 times too.
+        default = unique_name("default-rf")
+        await ensure_topics(settings, [TopicSpec(name=default, partitions=2)])
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([default])
+        finally:
+            await admin.close()
+        assert {len(p["replicas"]) for p in described["partitions"]} == {3}
         topic = unique_name("replicated")
         await ensure_topics(
             settings,
