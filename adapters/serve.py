@@ -54,7 +54,12 @@ async def run_adapters(
     async with AsyncExitStack() as resources:
         adapters = build_adapters(settings, agencies, metrics, resources)
         if settings.metrics_port:
-            runner = await serve_metrics(metrics.registry, settings.host, settings.metrics_port)
+            runner = await serve_metrics(
+                metrics.registry,
+                settings.host,
+                settings.metrics_port,
+                ready=lambda: all(a.assigned.is_set() for a in adapters),
+            )
             resources.push_async_callback(runner.cleanup)
             progress(f"adapter metrics on http://{settings.host}:{settings.metrics_port}/metrics")
         await _serve(adapters, progress)
@@ -70,6 +75,7 @@ async def _serve(adapters: list[Adapter], progress: Callable[[str], Any]) -> Non
         for adapter in adapters:
             await adapter.start()
             started.append(adapter)
+        await asyncio.gather(*(a.wait_assigned(within_s=120) for a in adapters))
         progress(f"adapters serving: {', '.join(a.provider for a in adapters)}")
         await stop.wait()
         progress("adapters stopping")

@@ -5,6 +5,7 @@ Names and labels are part of what operators rely on; the README lists them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -168,14 +169,20 @@ def exposition(registry: CollectorRegistry, multiprocess_dir: Path | None = None
     return resp
 
 
-async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> web.AppRunner:
-    """Serve ``/metrics`` of a process that has no HTTP server of its own (adapter, counter)."""
+async def serve_metrics(
+    registry: CollectorRegistry, host: str, port: int, ready: Callable[[], bool] = lambda: True
+) -> web.AppRunner:
+    """Serve ``/metrics`` and ``/readyz`` of a process with no HTTP server of its own."""
 
     async def metrics(_: web.Request) -> web.Response:
         return exposition(registry)
 
+    async def readyz(_: web.Request) -> web.Response:
+        return web.json_response({"ready": ready()}, status=200 if ready() else 503)
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

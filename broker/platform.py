@@ -125,6 +125,8 @@ def run_platform(
             )
         )
         procs.append(subprocess.Popen([*ndxp, "counter", "--metrics-port", str(counter_metrics)], env=env))
+        # Callers' first requests must find the adapters in their consumer groups.
+        _wait_ready(f"http://127.0.0.1:{adapter_metrics}/readyz", procs, within_s=120)
         procs.append(
             subprocess.Popen(
                 [
