@@ -14,7 +14,8 @@ The tree (HTTP status, stable ``code``)::
     ├── Overloaded              503 overloaded         (Retry-After)
     ├── Timeout                 504 timeout            (also a TimeoutError)
     ├── ProviderError           502 provider_error
-    └── InvalidResponse         502 invalid_response   (provider broke its contract)
+    ├── InvalidResponse         502 invalid_response   (provider broke its contract)
+    └── Unavailable             503 unavailable        (not ready, or Kafka unreachable)
 
 A provider's own business errors are not raised: they pass through with the
 provider's status and problem body.

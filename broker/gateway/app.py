@@ -1,8 +1,8 @@
 """The gateway application and its worker processes.
 
 ``create_app(settings)`` builds one worker's aiohttp app: routes, the problem
-middleware, and one cleanup context per resource (Kafka producer, then reply
-router), entered in order and exited in reverse. ``run_gateway`` runs N such
+middleware, and one cleanup context per resource (Kafka producer, transaction
+recorder, reply router, stats view), entered in order and exited in reverse. ``run_gateway`` runs N such
 workers on one port with SO_REUSEPORT; SIGTERM stops accepting, lets
 in-flight exchanges finish within the grace period, flushes, exits 0.
 """

@@ -15,6 +15,7 @@ import time
 
 import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from broker.catalog import Service
 from broker.counter.records import TxRecord
@@ -28,6 +29,7 @@ from broker.errors import (
     ProviderError,
     Timeout,
     Unauthorized,
+    Unavailable,
     UnknownService,
 )
 from broker.gateway.problems import problem_response
@@ -154,6 +156,8 @@ async def _round_trip(
             rec.t_reply = time.time() * 1000
     except TimeoutError as exc:
         raise Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms") from exc
+    except KafkaError as exc:
+        raise Unavailable(f"the request could not be handed to Kafka: {exc}", retry_after=1) from exc
     finally:
         gw.replies.forget(eid)
         gw.metrics.in_flight.dec()
