@@ -1,0 +1,59 @@
+"""A request that cannot be handed to Kafka is a clear 503, not a 500 (fake producer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+from prometheus_client import CollectorRegistry
+
+from broker.catalog import Catalog
+from broker.counter.records import TxRecord
+from broker.errors import Unavailable
+from broker.gateway.exchange import _round_trip
+from broker.gateway.limits import Limits
+from broker.gateway.replies import ReplyRouter
+from broker.gateway.state import Gateway
+from broker.metrics import GatewayMetrics
+from broker.registry import Registry
+from broker.settings import Settings
+from tests.integration.exchange_fixtures import write_contracts, write_registry
+
+
+class DeadProducer:
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        raise KafkaTimeoutError("no broker answered")
+
+
+async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_flight(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(kafka_bootstrap="127.0.0.1:1")
+    catalog = Catalog.load(write_contracts(tmp_path, "prov"))
+    registry = Registry.load(write_registry(tmp_path, "prov"), catalog)
+    metrics = GatewayMetrics(CollectorRegistry())
+    gw = Gateway(
+        settings=settings, catalog=catalog, registry=registry, metrics=metrics,
+        limits=Limits(default_rate=10, max_in_flight=10),
+        replies=ReplyRouter(settings, "ndxp.reply.t", metrics),
+        recorder=None,  # type: ignore[arg-type]
+        stats=None,  # type: ignore[arg-type]
+    )  # fmt: skip
+    gw.producer = DeadProducer()  # type: ignore[assignment]
+    svc = catalog.get("prov", "echo")
+    agency = registry.authenticate("key-alice")
+    assert svc is not None
+    assert agency is not None
+    rec = TxRecord(
+        exchange_id="x1", client="alice", provider="prov", service="echo", outcome="-", status=0, t_in=0
+    )
+    request = SimpleNamespace(headers={})
+    with pytest.raises(Unavailable) as info:
+        await _round_trip(gw, request, svc, agency, b'{"msg": "a"}', rec)  # type: ignore[arg-type]
+    assert info.value.status == 503
+    assert info.value.retry_after == 1
+    assert gw.replies.in_flight == 0
+    assert metrics.in_flight._value.get() == 0
