@@ -170,7 +170,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now (SO_REUSEADDR, like servers)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -390,7 +391,7 @@ class LocalKafka:
                     f"{self.data_dir} holds a {len(layout.nodes)}-node cluster; "
                     f"start it with --nodes {len(layout.nodes)} or use another --data-dir"
                 )
-            busy = [p for n in layout.nodes for p in (n.port, n.controller_port) if not _port_is_free(p)]
+            busy = [p for n in layout.nodes for p in (n.port, n.controller_port) if not port_is_free(p)]
             if busy:
                 raise LocalKafkaError(
                     f"ports {busy} of the cluster in {self.data_dir} are in use: is it already "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import orjson
 
 from broker.catalog import Catalog
-from broker.localkafka import LocalKafka, free_port
+from broker.localkafka import LocalKafka, free_port, port_is_free
 from broker.registry import Registry
 from broker.settings import Settings, child_environment
 
@@ -51,12 +50,7 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], within_s: float)
 
 def _port(preferred: int) -> int:
     """``preferred`` if it is free (the port deploy/prometheus scrapes), else any free port."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-        except OSError:
-            return free_port()
-    return preferred
+    return preferred if port_is_free(preferred) else free_port()
 
 
 def demo_text(settings: Settings, base_url: str) -> str:
@@ -106,6 +100,9 @@ def run_platform(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     kafka: LocalKafka | None = None
     procs: list[subprocess.Popen[bytes]] = []
+    if not port_is_free(settings.port):
+        progress(f"ndxp up: port {settings.port} is in use; choose another with --port")
+        return 1
     try:
         if not settings.kafka_bootstrap:
             kafka = LocalKafka(settings, nodes=1, data_dir=data_dir, progress=progress)

@@ -164,6 +164,9 @@ def _worker_main(settings: Settings, worker: int, ready: Queue[int]) -> None:
     except KafkaError as exc:
         log.error("gateway worker %d: cannot use Kafka at %s: %s", worker, settings.kafka_bootstrap, exc)
         sys.exit(1)
+    except OSError as exc:  # typically: the port is taken
+        log.error("gateway worker %d: cannot listen on %s:%d: %s", worker, settings.host, settings.port, exc)
+        sys.exit(1)
     except Exception:
         log.exception("gateway worker %d failed", worker)
         sys.exit(1)
