@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from broker.catalog import Catalog
@@ -71,3 +73,62 @@ async def test_unknown_identifiers_get_the_providers_own_404_and_malformed_ones_
             resp = await http.post("/v1/exchange/bca/citizen", json={"cccd": bad}, headers=key)
             assert resp.status == 400, bad
             assert (await resp.json(content_type=None))["code"] == "invalid_request"
+
+
+async def test_generated_identifiers_through_kafka_fit_contracts_repeat_and_agree(
+    settings: Settings,
+) -> None:
+    """The property tests' claims, over the real path (gateway, Kafka, adapters, backend)."""
+    import random
+
+    from adapters import synthetic
+
+    catalog = Catalog.load(settings.schemas_dir)
+    r = random.Random(2024)
+    people = [
+        synthetic.make_cccd(r, gender=r.choice(["male", "female"]), year=r.randint(1930, 2020))
+        for _ in range(25)
+    ]
+    parcels = [
+        f"{r.choice(sorted(synthetic.PROVINCES))}-{r.randrange(10**5):05d}-{r.randint(1, 99)}-"
+        f"{r.randint(1, 9999)}"
+        for _ in range(15)
+    ]
+    keys = [{"Authorization": "Bearer demo-dvcqg"}, {"Authorization": "Bearer demo-hanoi"}]
+
+    async def call(http: Any, key: str, body: dict[str, str], headers: dict[str, str]) -> tuple[int, Any]:
+        resp = await http.post(f"/v1/exchange/{key}", json=body, headers=headers)
+        return resp.status, await resp.json(content_type=None)
+
+    async with demo_platform(settings) as (http, _):
+        for cccd in people:
+            answers = {}
+            for key in ("bca/citizen", "bhxh/insurance_status", "btp/judicial_record"):
+                first = await call(http, key, {"cccd": cccd}, keys[0])
+                again = await call(http, key, {"cccd": cccd}, keys[1])
+                status, body = first
+                # The same identifier gives the same answer (a 404's body differs only in its id).
+                assert again[0] == status, (key, cccd)
+                assert again[1] == body if status == 200 else again[1]["code"] == body["code"]
+                assert status in (200, 404), (key, cccd, body)
+                if status == 200:
+                    svc = catalog.get(*key.split("/"))
+                    assert svc is not None
+                    assert svc.response.is_valid(body), (key, svc.response.violations(body))
+                answers[key] = first
+            statuses = {s for s, _ in answers.values()}
+            assert len(statuses) == 1, (cccd, answers)
+            if statuses == {200}:
+                identities = {
+                    tuple(b[f] for f in ("full_name", "gender", "birth_date")) for _, b in answers.values()
+                }
+                assert len(identities) == 1, (cccd, identities)
+        land = catalog.get("tnmt", "land_parcel")
+        assert land is not None
+        for parcel_id in parcels:
+            status, body = await call(http, "tnmt/land_parcel", {"parcel_id": parcel_id}, keys[0])
+            assert status in (200, 404), (parcel_id, body)
+            if status == 200:
+                assert land.response.is_valid(body), land.response.violations(body)
+                _, owner = await call(http, "bca/citizen", {"cccd": body["owner"]["cccd"]}, keys[0])
+                assert owner["full_name"] == body["owner"]["full_name"]
