@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from adapters.agencies import AGENCIES, handlers_for
 from adapters.runtime import Adapter
-from broker.catalog import Catalog
+from broker.catalog import Catalog, Effects
+from broker.kafka import make_producer
 from broker.metrics import AdapterMetrics, serve_metrics
 from broker.settings import Settings
 
@@ -24,12 +27,18 @@ class AdapterSetupError(ValueError):
     """An agency cannot be served (unknown, or its handlers do not match the catalog)."""
 
 
+class AdapterFailed(RuntimeError):
+    """An adapter's loop died while serving; the process exits non-zero."""
+
+
 def build_adapters(
     settings: Settings,
     agencies: Sequence[str],
     metrics: AdapterMetrics,
     resources: AsyncExitStack,
+    producer: AIOKafkaProducer | None = None,
 ) -> list[Adapter]:
+    """One adapter per agency; ``producer``: a started producer all of them share for lookup replies."""
     catalog = Catalog.load(settings.schemas_dir)
     adapters = []
     for agency in agencies:
@@ -42,7 +51,10 @@ def build_adapters(
                 f"{agency}: handlers {sorted(handlers)} do not match the catalog's "
                 f"services {sorted(contracted)} in {settings.schemas_dir / agency}"
             )
-        adapters.append(Adapter(settings, agency, handlers, metrics=metrics))
+        writes = [s.service for s in catalog.of_provider(agency) if s.effects is Effects.WRITE]
+        adapters.append(
+            Adapter(settings, agency, handlers, writes=writes, metrics=metrics, producer=producer)
+        )
     return adapters
 
 
@@ -52,13 +64,18 @@ async def run_adapters(
     """Serve ``agencies`` until SIGTERM/SIGINT; stop cleanly (commit, leave the group)."""
     metrics = AdapterMetrics(CollectorRegistry())
     async with AsyncExitStack() as resources:
-        adapters = build_adapters(settings, agencies, metrics, resources)
+        # One producer for every agency's replies: they go to the same reply
+        # topics, so one producer sends them in fewer, bigger requests.
+        producer = make_producer(settings, client_id="ndxp-adapters")
+        await producer.start()
+        resources.push_async_callback(producer.stop)
+        adapters = build_adapters(settings, agencies, metrics, resources, producer)
         if settings.metrics_port:
             runner = await serve_metrics(
                 metrics.registry,
                 settings.host,
                 settings.metrics_port,
-                ready=lambda: all(a.assigned.is_set() for a in adapters),
+                ready=lambda: all(a.assigned.is_set() and a.healthy for a in adapters),
             )
             resources.push_async_callback(runner.cleanup)
             progress(f"adapter metrics on http://{settings.host}:{settings.metrics_port}/metrics")
@@ -77,7 +94,14 @@ async def _serve(adapters: list[Adapter], progress: Callable[[str], Any]) -> Non
             started.append(adapter)
         await asyncio.gather(*(a.wait_assigned(within_s=120) for a in adapters))
         progress(f"adapters serving: {', '.join(a.provider for a in adapters)}")
-        await stop.wait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
+            dead = [a for a in adapters if not a.healthy]
+            if dead and not stop.is_set():
+                # A loop that died would leave its services unanswered: exit non-zero, to be restarted.
+                raise AdapterFailed(f"{dead[0].what} stopped: {dead[0].failed!r}")
         progress("adapters stopping")
     finally:
         await asyncio.gather(*(a.stop() for a in started), return_exceptions=True)

@@ -8,6 +8,7 @@ a schema does not compile or an example does not pass its own schema.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,15 @@ class Contract:
         return found
 
 
+class Effects(enum.StrEnum):
+    """What a service does to its provider's data; it decides how it is delivered."""
+
+    READ = "read"
+    """A lookup: served at least once (answering a redelivered request twice harms nobody)."""
+    WRITE = "write"
+    """Changes the provider's data: served exactly once, in a Kafka transaction."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     """One service version: the data contract both sides are held to."""
@@ -83,6 +93,8 @@ class Service:
     version: str
     mode: str
     timeout_ms: int
+    effects: Effects = Effects.READ
+    """``read`` (a lookup: served at least once) or ``write`` (side effects: exactly once)."""
     request: Contract = field(repr=False)
     response: Contract = field(repr=False)
     examples: tuple[Any, ...]
@@ -102,6 +114,7 @@ class Service:
             "version": self.version,
             "mode": self.mode,
             "timeout_ms": self.timeout_ms,
+            "effects": self.effects.value,
             "request": self.request.schema,
             "response": self.response.schema,
             "examples": list(self.examples),
@@ -125,6 +138,10 @@ def load_service(path: Path, provider: str, service: str) -> Service:
     timeout_ms = raw["timeout_ms"]
     if not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= 300_000:
         raise CatalogError(f"{path}: timeout_ms must be an integer from 1 to 300000")
+    try:
+        effects = Effects(raw.get("effects", "read"))
+    except ValueError as exc:
+        raise CatalogError(f"{path}: effects must be 'read' or 'write'") from exc
     contracts = {}
     for part in ("request", "response"):
         try:
@@ -149,6 +166,7 @@ def load_service(path: Path, provider: str, service: str) -> Service:
         version=str(raw.get("version", "1")),
         mode=str(raw.get("mode", "sync")),
         timeout_ms=timeout_ms,
+        effects=effects,
         request=contracts["request"],
         response=contracts["response"],
         examples=tuple(examples),

@@ -78,11 +78,15 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 def _adapter(settings: Settings, args: argparse.Namespace) -> int:
     import uvloop
 
-    from adapters.serve import run_adapters
+    from adapters.serve import AdapterFailed, run_adapters
 
     if args.metrics_port is not None:
         settings = settings.replace(metrics_port=args.metrics_port)
-    uvloop.run(run_adapters(settings, args.agencies, progress=_progress))
+    try:
+        uvloop.run(run_adapters(settings, args.agencies, progress=_progress))
+    except AdapterFailed as exc:
+        _progress(f"ndxp adapter: {exc}")
+        return 1
     return 0
 
 

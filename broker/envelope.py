@@ -9,11 +9,15 @@ HTTP status the provider chose and an outcome.
 from __future__ import annotations
 
 import enum
+import os
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 H_EXCHANGE_ID = "ndxp-exchange-id"
+H_REQUEST_ID = "ndxp-request-id"
+"""The caller's ``X-Request-Id``: a correlation label, never a key."""
 H_CLIENT = "ndxp-client"
 H_PROVIDER = "ndxp-provider"
 H_SERVICE = "ndxp-service"
@@ -51,6 +55,22 @@ def dlq_topic(provider: str) -> str:
     return f"ndxp.dlq.{provider}"
 
 
+def data_topic(provider: str) -> str:
+    """The provider's changes made by write-effect services (written in their transaction)."""
+    return f"ndxp.data.{provider}"
+
+
+def new_exchange_id() -> str:
+    """A fresh exchange id: a UUIDv7 (RFC 9562), time-ordered, 74 random bits.
+
+    Only the gateway calls this; no caller-chosen value ever becomes an exchange id.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10)) & ((1 << 80) - 1)
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 9562 variant
+    return str(uuid.UUID(int=value))
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -65,6 +85,7 @@ class RequestMeta:
     service: str
     reply_to: str
     deadline_ms: int
+    request_id: str | None = None
     user_id: str | None = None
     purpose: str | None = None
     traceparent: str | None = None
@@ -78,6 +99,8 @@ class RequestMeta:
             (H_REPLY_TO, self.reply_to.encode()),
             (H_DEADLINE, str(self.deadline_ms).encode()),
         ]
+        if self.request_id is not None:
+            h.append((H_REQUEST_ID, self.request_id.encode()))
         if self.user_id is not None:
             h.append((H_USER_ID, self.user_id.encode()))
         if self.purpose is not None:
@@ -88,8 +111,11 @@ class RequestMeta:
 
     @classmethod
     def from_headers(cls, headers: Iterable[tuple[str, bytes]]) -> RequestMeta:
-        """Parse request headers; raises ``ValueError`` when a required one is missing."""
-        h = {k: v.decode() for k, v in headers}
+        """Parse request headers; ``ValueError`` when one is missing or not UTF-8 text."""
+        try:
+            h = {k: v.decode() for k, v in headers}
+        except (AttributeError, UnicodeDecodeError) as exc:  # a null or binary header value
+            raise ValueError(f"undecodable header value: {exc}") from exc
         try:
             return cls(
                 exchange_id=h[H_EXCHANGE_ID],
@@ -98,6 +124,7 @@ class RequestMeta:
                 service=h[H_SERVICE],
                 reply_to=h[H_REPLY_TO],
                 deadline_ms=int(h[H_DEADLINE]),
+                request_id=h.get(H_REQUEST_ID),
                 user_id=h.get(H_USER_ID),
                 purpose=h.get(H_PURPOSE),
                 traceparent=h.get(H_TRACEPARENT),
@@ -133,7 +160,7 @@ class Reply:
                 exchange_id=h[H_EXCHANGE_ID].decode(),
                 status=int(h[H_STATUS]),
                 outcome=ReplyOutcome(h[H_OUTCOME].decode()),
-                body=body,
+                body=body if body is not None else b"",
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, AttributeError, TypeError) as exc:
             raise ValueError(f"malformed reply headers: {exc}") from exc

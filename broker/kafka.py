@@ -186,10 +186,12 @@ async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
 Batch = dict[TopicPartition, list[Any]]
 
 
-async def poll(consumer: AIOKafkaConsumer, what: str, timeout_ms: int) -> Batch:
+async def poll(
+    consumer: AIOKafkaConsumer, what: str, timeout_ms: int, max_records: int | None = None
+) -> Batch:
     """One ``getmany``; a failure is logged and yields an empty batch after a pause."""
     try:
-        batch: Batch = await consumer.getmany(timeout_ms=timeout_ms)
+        batch: Batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -237,3 +239,157 @@ async def produce_and_commit(
         await asyncio.sleep(0.2)
         return False
     return True
+
+
+class OffsetTracker:
+    """At-least-once offset bookkeeping for records processed concurrently.
+
+    A partition's committable offset is its oldest record still in progress
+    (or the one after the last fetched when none is): a crash redelivers what
+    was not finished, never skips it. Records of one partition are fetched in
+    offset order, so each partition's pending offsets stay sorted.
+    """
+
+    __slots__ = ("_committed", "_next", "_pending")
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, dict[int, None]] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    def fetched(self, tp: TopicPartition, offset: int) -> None:
+        self._pending.setdefault(tp, {})[offset] = None
+        self._next[tp] = offset + 1
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        pending = self._pending.get(tp)
+        if pending is not None:
+            pending.pop(offset, None)
+
+    def in_progress(self) -> int:
+        return sum(len(p) for p in self._pending.values())
+
+    def committable(self, only: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        """Offsets to commit now: those that moved since the last commit."""
+        out: dict[TopicPartition, int] = {}
+        for tp in self._next if only is None else only:
+            if tp not in self._next:
+                continue
+            pending = self._pending.get(tp)
+            offset = next(iter(pending)) if pending else self._next[tp]
+            if self._committed.get(tp) != offset:
+                out[tp] = offset
+        return out
+
+    def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._committed.update(offsets)
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        """Partitions revoked: another member continues from their committed offsets."""
+        for tp in tps:
+            self._pending.pop(tp, None)
+            self._next.pop(tp, None)
+            self._committed.pop(tp, None)
+
+
+class KafkaService:
+    """Base of every part that runs one Kafka poll loop (adapter, counter, reply router, stats view).
+
+    ``start()`` and ``stop()`` are idempotent and the service is an async
+    context manager. Subclasses open their clients in ``_open()`` (setting
+    ``self.consumer``), handle each polled batch in ``_on_batch()``, and
+    close in ``_close()``. A loop that dies of an unexpected error is
+    logged, recorded in ``failed`` and reported by ``healthy``; it never
+    dies silently.
+    """
+
+    poll_timeout_ms = 200
+    cancel_on_stop = False
+    """True for followers that hold nothing to finish: stop cancels the loop at once."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.consumer: AIOKafkaConsumer | None = None
+        self.failed: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._running = False
+
+    async def __aenter__(self) -> Any:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def healthy(self) -> bool:
+        """Started and its loop still running."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._stopping.clear()
+        self.failed = None
+        try:
+            await self._open()
+        except BaseException:
+            await self._close()
+            self._running = False
+            raise
+        self._task = asyncio.create_task(self._loop(), name=self.what)
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._stopping.set()
+        if self._task is not None:
+            if self.cancel_on_stop:
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self._close()
+        finally:
+            self._running = False
+
+    async def _loop(self) -> None:
+        assert self.consumer is not None
+        try:
+            while not self._stopping.is_set():
+                limit = await self._capacity()
+                if self._stopping.is_set():
+                    break
+                batch = await poll(self.consumer, self.what, self.poll_timeout_ms, max_records=limit)
+                await self._on_batch(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failed = exc
+            log.critical("%s stopped on an unexpected error", self.what, exc_info=True)
+            self._on_failure(exc)
+
+    async def _capacity(self) -> int | None:
+        """How many records the next poll may return (waits for room); None: no limit."""
+        return None
+
+    def _on_failure(self, exc: BaseException) -> None:
+        """Called once when the loop dies (default: nothing more than the log and ``healthy``)."""
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def _on_batch(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None

@@ -62,21 +62,16 @@ class GatewayMetrics:
         )
         self.tx_pending = Gauge(
             "ndxp_tx_records_pending",
-            "Transaction records queued, not yet acknowledged by Kafka",
+            "Transaction records sent, not yet acknowledged by Kafka",
             registry=registry,
             multiprocess_mode="livesum",
         )
         self.tx_sent = Counter(
             "ndxp_tx_records_sent_total", "Transaction records written to Kafka", registry=registry
         )
-        self.tx_retries = Counter(
-            "ndxp_tx_records_retried_total",
-            "Transaction record sends that failed and were retried",
-            registry=registry,
-        )
         self.tx_lost = Counter(
             "ndxp_tx_records_lost_total",
-            "Transaction records that could not be sent before shutdown (logged)",
+            "Transaction records Kafka did not acknowledge in time (logged; the exchange got 503)",
             registry=registry,
         )
 

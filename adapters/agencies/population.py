@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -42,4 +43,29 @@ def handlers(settings: Settings, resources: AsyncExitStack) -> dict[str, Handler
             "members": [{**person_fields(m), "relation": relation} for relation, m in synthetic.household(p)],
         }
 
-    return {"citizen": citizen, "verify_identity": verify_identity, "household": household}
+    @simulated(settings)
+    async def register_address(req: Request) -> dict[str, Any]:
+        # A write: the change is recorded, and committed with the answer exactly once.
+        p = citizen_or_404(req.body["cccd"])
+        a = req.body["address"]
+        address = f"{a['street']}, {a['ward']}, {a['province']}"
+        registration_id = "TT" + hashlib.sha256(req.meta.exchange_id.encode()).hexdigest()[:12].upper()
+        req.record_change(
+            p.cccd,
+            {"registration_id": registration_id, "cccd": p.cccd, "permanent_address": address,
+             "moved_on": req.body["moved_on"], "previous_address": p.address},
+        )  # fmt: skip
+        return {
+            "registration_id": registration_id,
+            "cccd": p.cccd,
+            "permanent_address": address,
+            "moved_on": req.body["moved_on"],
+            "status": "registered",
+        }
+
+    return {
+        "citizen": citizen,
+        "verify_identity": verify_identity,
+        "household": household,
+        "register_address": register_address,
+    }

@@ -3,7 +3,9 @@
 Exactly once, by construction:
 
 - The counter consumes ``ndxp.tx`` (``read_committed``) in a consumer group
-  and, per polled batch, writes in **one Kafka transaction** the updated
+  and gathers records for up to ``COMMIT_INTERVAL_S`` or ``counter_batch``
+  records (the consumer keeps fetching meanwhile); then it writes in
+  **one Kafka transaction** the updated
   count rows (compacted stats topic), the exchange ids it counted (one
   message per batch on the "seen" topic, kept ``dedupe_retention_hours``)
   and the consumer offsets.
@@ -17,8 +19,6 @@ Exactly once, by construction:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter as Tally
@@ -30,25 +30,31 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from broker.counter.records import TxRecord, day_of
 from broker.counter.stats import StatKey, read_compacted, read_to_end, stats_topic_spec
 from broker.kafka import (
+    Batch,
+    KafkaService,
     Outgoing,
     TopicSpec,
     consumer_lag,
     ensure_topics,
     make_consumer,
     make_producer,
-    poll,
     produce_and_commit,
 )
 from broker.metrics import CounterMetrics
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
+COMMIT_INTERVAL_S = 0.25
+"""Longest a counted record waits for its transaction: transactions amortised over big batches."""
 
 
-class TxCounter:
+class TxCounter(KafkaService):
     """Counts transaction records exactly once; state lives in Kafka."""
 
+    poll_timeout_ms = 50
+
     def __init__(self, settings: Settings, metrics: CounterMetrics) -> None:
+        super().__init__("counter")
         self.settings = settings
         self.metrics = metrics
         self.group_id = f"{settings.stats_topic}.counter"
@@ -56,13 +62,14 @@ class TxCounter:
         self.counts: dict[StatKey, int] = {}
         self.seen: dict[str, str] = {}
         """Exchange id → day, for the dedupe window (``dedupe_retention_hours``)."""
-        self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
         self._prune_at = 100_000
+        self._gathered: Batch = {}
+        self._gathered_n = 0
+        self._gathered_since = 0.0
+        self._lag_at = 0.0
 
-    async def start(self) -> None:
+    async def _open(self) -> None:
         retention_ms = self.settings.dedupe_retention_hours * 3600 * 1000
         await ensure_topics(
             self.settings,
@@ -98,7 +105,7 @@ class TxCounter:
             self.settings, client_id="ndxp-counter", transactional_id=self.group_id
         )
         await self._producer.start()
-        self._consumer = make_consumer(
+        self.consumer = make_consumer(
             self.settings,
             group_id=self.group_id,
             client_id="ndxp-counter",
@@ -106,48 +113,59 @@ class TxCounter:
             max_poll_records=self.settings.counter_batch,
             fetch_max_wait_ms=100,
         )
-        await self._consumer.start()
-        self._consumer.subscribe([self.settings.tx_topic])
-        self._task = asyncio.create_task(self._run(), name="counter")
+        await self.consumer.start()
+        self.consumer.subscribe([self.settings.tx_topic])
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+    async def _close(self) -> None:
+        if self._gathered and self.consumer is not None:
+            await self._commit()  # the records in hand, before leaving
+        await super()._close()
         if self._producer is not None:
             await self._producer.stop()
+            self._producer = None
 
-    async def _run(self) -> None:
-        consumer, producer = self._consumer, self._producer
+    async def _capacity(self) -> int:
+        return max(1, self.settings.counter_batch - self._gathered_n)
+
+    async def _on_batch(self, batch: Batch) -> None:
+        now = time.monotonic()
+        if now >= self._lag_at:
+            self._lag_at = now + 1.0
+            await self._update_lag(self.consumer)
+        for tp, messages in batch.items():
+            if not self._gathered:
+                self._gathered_since = now
+            self._gathered.setdefault(tp, []).extend(messages)
+            self._gathered_n += len(messages)
+        if self._gathered and (
+            self._gathered_n >= self.settings.counter_batch or now - self._gathered_since >= COMMIT_INTERVAL_S
+        ):
+            await self._commit()
+
+    async def _commit(self) -> None:
+        consumer, producer = self.consumer, self._producer
         assert consumer is not None
         assert producer is not None
-        while not self._stopping.is_set():
-            batch = await poll(consumer, "counter", timeout_ms=200)
-            await self._update_lag(consumer)
-            if not batch:
-                continue
-            deltas, new_seen, outcomes = self._tally(batch)
-            changed = {key: self.counts.get(key, 0) + n for key, n in deltas.items()}
-            outgoing = [
-                Outgoing(self.settings.stats_topic, orjson.dumps({"count": n}), key.encode())
-                for key, n in changed.items()
-            ]
-            if new_seen:  # one message per batch: exchange id → day
-                outgoing.append(Outgoing(self.seen_topic, orjson.dumps(new_seen)))
-            started = time.perf_counter()
-            if not await produce_and_commit(producer, consumer, self.group_id, batch, outgoing, "counter"):
-                continue
-            # Only now, with the transaction committed, does memory move on.
-            self.metrics.commit_seconds.observe(time.perf_counter() - started)
-            self.counts.update(changed)
-            self.seen.update(new_seen)
-            if len(self.seen) > self._prune_at:
-                self._prune()
-            for outcome, n in outcomes.items():
-                self.metrics.counted.labels(outcome).inc(n)
+        batch, self._gathered, self._gathered_n = self._gathered, {}, 0
+        deltas, new_seen, outcomes = self._tally(batch)
+        changed = {key: self.counts.get(key, 0) + n for key, n in deltas.items()}
+        outgoing = [
+            Outgoing(self.settings.stats_topic, orjson.dumps({"count": n}), key.encode())
+            for key, n in changed.items()
+        ]
+        if new_seen:  # one message per batch: exchange id → day
+            outgoing.append(Outgoing(self.seen_topic, orjson.dumps(new_seen)))
+        started = time.perf_counter()
+        if not await produce_and_commit(producer, consumer, self.group_id, batch, outgoing, "counter"):
+            return
+        # Only now, with the transaction committed, does memory move on.
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        self.counts.update(changed)
+        self.seen.update(new_seen)
+        if len(self.seen) > self._prune_at:
+            self._prune()
+        for outcome, n in outcomes.items():
+            self.metrics.counted.labels(outcome).inc(n)
 
     def _tally(
         self, batch: dict[TopicPartition, list[Any]]
@@ -182,5 +200,6 @@ class TxCounter:
         self.seen = {eid: day for eid, day in self.seen.items() if day >= keep_from}
         self._prune_at = max(100_000, 2 * len(self.seen))
 
-    async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
-        self.metrics.lag.set(await consumer_lag(consumer))
+    async def _update_lag(self, consumer: AIOKafkaConsumer | None) -> None:
+        if consumer is not None:
+            self.metrics.lag.set(await consumer_lag(consumer))

@@ -19,6 +19,7 @@ class TxRecord:
     """One exchange, whatever its outcome."""
 
     exchange_id: str
+    """Assigned by the gateway (UUIDv7): the one key the counter dedupes on."""
     client: str
     provider: str
     service: str
@@ -32,6 +33,8 @@ class TxRecord:
     request_bytes: int = 0
     response_bytes: int = 0
     gateway: str = ""
+    request_id: str | None = None
+    """The caller's ``X-Request-Id``: recorded for correlation, never a key."""
     user_id: str | None = None
     purpose: str | None = None
 

@@ -8,8 +8,6 @@ beginning (``read_committed``) and answers ``GET /v1/stats``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from typing import Any, NamedTuple
@@ -17,7 +15,7 @@ from typing import Any, NamedTuple
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from broker.kafka import TopicSpec, ensure_topics, make_consumer, poll
+from broker.kafka import Batch, KafkaService, TopicSpec, ensure_topics, make_consumer
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,31 +84,24 @@ async def read_compacted(consumer: AIOKafkaConsumer, tp: TopicPartition) -> dict
     return latest
 
 
-class StatsView:
+class StatsView(KafkaService):
     """Follows the stats topic; the counts the counter has committed."""
 
+    poll_timeout_ms = 500
+    cancel_on_stop = True
+
     def __init__(self, settings: Settings) -> None:
+        super().__init__("stats view")
         self.settings = settings
         self.counts: dict[StatKey, int] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def _open(self) -> None:
         await ensure_topics(self.settings, [stats_topic_spec(self.settings)])
-        self._consumer = make_consumer(self.settings, group_id=None, isolation_level="read_committed")
-        await self._consumer.start()
+        self.consumer = make_consumer(self.settings, group_id=None, isolation_level="read_committed")
+        await self.consumer.start()
         tp = TopicPartition(self.settings.stats_topic, 0)
-        for key, value in (await read_compacted(self._consumer, tp)).items():
+        for key, value in (await read_compacted(self.consumer, tp)).items():
             self._apply(key, value)
-        self._task = asyncio.create_task(self._follow(), name="stats-view")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
 
     def _apply(self, key: bytes, value: bytes) -> None:
         try:
@@ -118,11 +109,8 @@ class StatsView:
         except (ValueError, TypeError, KeyError) as exc:
             log.warning("ignoring malformed stats row %r: %s", key, exc)
 
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await poll(self._consumer, "stats view", timeout_ms=500)
-            for messages in batch.values():
-                for msg in messages:
-                    if msg.key is not None and msg.value is not None:
-                        self._apply(msg.key, msg.value)
+    async def _on_batch(self, batch: Batch) -> None:
+        for messages in batch.values():
+            for msg in messages:
+                if msg.key is not None and msg.value is not None:
+                    self._apply(msg.key, msg.value)

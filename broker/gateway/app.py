@@ -97,8 +97,6 @@ def create_app(
         await ensure_topics(settings, [TopicSpec(name=settings.tx_topic, partitions=4)])
         gw.recorder.start(gw.producer)
         yield
-        # In-flight exchanges are over by now (the server stopped first): flush their records.
-        await gw.recorder.stop(flush_within_s=settings.shutdown_grace_s)
 
     async def reply_router(app: web.Application) -> AsyncIterator[None]:
         await gw.replies.start()

@@ -3,8 +3,10 @@
 authenticate → authorize → admit (rate, in-flight) → read body (size limit)
 → validate request → produce to ``ndxp.req.<provider>.<service>`` → await the
 reply on this worker's reply topic within the service timeout → validate the
-response → answer. The request bytes go to Kafka as they came. Whatever the
-outcome, the exchange is counted in metrics and in a transaction record.
+response → write the transaction record and await Kafka's acknowledgement →
+answer. The request bytes go to Kafka as they came. Whatever the outcome, the
+exchange is counted in metrics and in a transaction record; an exchange that
+reached its provider is answered only once its record is in Kafka.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ from broker.errors import (
     Unavailable,
     UnknownService,
 )
-from broker.gateway.problems import problem_response
+from broker.gateway.problems import problem_response, request_id
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
 from broker.registry import Agency
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
 PROBLEM = "application/problem+json"
+RECORD_WITHIN_S = 5.0
+"""Longest wait for Kafka to acknowledge an exchange's transaction record."""
 
 
 def authenticate(gw: Gateway, request: web.Request) -> Agency:
@@ -69,6 +73,7 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         purpose=request.headers.get("X-NDXP-Purpose"),
     )
     try:
+        rec.request_id = request_id(request)
         resp = await _exchange(gw, request, rec)
     except NdxpError as exc:
         rec.outcome = exc.code
@@ -79,9 +84,15 @@ async def exchange(request: web.Request) -> web.StreamResponse:
     rec.status = resp.status
     rec.response_bytes = len(resp.body) if isinstance(resp.body, bytes) else 0
     rec.t_out = time.time() * 1000
+    if not await gw.recorder.write(rec, RECORD_WITHIN_S) and rec.t_sent is not None:
+        # The provider was asked, but the exchange cannot be counted: not answered either.
+        rec.outcome = "unavailable"
+        resp = problem_response(
+            Unavailable("the exchange could not be recorded; retry shortly", retry_after=1),
+            rec.exchange_id,
+        )
     gw.metrics.exchanges.labels(rec.client, rec.provider, rec.service, rec.outcome).inc()
     gw.metrics.duration.labels(rec.provider, rec.service).observe(time.perf_counter() - started)
-    gw.recorder.record(rec)
     return resp
 
 
@@ -136,12 +147,11 @@ async def _round_trip(
         service=svc.service,
         reply_to=gw.replies.topic,
         deadline_ms=now_ms() + svc.timeout_ms,
+        request_id=rec.request_id,
         user_id=rec.user_id,
         purpose=rec.purpose,
         traceparent=request.headers.get("traceparent"),
     )
-    if gw.replies.waiting(eid):
-        raise InvalidRequest(f"X-Request-Id {eid!r} is already in flight")
     reply_future = gw.replies.expect(eid)
     gw.metrics.in_flight.inc()
     sent = time.perf_counter()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
 
+from broker.envelope import new_exchange_id
 from broker.errors import InvalidRequest, MethodNotAllowed, NdxpError, NotFound, PayloadTooLarge
 from broker.gateway.state import EXCHANGE_ID
 
@@ -30,16 +30,29 @@ def problem_response(exc: NdxpError, exchange_id: str) -> web.Response:
     return resp
 
 
+def request_id(request: web.Request) -> str | None:
+    """The caller's ``X-Request-Id`` (a correlation label, never a key), or None if absent.
+
+    Raises InvalidRequest if it is not 1-128 characters of ``A-Za-z0-9._:-``.
+    """
+    given = request.headers.get("X-Request-Id")
+    if given is not None and _REQUEST_ID.match(given) is None:
+        raise InvalidRequest("X-Request-Id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    return given
+
+
 @web.middleware
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Exchange id on every request and response; every error as problem+json."""
-    given = request.headers.get("X-Request-Id")
-    valid = given is not None and _REQUEST_ID.match(given) is not None
-    exchange_id = given if valid and given is not None else uuid.uuid4().hex
+    """A fresh exchange id on every request and response; every error as problem+json.
+
+    The gateway alone assigns exchange ids: whatever a caller sends, no
+    caller-chosen value becomes a key under which another caller's data is
+    stored or found. A valid ``X-Request-Id`` is echoed as it came.
+    """
+    exchange_id = new_exchange_id()
     request[EXCHANGE_ID] = exchange_id
+    given = request.headers.get("X-Request-Id")
     try:
-        if given is not None and not valid:
-            raise InvalidRequest("X-Request-Id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
         resp = await handler(request)
     except NdxpError as exc:
         resp = problem_response(exc, exchange_id)
@@ -57,5 +70,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         resp = problem_response(NdxpError("unexpected error; see the gateway log"), exchange_id)
-    resp.headers["X-Request-Id"] = exchange_id
+    resp.headers["X-NDXP-Exchange-Id"] = exchange_id
+    if given is not None and _REQUEST_ID.match(given) is not None:
+        resp.headers["X-Request-Id"] = given
     return resp

@@ -10,44 +10,47 @@ is dropped and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from broker.envelope import Reply
-from broker.kafka import TopicSpec, ensure_topics, make_consumer, poll
+from broker.kafka import Batch, KafkaService, TopicSpec, ensure_topics, make_consumer
 from broker.metrics import GatewayMetrics
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class ReplyRouter:
+class ReplyRouter(KafkaService):
     """Consumes one reply topic and resolves the futures of waiting exchanges."""
 
+    poll_timeout_ms = 500
+    cancel_on_stop = True
+
     def __init__(self, settings: Settings, topic: str, metrics: GatewayMetrics) -> None:
+        super().__init__(f"replies {topic}")
         self.settings = settings
         self.topic = topic
         self.metrics = metrics
         self._pending: dict[str, asyncio.Future[Reply]] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.ready = False
 
-    async def start(self) -> None:
+    @property
+    def ready(self) -> bool:
+        """Assigned and positioned, and its loop is running."""
+        return self.healthy
+
+    async def _open(self) -> None:
         """Create and assign the reply topic; ready once its position is known."""
-        if self._consumer is not None:
-            return
         await ensure_topics(
             self.settings,
             [TopicSpec(name=self.topic, partitions=1, configs={"retention.ms": "3600000"})],
         )
-        consumer = make_consumer(
+        self.consumer = consumer = make_consumer(
             self.settings,
             group_id=None,
             isolation_level="read_committed",
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=500,
             max_poll_records=2000,
         )
         await consumer.start()
@@ -56,20 +59,9 @@ class ReplyRouter:
         # Replies written before we started answer nobody that still waits.
         await consumer.seek_to_end(tp)
         await consumer.position(tp)
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._run(), name=f"replies:{self.topic}")
-        self.ready = True
 
-    async def stop(self) -> None:
-        self.ready = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+    async def _close(self) -> None:
+        await super()._close()
         for fut in self._pending.values():
             fut.cancel()
         self._pending.clear()
@@ -91,19 +83,17 @@ class ReplyRouter:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await poll(self._consumer, f"replies {self.topic}", timeout_ms=500)
-            for messages in batch.values():
-                for msg in messages:
-                    try:
-                        reply = Reply.from_message(msg.headers, msg.value)
-                    except ValueError as exc:
-                        log.warning("dropping malformed reply at offset %s: %s", msg.offset, exc)
-                        continue
-                    fut = self._pending.pop(reply.exchange_id, None)
-                    if fut is None or fut.done():
-                        self.metrics.late_replies.inc()
-                        continue
-                    fut.set_result(reply)
+    async def _on_batch(self, batch: Batch) -> None:
+        for messages in batch.values():
+            for msg in messages:
+                try:
+                    reply = Reply.from_message(msg.headers or (), msg.value)
+                except ValueError as exc:
+                    log.warning("dropping malformed reply at offset %s: %s", msg.offset, exc)
+                    continue
+                fut = self._pending.pop(reply.exchange_id, None)
+                if fut is None or fut.done():
+                    # Late (its exchange timed out) or a second reply (a lookup served again).
+                    self.metrics.late_replies.inc()
+                    continue
+                fut.set_result(reply)

@@ -38,17 +38,22 @@ ECHO_RESPONSE = {
 }
 
 
-def write_contracts(root: Path, provider: str) -> Path:
-    """schemas/<provider>/{echo,slow}.json for the test provider."""
+def write_contracts(root: Path, provider: str, echo_timeout_ms: int = 5000) -> Path:
+    """schemas/<provider>/{echo,slow,store}.json for the test provider (store has write effects)."""
     d = root / "schemas" / provider
     d.mkdir(parents=True)
-    for name, timeout in (("echo", 5000), ("slow", 300)):
+    for name, timeout, effects in (
+        ("echo", echo_timeout_ms, "read"),
+        ("slow", 300, "read"),
+        ("store", 30000, "write"),
+    ):
         (d / f"{name}.json").write_text(
             json.dumps(
                 {
                     "title": f"Test {name}",
                     "description": "test service",
                     "timeout_ms": timeout,
+                    "effects": effects,
                     "request": ECHO_REQUEST,
                     "response": ECHO_RESPONSE,
                     "examples": [{"msg": "hello"}],
@@ -104,8 +109,16 @@ class EchoHandlers:
         await asyncio.sleep(1.0)
         return {"msg": req.body["msg"], "via": req.meta.reply_to}
 
+    async def store(self, req: Request) -> Any:
+        """A write: records one change per request, committed with the reply."""
+        self.calls[req.body["msg"]] += 1
+        if req.body.get("sleep_ms"):
+            await asyncio.sleep(req.body["sleep_ms"] / 1000)
+        req.record_change(req.body["msg"], {"msg": req.body["msg"], "exchange": req.meta.exchange_id})
+        return {"msg": req.body["msg"], "via": req.meta.reply_to}
+
     def handlers(self) -> dict[str, Handler]:
-        return {"echo": self.echo, "slow": self.slow}
+        return {"echo": self.echo, "slow": self.slow, "store": self.store}
 
 
 @asynccontextmanager

@@ -163,6 +163,7 @@ async def test_counter_killed_mid_stream_and_duplicates_still_give_exact_counts(
 
 async def test_every_exchange_leaves_a_transaction_record(exchange_settings: Settings, provider: str) -> None:
     settings = exchange_settings
+    answered: dict[str, str] = {}
     async with (
         running_adapter(settings, provider, EchoHandlers()),
         running_gateway(settings) as (http, _),
@@ -179,7 +180,8 @@ async def test_every_exchange_leaves_a_transaction_record(exchange_settings: Set
                 },
             )
             assert resp.status == 200
-    # The gateway has stopped: its records were flushed on the way out.
+            answered[resp.headers["X-NDXP-Exchange-Id"]] = f"rec-{i}"
+    # Each exchange was answered only once its record was in Kafka.
     consumer = make_consumer(settings)
     await consumer.start()
     tps = [TopicPartition(settings.tx_topic, p) for p in range(4)]
@@ -195,7 +197,9 @@ async def test_every_exchange_leaves_a_transaction_record(exchange_settings: Set
                         got[rec.exchange_id] = rec
     finally:
         await consumer.stop()
-    rec = got["rec-3"]
+    assert set(got) == set(answered)
+    assert {eid: r.request_id for eid, r in got.items()} == answered  # the label is recorded
+    rec = got[next(eid for eid, label in answered.items() if label == "rec-3")]
     assert (rec.client, rec.provider, rec.service, rec.outcome, rec.status) == (
         "alice",
         provider,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ async def problem(resp: ClientResponse, status: int, code: str) -> dict[str, Any
     body: dict[str, Any] = await resp.json(content_type=None)
     assert body["code"] == code
     assert body["status"] == status
-    assert body["exchange_id"] == resp.headers["X-Request-Id"]
+    assert body["exchange_id"] == resp.headers["X-NDXP-Exchange-Id"]
     assert body["detail"]
     return body
 
@@ -42,7 +43,8 @@ async def test_ok_exchange_returns_the_typed_answer_and_echoes_request_id(
             headers={**ALICE, "X-Request-Id": "req-001", "X-NDXP-Purpose": "test"},
         )
         assert resp.status == 200
-        assert resp.headers["X-Request-Id"] == "req-001"
+        assert resp.headers["X-Request-Id"] == "req-001"  # echoed: the caller's label
+        assert uuid.UUID(resp.headers["X-NDXP-Exchange-Id"]).version == 7  # the gateway's own id
         assert await resp.json() == {"msg": "xin chao", "via": gw.replies.topic}
         metrics = await (await http.get("/metrics")).text()
     labels = f'client="alice",outcome="ok",provider="{provider}",service="echo"'
@@ -155,17 +157,21 @@ async def test_metaservices_describe_the_catalog_and_the_caller(
         agencies = await (await http.get("/v1/agencies")).json()
         assert {"id": "alice", "code": "T.A", "name": "Alice"} in agencies["agencies"]
         services = (await (await http.get("/v1/services")).json())["services"]
-        assert {s["service"] for s in services} == {"echo", "slow"}
+        assert {s["service"]: s["effects"] for s in services} == {
+            "echo": "read",
+            "slow": "read",
+            "store": "write",
+        }
         echo = next(s for s in services if s["service"] == "echo")
         assert set(echo) >= {
-            "provider", "service", "title", "description", "mode", "timeout_ms",
+            "provider", "service", "title", "description", "mode", "timeout_ms", "effects",
             "request", "response", "examples",
         }  # fmt: skip
         one = await http.get(f"/v1/services/{provider}/echo")
         assert (await one.json())["timeout_ms"] == 5000
         await problem(await http.get(f"/v1/services/{provider}/none"), 404, "unknown_service")
         allowed = await (await http.get("/v1/allowed", headers=ALICE)).json()
-        assert allowed["services"] == [f"{provider}/echo", f"{provider}/slow"]
+        assert allowed["services"] == [f"{provider}/echo", f"{provider}/slow", f"{provider}/store"]
         await problem(await http.get("/v1/allowed"), 401, "unauthorized")
         doc = await (await http.get("/openapi.json")).json()
         assert doc["openapi"].startswith("3.1")
@@ -180,3 +186,28 @@ async def test_metaservices_describe_the_catalog_and_the_caller(
 async def _call(http: ClientSession, url: str, msg: str) -> tuple[int, Any]:
     resp = await http.post(url, json={"msg": msg}, headers=ALICE)
     return resp.status, await resp.json(content_type=None)
+
+
+async def test_a_reused_request_id_never_gives_one_caller_another_callers_answer(
+    exchange_settings: Settings, provider: str
+) -> None:
+    """Two callers (and one caller twice) under the same X-Request-Id: each gets its own answer."""
+    handlers = EchoHandlers()
+    url = f"/v1/exchange/{provider}/echo"
+    same = {**ALICE, "X-Request-Id": "shared-id-1"}
+    async with (
+        running_adapter(exchange_settings, provider, handlers),
+        running_gateway(exchange_settings) as (http, _),
+    ):
+        first = await http.post(url, json={"msg": "hanoi's citizen"}, headers=same)
+        # Concurrent and sequential reuse: both are new exchanges, processed and answered on their own.
+        again, concurrent = await asyncio.gather(
+            http.post(url, json={"msg": "danang's citizen", "sleep_ms": 200}, headers=same),
+            http.post(url, json={"msg": "other", "sleep_ms": 200}, headers=same),
+        )
+        bodies = [await r.json() for r in (first, again, concurrent)]
+        ids = {r.headers["X-NDXP-Exchange-Id"] for r in (first, again, concurrent)}
+    assert [r.status for r in (first, again, concurrent)] == [200, 200, 200]
+    assert [b["msg"] for b in bodies] == ["hanoi's citizen", "danang's citizen", "other"]
+    assert len(ids) == 3, "every exchange gets its own id, whatever X-Request-Id says"
+    assert handlers.calls == {"hanoi's citizen": 1, "danang's citizen": 1, "other": 1}

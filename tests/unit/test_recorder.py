@@ -1,4 +1,4 @@
-"""Transaction records are never dropped silently (a fake producer stands in for Kafka)."""
+"""Transaction records: acknowledged before the answer, never dropped silently (a fake producer)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,21 @@ from broker.counter.records import TxRecord, day_of
 from broker.metrics import GatewayMetrics
 
 
-class FlakyProducer:
-    """Fails the first ``failures`` sends, then acknowledges everything."""
+class FakeProducer:
+    """Acknowledges, fails, or never answers a send, as told."""
 
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
         self.sent: list[bytes] = []
 
     async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.failures > 0:
-            self.failures -= 1
+        if self.mode == "fail":
             fut.set_exception(ConnectionError("broker gone"))
-        else:
+        elif self.mode == "ok":
             self.sent.append(key)
             fut.set_result(None)
-        return fut
+        return fut  # "hang": never acknowledged
 
 
 def _rec(i: int) -> TxRecord:
@@ -36,35 +35,45 @@ def _rec(i: int) -> TxRecord:
     )
 
 
-async def test_failed_sends_are_retried_counted_and_none_is_lost() -> None:
+def _value(metric: Any) -> float:
+    return float(metric._value.get())
+
+
+async def test_write_returns_only_once_kafka_acknowledged_the_record() -> None:
     metrics = GatewayMetrics(CollectorRegistry())
     recorder = TxRecorder("ndxp.tx", metrics)
-    producer = FlakyProducer(failures=3)
+    producer = FakeProducer("ok")
     recorder.start(producer)  # type: ignore[arg-type]
-    for i in range(10):
-        recorder.record(_rec(i))
-    async with asyncio.timeout(10):
-        while recorder.pending:
-            await asyncio.sleep(0.05)
-    await recorder.stop(flush_within_s=1)
-    assert sorted(producer.sent) == sorted(f"x{i}".encode() for i in range(10))
-    assert metrics.tx_retries._value.get() == 3
-    assert metrics.tx_sent._value.get() == 10
-    assert metrics.tx_pending._value.get() == 0
-
-
-async def test_records_that_cannot_be_sent_by_shutdown_are_counted_as_lost() -> None:
-    metrics = GatewayMetrics(CollectorRegistry())
-    recorder = TxRecorder("ndxp.tx", metrics)
-    recorder.start(FlakyProducer(failures=10**6))  # type: ignore[arg-type]
-    for i in range(4):
-        recorder.record(_rec(i))
-    await recorder.stop(flush_within_s=0.3)
-    assert metrics.tx_lost._value.get() == 4
+    assert all([await recorder.write(_rec(i), within_s=1) for i in range(5)])
+    assert producer.sent == [f"x{i}".encode() for i in range(5)]
+    assert _value(metrics.tx_sent) == 5
+    assert _value(metrics.tx_lost) == 0
     assert recorder.pending == 0
 
 
-def test_days_are_counted_in_vietnam_time() -> None:
-    # 2026-01-01 18:30 UTC is already 2026-01-02 in Hà Nội.
-    assert day_of(1767292200000, 7) == "2026-01-02"
-    assert day_of(1767292200000, 0) == "2026-01-01"
+async def test_a_failed_send_is_reported_logged_and_counted_lost() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    recorder = TxRecorder("ndxp.tx", metrics)
+    recorder.start(FakeProducer("fail"))  # type: ignore[arg-type]
+    assert await recorder.write(_rec(1), within_s=1) is False
+    assert _value(metrics.tx_lost) == 1
+    assert _value(metrics.tx_sent) == 0
+
+
+async def test_an_unacknowledged_record_gives_up_within_the_bound() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    recorder = TxRecorder("ndxp.tx", metrics)
+    recorder.start(FakeProducer("hang"))  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await recorder.write(_rec(1), within_s=0.2) is False
+    assert loop.time() - started < 5, "write() must not wait past its bound"
+    assert _value(metrics.tx_lost) == 1
+    assert recorder.pending == 0
+
+
+def test_day_of_uses_the_configured_utc_offset() -> None:
+    # 2026-01-01 20:00 UTC is already 2026-01-02 in Vietnam (UTC+7).
+    t = 1767297600000
+    assert day_of(t, 0) == "2026-01-01"
+    assert day_of(t, 7) == "2026-01-02"

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from adapters import synthetic
 from adapters.agencies import AGENCIES, handlers_for
-from adapters.runtime import BusinessError, Request
-from broker.catalog import Catalog
+from adapters.runtime import BusinessError, Change, Request
+from broker.catalog import Catalog, Effects
 from broker.envelope import RequestMeta
 from broker.settings import Settings
 
@@ -59,6 +59,19 @@ REQUESTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "birth_date": st.dates().map(lambda d: d.isoformat()),
         }
     ),
+    "bca/register_address": st.fixed_dictionaries(
+        {
+            "cccd": cccd,
+            "address": st.fixed_dictionaries(
+                {
+                    "street": st.text(min_size=1, max_size=40),
+                    "ward": st.text(min_size=1, max_size=20),
+                    "province": province.map(synthetic.PROVINCES.__getitem__),
+                }
+            ),
+            "moved_on": st.dates().map(lambda d: d.isoformat()),
+        }
+    ),
     "dkkd/business": st.fixed_dictionaries({"enterprise_code": tax10}),
     "thue/tax_status": st.fixed_dictionaries({"tax_code": st.from_regex(r"\A[0-9]{10}(-?[0-9]{3})?\Z")}),
     "bhxh/insurance_status": st.fixed_dictionaries({"cccd": cccd}),
@@ -74,8 +87,10 @@ REQUESTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
 
 
 def call(key: str, body: dict[str, Any]) -> tuple[int, Any]:
+    svc = CATALOG.get(*key.split("/"))
+    changes: list[Change] | None = [] if svc is not None and svc.effects is Effects.WRITE else None
     try:
-        return 200, asyncio.run(HANDLERS[key](Request(meta=META, body=body)))
+        return 200, asyncio.run(HANDLERS[key](Request(meta=META, body=body, changes=changes)))
     except BusinessError as exc:
         return exc.status, exc.code
 
@@ -148,3 +163,17 @@ def test_a_fixed_documented_share_of_identifiers_does_not_exist() -> None:
     numbers = [f"001090{i:06d}" for i in range(4000)]
     missing = sum(synthetic.person(n) is None for n in numbers) / len(numbers)
     assert abs(missing - synthetic.MISSING_PERCENT / 100) < 0.015
+
+
+def test_a_lookup_cannot_record_a_change_and_a_write_records_one() -> None:
+    with pytest.raises(TypeError, match="lookup"):
+        asyncio.run(HANDLERS["bca/register_address"](Request(meta=META, body=_REGISTRATION)))
+    changes: list[Change] = []
+    answer = asyncio.run(
+        HANDLERS["bca/register_address"](Request(meta=META, body=_REGISTRATION, changes=changes))
+    )
+    assert [c.key for c in changes] == [_REGISTRATION["cccd"]]
+    assert changes[0].value["registration_id"] == answer["registration_id"]
+
+
+_REGISTRATION = CATALOG.get("bca", "register_address").examples[0]  # type: ignore[union-attr]
