@@ -1,30 +1,46 @@
-"""Benchmark: the exchange path under Locust, against the gateway's own HTTP baseline.
+"""Benchmark: the exchange path against the raw-Kafka request/reply ceiling, in one run.
 
-Starts `ndxp up` on a free loopback port (its own Kafka unless
-NDXP_KAFKA_BOOTSTRAP is set), runs Locust headless twice for a bounded time —
-first ``GET /healthz`` (HTTP only: the baseline), then the exchange mix of
-``locustfile.py`` — and prints throughput, latency percentiles, failures and
-the projected exchanges per day. Nothing leaves 127.0.0.1.
+Starts a local Apache Kafka (or uses NDXP_KAFKA_BOOTSTRAP) and `ndxp up` on
+it, then for each concurrency in ``--users``:
 
-    .venv/bin/python loadtests/bench.py [--users 64] [--seconds 30] [--workers 1]
+1. the **raw-Kafka ceiling**: the same number of concurrent callers doing
+   aiokafka request/reply with a trivial echo over the same Kafka, no HTTP
+   (``rawkafka.py``);
+2. a warm-up of the exchange path (not measured);
+3. the **exchange path**: the demo mix (``mix.py``) through the gateway from
+   the light generator (``gen.py``), for ``--seconds``.
+
+It prints, per concurrency: exchanges/s, p50/p99, failures, the ratio to the
+raw ceiling, CPU milliseconds per exchange of every part (Kafka JVM, gateway
+workers, adapters, counter, land backend, load generator; read from /proc
+over the measured window), and exactness: the ``/v1/stats`` total before and
+after equals the responses the generator received. ``--out DIR`` keeps the
+figures as JSON and a PNG of throughput and p50/p99 against concurrency.
+Everything stays on 127.0.0.1; every run is bounded in time.
+
+    .venv/bin/python loadtests/bench.py --users 16,32,64,128 --seconds 60 --out bench-out
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+TICK = os.sysconf("SC_CLK_TCK")
+PARTS = ("kafka", "gateway", "adapters", "counter", "backend", "generator")
 
 
 def _free_port() -> int:
@@ -35,92 +51,282 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _locust(host: str, users: int, seconds: int, mode: str, out: Path) -> dict[str, float]:
-    out.mkdir(parents=True, exist_ok=True)
-    prefix = out / mode
-    env = {**os.environ, "NDXP_LOAD_MODE": mode, "PYTHONPATH": str(ROOT)}
-    subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-H", host,
-         "-u", str(users), "-r", str(users), "--run-time", f"{seconds}s", "--stop-timeout", "10",
-         "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"],
-        env=env, check=False, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    with open(f"{prefix}_stats.csv", newline="") as fh:
-        row = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
-    with open(f"{prefix}_failures.csv", newline="") as fh:
-        for failure in sorted(csv.DictReader(fh), key=lambda r: -int(r["Occurrences"]))[:5]:
-            print(f"  {mode} failure x{failure['Occurrences']}: {failure['Name']}: {failure['Error'][:160]}")
-    return {
-        "requests": float(row["Request Count"]),
-        "failures": float(row["Failure Count"]),
-        "rps": float(row["Requests/s"]),
-        "p50": float(row["50%"]),
-        "p95": float(row["95%"]),
-        "p99": float(row["99%"]),
-    }
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        for c in map(int, children):
+            out.append(c)
+            todo.append(c)
+    return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--users", type=int, default=64)
-    parser.add_argument("--seconds", type=int, default=30)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument(
-        "--warmup", type=int, default=15, help="seconds of exchanges first, not measured (JIT, caches)"
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _parts(up: int) -> dict[str, list[int]]:
+    """The platform's processes by part (Kafka: the JVMs under this benchmark)."""
+    parts: dict[str, list[int]] = {p: [] for p in PARTS}
+    gateway_roots: list[int] = []
+    for pid in _descendants(os.getpid()):
+        cmd = _cmdline(pid)
+        if "kafka.Kafka" in cmd:
+            parts["kafka"].append(pid)
+    for pid in _descendants(up):
+        cmd = _cmdline(pid)
+        for part, marker in (
+            ("gateway", "broker.cli gateway"),
+            ("adapters", "broker.cli adapter"),
+            ("counter", "broker.cli counter"),
+            ("backend", "broker.cli backend"),
+        ):
+            if marker in cmd:
+                parts[part].append(pid)
+                if part == "gateway":
+                    gateway_roots.append(pid)
+    for root in gateway_roots:
+        parts["gateway"] += [c for c in _descendants(root) if "resource_tracker" not in _cmdline(c)]
+    return parts
+
+
+def _snapshot(parts: dict[str, list[int]]) -> dict[str, float]:
+    return {part: sum(_cpu_s(p) for p in pids) for part, pids in parts.items()}
+
+
+def _run_measured(cmd: list[str], timeout: float) -> tuple[dict[str, Any], float]:
+    """Run a child that prints one JSON line; return it and the child's CPU seconds (read from /proc)."""
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
-    args = parser.parse_args()
+    cpu = 0.0
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        cpu = max(cpu, _cpu_s(proc.pid))
+        if time.monotonic() > deadline:
+            proc.kill()
+        time.sleep(0.05)
+    assert proc.stdout is not None
+    lines = [line for line in proc.stdout.read().decode().splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{' '.join(cmd[:3])} printed no result (exit {proc.returncode})")
+    return json.loads(lines[-1]), cpu
+
+
+def _stats_total(base: str) -> int:
+    with urllib.request.urlopen(f"{base}/v1/stats", timeout=10) as resp:
+        return int(json.loads(resp.read())["total"])
+
+
+def _settled_total(base: str, within_s: float = 60) -> int:
+    """The /v1/stats total once the counter has caught up (unchanged for 2 s)."""
+    deadline = time.monotonic() + within_s
+    last, since = _stats_total(base), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = _stats_total(base)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= 2.0:
+            return now
+    return last
+
+
+@contextmanager
+def _kafka(tmp: Path) -> Iterator[str]:
+    given = os.environ.get("NDXP_KAFKA_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    from broker.localkafka import LocalKafka
+    from broker.settings import Settings
+
+    kafka = LocalKafka(
+        Settings.from_env(), nodes=1, data_dir=tmp / "kafka", progress=lambda m: print(m, flush=True)
+    )
+    try:
+        yield kafka.start()
+    finally:
+        kafka.stop()
+
+
+@contextmanager
+def _platform(tmp: Path, bootstrap: str, workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    # The demo registry's per-client rate limits would answer 429 long before
+    # the platform's own limits show: measure with them raised 1000-fold.
+    registry = yaml.safe_load((ROOT / "deploy" / "registry.yaml").read_text())
+    for agency in registry["agencies"]:
+        if "rate_limit" in agency:
+            agency["rate_limit"] *= 1000
+    (tmp / "registry.yaml").write_text(yaml.safe_dump(registry, allow_unicode=True))
     port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="ndxp-bench-") as tmp:
-        out = Path(tmp)
-        log = (out / "up.log").open("wb")
-        # The demo registry's per-client rate limits would answer 429 long before
-        # the platform's own limits show: measure with them raised 1000-fold.
-        registry = yaml.safe_load((ROOT / "deploy" / "registry.yaml").read_text())
-        for agency in registry["agencies"]:
-            if "rate_limit" in agency:
-                agency["rate_limit"] *= 1000
-        (out / "registry.yaml").write_text(yaml.safe_dump(registry, allow_unicode=True))
-        env = {
-            **os.environ,
-            "NDXP_WORKERS": str(args.workers),
-            "NDXP_LOG_LEVEL": "WARNING",
-            "NDXP_REGISTRY": str(out / "registry.yaml"),
-        }
+    env = {
+        **os.environ,
+        "NDXP_KAFKA_BOOTSTRAP": bootstrap,
+        "NDXP_WORKERS": str(workers),
+        "NDXP_LOG_LEVEL": "WARNING",
+        "NDXP_REGISTRY": str(tmp / "registry.yaml"),
+    }
+    log_path = tmp / "up.log"
+    with log_path.open("wb") as log:
         up = subprocess.Popen(
             [sys.executable, "-m", "broker.cli", "up", "--port", str(port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while b"platform up" not in log_path.read_bytes():
+            if up.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("ndxp up did not start:\n" + log_path.read_text())
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}", up
+    finally:
+        up.terminate()
         try:
-            deadline = time.monotonic() + 180
-            while b"platform up" not in (out / "up.log").read_bytes():
-                if up.poll() is not None or time.monotonic() > deadline:
-                    print((out / "up.log").read_text(), file=sys.stderr)
-                    return 1
-                time.sleep(0.3)
-            host = f"http://127.0.0.1:{port}"
-            print(f"platform up at {host} ({args.workers} gateway worker(s)); "
-                  f"{args.users} users, {args.seconds}s per run", flush=True)  # fmt: skip
-            if args.warmup:
-                print(f"warming up for {args.warmup}s ...", flush=True)
-                _locust(host, args.users, args.warmup, "exchange", out / "warmup-")
-            results = {}
-            for mode in ("health", "exchange"):
-                print(f"running {mode} ...", flush=True)
-                results[mode] = _locust(host, args.users, args.seconds, mode, out)
-        finally:
-            up.send_signal(signal.SIGINT)
             up.wait(60)
-            log.close()
-    print(f"\n{'run':10} {'requests':>9} {'fail':>6} {'req/s':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}")
-    for mode, r in results.items():
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+
+
+def measure(
+    base: str, up: subprocess.Popen[bytes], bootstrap: str, users: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    py = sys.executable
+    topic = f"bench.raw.{os.getpid()}.{users}"
+    print(f"[{users} users] raw-Kafka ceiling for {args.seconds}s ...", flush=True)
+    echo = subprocess.Popen(
+        [py, str(ROOT / "loadtests" / "rawkafka.py"), "echo", "--bootstrap", bootstrap, "--topic", topic],
+        cwd=ROOT, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        raw, _ = _run_measured(
+            [py, str(ROOT / "loadtests" / "rawkafka.py"), "callers", "--bootstrap", bootstrap,
+             "--topic", topic, "--users", str(users), "--seconds", str(args.seconds)],
+            timeout=args.seconds + 60,
+        )  # fmt: skip
+    finally:
+        echo.terminate()
+        echo.wait(30)
+    gen = [py, "-m", "loadtests.gen", "--url", base, "--users", str(users)]
+    if args.warmup:
+        print(f"[{users} users] exchange warm-up for {args.warmup}s ...", flush=True)
+        _run_measured([*gen, "--seconds", str(args.warmup), "--seed", "1"], timeout=args.warmup + 60)
+    before = _settled_total(base)
+    parts = _parts(up.pid)
+    cpu0 = _snapshot(parts)
+    print(f"[{users} users] exchanges for {args.seconds}s ...", flush=True)
+    ex, gen_cpu = _run_measured([*gen, "--seconds", str(args.seconds)], timeout=args.seconds + 60)
+    cpu1 = _snapshot(parts)
+    after = _settled_total(base)
+    responses = sum(ex["statuses"].values())
+    cpu = {part: cpu1[part] - cpu0[part] for part in PARTS}
+    cpu["generator"] = gen_cpu
+    return {
+        "users": users,
+        "raw": raw,
+        "exchange": ex,
+        "ratio": ex["rps"] / raw["rps"] if raw["rps"] else 0.0,
+        "cpu_ms_per_exchange": {p: 1000 * s / max(1, responses) for p, s in cpu.items()},
+        "cpu_s": cpu,
+        "counted": after - before,
+        "responses": responses,
+        "exact": after - before == responses,
+    }
+
+
+def report(results: list[dict[str, Any]]) -> None:
+    print(
+        f"\n{'users':>5} {'raw/s':>8} {'raw p50':>7} {'raw p99':>7} | {'exch/s':>7} {'p50':>6} {'p99':>6}"
+        f" {'fail':>5} {'ratio':>6} | counted = answered"
+    )
+    for r in results:
+        raw, ex = r["raw"], r["exchange"]
         print(
-            f"{mode:10} {r['requests']:9.0f} {r['failures']:6.0f} {r['rps']:8.1f} "
-            f"{r['p50']:7.0f} {r['p95']:7.0f} {r['p99']:7.0f}"
+            f"{r['users']:5d} {raw['rps']:8.0f} {raw['p50']:7.1f} {raw['p99']:7.1f} | {ex['rps']:7.0f}"
+            f" {ex['p50']:6.1f} {ex['p99']:6.1f} {ex['failures'] + ex['errors']:5d} {r['ratio']:6.1%} |"
+            f" {r['counted']} {'==' if r['exact'] else '!='} {r['responses']}"
         )
-    ex = results["exchange"]
-    print(f"\nexchange throughput = {ex['rps'] / results['health']['rps']:.1%} of the HTTP-only baseline")
-    print(f"projected exchanges per day at this rate: {ex['rps'] * 86400 / 1e6:.1f} million")
-    return 0
+    print("\nCPU ms per exchange (measured window, from /proc):")
+    print(f"{'users':>5} " + " ".join(f"{p:>9}" for p in PARTS) + f" {'total':>9}")
+    for r in results:
+        c = r["cpu_ms_per_exchange"]
+        print(f"{r['users']:5d} " + " ".join(f"{c[p]:9.3f}" for p in PARTS) + f" {sum(c.values()):9.3f}")
+    best = max(results, key=lambda r: r["exchange"]["rps"])
+    print(
+        f"\nbest: {best['exchange']['rps']:.0f} exchanges/s at {best['users']} users"
+        f" = {best['exchange']['rps'] * 86400 / 1e6:.0f} million a day, {best['ratio']:.0%} of raw Kafka"
+    )
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    users = [r["users"] for r in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(
+        users, [r["exchange"]["rps"] for r in results], "o-", label="exchanges (HTTP → Kafka → adapter)"
+    )
+    left.plot(users, [r["raw"]["rps"] for r in results], "s--", label="raw Kafka request/reply (echo)")
+    left.set(xlabel="concurrent callers", ylabel="per second", title="Throughput", xscale="log", xticks=users)
+    left.set_xticklabels([str(u) for u in users])
+    left.legend()
+    left.grid(alpha=0.3)
+    for key, style in (("p50", "o-"), ("p99", "s-")):
+        right.plot(users, [r["exchange"][key] for r in results], style, label=f"exchange {key}")
+        right.plot(users, [r["raw"][key] for r in results], style.replace("-", ":"), label=f"raw {key}")
+    right.set(xlabel="concurrent callers", ylabel="ms", title="Latency", xscale="log", xticks=users)
+    right.set_xticklabels([str(u) for u in users])
+    right.legend()
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--users", default="64", help="comma-separated concurrencies, e.g. 16,32,64,128")
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=15, help="seconds of exchanges first, not measured")
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    parser.add_argument("--out", type=Path, help="directory for bench.json and bench.png")
+    args = parser.parse_args()
+    sweep = [int(u) for u in args.users.split(",")]
+    with (
+        tempfile.TemporaryDirectory(prefix="ndxp-bench-") as tmp,
+        _kafka(Path(tmp)) as bootstrap,
+        _platform(Path(tmp), bootstrap, args.workers) as (base, up),
+    ):
+        print(f"platform up at {base} ({args.workers} gateway worker(s)) on Kafka {bootstrap}", flush=True)
+        results = [measure(base, up, bootstrap, users, args) for users in sweep]
+    report(results)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench.json").write_text(json.dumps(results, indent=2))
+        plot(results, args.out / "bench.png")
+        print(f"figures in {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    return 0 if all(r["exact"] for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""A light HTTP load generator for the benchmark: the demo exchange mix, little CPU of its own.
+
+Locust (``locustfile.py``) is the load test developers run; it spends more
+CPU per request than the gateway does, which on a small machine takes CPU
+from what it measures. This generator keeps N keep-alive HTTP/1.1
+connections on uvloop, each sending the next request as soon as the last
+answer arrived, from request bodies made in advance with the same weighted
+mix as the Locust file. It prints one JSON line: responses by status,
+failures (anything but 200 and the providers' own 404), transport errors,
+rps and p50/p95/p99 in ms. Bounded in time; loopback only.
+
+    python loadtests/gen.py --url http://127.0.0.1:8080 --users 64 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+import orjson
+import uvloop
+
+from loadtests.mix import MIX
+from loadtests.rawkafka import summary
+
+
+def requests(host: str, n: int, seed: int) -> list[bytes]:
+    """``n`` ready-to-send HTTP requests drawn from the exchange mix."""
+    rng = random.Random(seed)  # synthetic identifiers, not secrets
+    weights = [m[0] for m in MIX]
+    out = []
+    for _ in range(n):
+        _, key, service, make = rng.choices(MIX, weights=weights)[0]
+        body = orjson.dumps(make(rng))
+        out.append(
+            (
+                f"POST /v1/exchange/{service} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
+    return out
+
+
+async def run(url: str, users: int, seconds: float, seed: int = 7) -> dict[str, object]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    pool = requests(f"{host}:{port}", 4096, seed)
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    errors = 0
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+
+    async def user(i: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        k = i
+        try:
+            while loop.time() < until:
+                req = pool[k % len(pool)]
+                k += users
+                started = time.perf_counter()
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                        break
+                await reader.readexactly(length)
+                latencies.append(time.perf_counter() - started)
+                statuses[status] += 1
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            errors += 1
+        finally:
+            writer.close()
+
+    started = loop.time()
+    await asyncio.gather(*(user(i) for i in range(users)))
+    elapsed = loop.time() - started
+    result: dict[str, object] = dict(summary(latencies, errors, elapsed))
+    result["statuses"] = {str(k): v for k, v in sorted(statuses.items())}
+    result["failures"] = sum(v for k, v in statuses.items() if k not in (200, 404))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--users", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    result = uvloop.run(run(args.url, args.users, args.seconds, args.seed))
+    print(orjson.dumps(result).decode(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
