@@ -85,7 +85,9 @@ async def echo(bootstrap: str, topic: str) -> None:
             for tp, msgs in batch.items():
                 for m in msgs:
                     headers = dict(m.headers)
-                    await producer.send(headers["reply-to"].decode(), m.value, key=m.key, headers=m.headers)
+                    await producer.send(
+                        headers["reply-to"].decode(), m.value, key=m.key, headers=list(m.headers)
+                    )
                 offsets[tp] = msgs[-1].offset + 1
     finally:
         task.cancel()
