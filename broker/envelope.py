@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import os
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -65,10 +64,15 @@ def new_exchange_id() -> str:
 
     Only the gateway calls this; no caller-chosen value ever becomes an exchange id.
     """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10)) & ((1 << 80) - 1)
-    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
-    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 9562 variant
-    return str(uuid.UUID(int=value))
+    rand = int.from_bytes(os.urandom(10))
+    value = (time.time_ns() // 1_000_000) << 80 | rand & _RAND_MASK | _VERSION_VARIANT
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# UUIDv7 layout: 48-bit ms time | version 0b0111 | 12 random | variant 0b10 | 62 random.
+_RAND_MASK = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
+_VERSION_VARIANT = 0x7 << 76 | 0x2 << 62
 
 
 def now_ms() -> int:

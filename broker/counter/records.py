@@ -8,7 +8,7 @@ are epoch milliseconds; a step never reached is ``None``.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -39,7 +39,7 @@ class TxRecord:
     purpose: str | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson serialises dataclasses natively
 
     @classmethod
     def decode(cls, raw: bytes) -> TxRecord:

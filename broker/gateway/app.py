@@ -39,7 +39,7 @@ from broker.gateway.limits import Limits
 from broker.gateway.problems import problems
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.state import GATEWAY, Gateway
-from broker.kafka import TopicSpec, ensure_topics, make_producer
+from broker.kafka import StickyPartitioner, TopicSpec, ensure_topics, make_producer
 from broker.metrics import GatewayMetrics
 from broker.registry import Registry
 from broker.settings import Settings
@@ -84,7 +84,10 @@ def create_app(
     app[GATEWAY] = gw
 
     async def kafka_producer(app: web.Application) -> AsyncIterator[None]:
-        gw.producer = make_producer(settings, client_id=f"ndxp-gateway-{worker}")
+        # Requests and records carry no key (order does not matter): sticky batches.
+        gw.producer = make_producer(
+            settings, client_id=f"ndxp-gateway-{worker}", partitioner=StickyPartitioner()
+        )
         try:
             await gw.producer.start()
         except BaseException:

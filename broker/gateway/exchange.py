@@ -158,7 +158,7 @@ async def _round_trip(
     try:
         async with asyncio.timeout(svc.timeout_ms / 1000):
             delivery = await gw.producer.send(
-                request_topic(svc.provider, svc.service), body, key=eid.encode(), headers=meta.headers()
+                request_topic(svc.provider, svc.service), body, headers=meta.headers()
             )
             await delivery
             rec.t_sent = time.time() * 1000

@@ -19,12 +19,12 @@ class FakeProducer:
         self.mode = mode
         self.sent: list[bytes] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
+    async def send(self, topic: str, value: bytes) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.mode == "fail":
             fut.set_exception(ConnectionError("broker gone"))
         elif self.mode == "ok":
-            self.sent.append(key)
+            self.sent.append(TxRecord.decode(value).exchange_id.encode())
             fut.set_result(None)
         return fut  # "hang": never acknowledged
 
@@ -77,3 +77,14 @@ def test_day_of_uses_the_configured_utc_offset() -> None:
     t = 1767297600000
     assert day_of(t, 0) == "2026-01-01"
     assert day_of(t, 7) == "2026-01-02"
+
+
+def test_sticky_partitioner_keeps_keyless_records_together_and_keyed_ones_by_hash() -> None:
+    from broker.kafka import StickyPartitioner
+
+    sticky = StickyPartitioner(interval_s=3600)
+    parts = [0, 1, 2, 3]
+    assert len({sticky(None, parts, parts) for _ in range(100)}) == 1
+    assert sticky(b"k", parts, parts) == sticky(b"k", parts, [])  # by key hash, as Kafka's own
+    moving = StickyPartitioner(interval_s=0)
+    assert len({moving(None, parts, parts) for _ in range(200)}) > 1
