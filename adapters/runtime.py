@@ -307,9 +307,7 @@ class Adapter(KafkaService):
                     log.warning("%s: sending a reply failed (%s); retrying", self.what, exc)
                     await asyncio.sleep(delay)
                     delay = min(2.0, delay * 2)
-            for out in outs:
-                if out.reply is not None:
-                    self._remember(out.reply)
+            self._remember(outs)
             self._offsets.done(tp, msg.offset)
         finally:
             self._freed()
@@ -381,15 +379,16 @@ class Adapter(KafkaService):
                 log.warning("%s: write transaction failed (%s); retrying", self.what, exc)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
-        for out in outs:
-            if out.reply is not None:
-                self._remember(out.reply)
+        self._remember(outs)
 
     # -- one request ----------------------------------------------------------
 
-    def _remember(self, reply: Reply) -> None:
-        self._memory[reply.exchange_id] = reply
-        self._memory.move_to_end(reply.exchange_id)
+    def _remember(self, outs: list[_Out]) -> None:
+        """Keep the replies that went out, to answer a redelivered exchange without processing it."""
+        for out in outs:
+            if out.reply is not None:
+                self._memory[out.reply.exchange_id] = out.reply
+                self._memory.move_to_end(out.reply.exchange_id)
         while len(self._memory) > self.settings.adapter_dedupe_size:
             self._memory.popitem(last=False)
 
