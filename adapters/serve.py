@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -17,6 +15,7 @@ from adapters.agencies import AGENCIES, handlers_for
 from adapters.runtime import Adapter
 from broker.catalog import Catalog, Effects
 from broker.kafka import make_producer
+from broker.lifecycle import run_until_stopped
 from broker.metrics import AdapterMetrics, serve_metrics
 from broker.settings import Settings
 
@@ -25,10 +24,6 @@ log = logging.getLogger(__name__)
 
 class AdapterSetupError(ValueError):
     """An agency cannot be served (unknown, or its handlers do not match the catalog)."""
-
-
-class AdapterFailed(RuntimeError):
-    """An adapter's loop died while serving; the process exits non-zero."""
 
 
 def build_adapters(
@@ -83,10 +78,6 @@ async def run_adapters(
 
 
 async def _serve(adapters: list[Adapter], progress: Callable[[str], Any]) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     started: list[Adapter] = []
     try:
         for adapter in adapters:
@@ -94,14 +85,12 @@ async def _serve(adapters: list[Adapter], progress: Callable[[str], Any]) -> Non
             started.append(adapter)
         await asyncio.gather(*(a.wait_assigned(within_s=120) for a in adapters))
         progress(f"adapters serving: {', '.join(a.provider for a in adapters)}")
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await stop.wait()
+
+        def failure() -> str | None:
             dead = [a for a in adapters if not a.healthy]
-            if dead and not stop.is_set():
-                # A loop that died would leave its services unanswered: exit non-zero, to be restarted.
-                raise AdapterFailed(f"{dead[0].what} stopped: {dead[0].failed!r}")
+            return f"{dead[0].what} stopped: {dead[0].failed!r}" if dead else None
+
+        await run_until_stopped(failure)
         progress("adapters stopping")
     finally:
         await asyncio.gather(*(a.stop() for a in started), return_exceptions=True)

@@ -78,14 +78,15 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 def _adapter(settings: Settings, args: argparse.Namespace) -> int:
     import uvloop
 
-    from adapters.serve import AdapterFailed, run_adapters
+    from adapters.serve import run_adapters
+    from broker.lifecycle import PartFailed
 
     if args.metrics_port is not None:
         settings = settings.replace(metrics_port=args.metrics_port)
     try:
         uvloop.run(run_adapters(settings, args.agencies, progress=_progress))
-    except AdapterFailed as exc:
-        _progress(f"ndxp adapter: {exc}")
+    except PartFailed as exc:
+        _progress(f"ndxp adapter: {exc}; exiting for a restart")
         return 1
     return 0
 
@@ -117,10 +118,15 @@ def _counter(settings: Settings, args: argparse.Namespace) -> int:
     import uvloop
 
     from broker.counter.serve import run_counter
+    from broker.lifecycle import PartFailed
 
     if args.metrics_port is not None:
         settings = settings.replace(metrics_port=args.metrics_port)
-    uvloop.run(run_counter(settings, progress=_progress))
+    try:
+        uvloop.run(run_counter(settings, progress=_progress))
+    except PartFailed as exc:
+        _progress(f"ndxp counter: {exc}; exiting for a restart")
+        return 1
     return 0
 
 

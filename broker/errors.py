@@ -9,13 +9,16 @@ The tree (HTTP status, stable ``code``)::
     ├── NotFound                404 not_found          (no such path)
     ├── MethodNotAllowed        405 method_not_allowed
     ├── InvalidRequest          400 invalid_request    (with failing schema paths)
+    │   └── InvalidHeader       400 invalid_header     (header bytes that are not UTF-8)
+    ├── RequestTimeout          408 request_timeout    (body not received in time)
     ├── PayloadTooLarge         413 payload_too_large
     ├── RateLimited             429 rate_limited       (Retry-After)
     ├── Overloaded              503 overloaded         (Retry-After)
     ├── Timeout                 504 timeout            (also a TimeoutError)
     ├── ProviderError           502 provider_error
     ├── InvalidResponse         502 invalid_response   (provider broke its contract)
-    └── Unavailable             503 unavailable        (not ready, or Kafka unreachable)
+    ├── Unavailable             503 unavailable        (not ready, or Kafka unreachable)
+    └── ClientClosed            499 client_closed      (the caller went away; recorded, never sent)
 
 A provider's own business errors are not raised: they pass through with the
 provider's status and problem body.
@@ -87,6 +90,20 @@ class MethodNotAllowed(NdxpError):
 
 class InvalidRequest(NdxpError, ValueError):
     status, code, title = 400, "invalid_request", "Request does not match the service contract"
+
+
+class InvalidHeader(InvalidRequest):
+    status, code, title = 400, "invalid_header", "A header is not valid UTF-8 text"
+
+
+class RequestTimeout(NdxpError, TimeoutError):
+    status, code, title, retriable = 408, "request_timeout", "Request body not received in time", True
+
+
+class ClientClosed(NdxpError, ConnectionError):
+    """The caller closed the connection before the exchange ended: its own outcome, not a server error."""
+
+    status, code, title = 499, "client_closed", "Client closed the connection"
 
 
 class PayloadTooLarge(NdxpError):

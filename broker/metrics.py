@@ -138,7 +138,7 @@ class CounterMetrics:
         )
         self.malformed = Counter(
             "ndxp_counter_malformed_total",
-            "Messages on the transaction topic that are not transaction records",
+            "Messages on the transaction topic that are not transaction records (sent to <tx topic>.dlq)",
             registry=registry,
         )
         self.lag = Gauge(

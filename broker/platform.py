@@ -26,6 +26,10 @@ from broker.registry import Registry
 from broker.settings import Settings, child_environment
 
 STOP_GRACE_S = 20.0
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+"""Waits before restarting a part that died, growing while it keeps dying."""
+STABLE_AFTER_S = 60.0
+"""A part up this long counts as healthy again: its next restart waits the shortest time."""
 
 
 class PlatformError(RuntimeError):
@@ -46,6 +50,49 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], within_s: float)
                 return
         time.sleep(0.3)
     raise PlatformError(f"{url} was not ready within {within_s:.0f}s")
+
+
+class Supervised:
+    """One part of the platform as a child process, restarted with backoff when it dies."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.proc = subprocess.Popen(argv, env=env)
+        self.started = time.monotonic()
+        self.failures = 0
+        self.restart_at: float | None = None
+
+    def check(self, progress: Callable[[str], Any]) -> None:
+        """Restart the part if it died (after its backoff); log what happens."""
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.restart_at = None
+                self.proc = subprocess.Popen(self.argv, env=self.env)
+                self.started = now
+                progress(f"ndxp up: {self.name} restarted (pid {self.proc.pid})")
+            return
+        code = self.proc.poll()
+        if code is None:
+            return
+        if now - self.started >= STABLE_AFTER_S:
+            self.failures = 0
+        wait = RESTART_BACKOFF_S[min(self.failures, len(RESTART_BACKOFF_S) - 1)]
+        self.failures += 1
+        self.restart_at = now + wait
+        progress(f"ndxp up: {self.name} exited with {code}; restarting in {wait:g}s")
+
+    def stop(self) -> None:
+        self.restart_at = None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def _port(preferred: int) -> int:
@@ -99,7 +146,7 @@ def run_platform(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     kafka: LocalKafka | None = None
-    procs: list[subprocess.Popen[bytes]] = []
+    parts: list[Supervised] = []
     if not port_is_free(settings.port):
         progress(f"ndxp up: port {settings.port} is in use; choose another with --port")
         return 1
@@ -112,31 +159,20 @@ def run_platform(
         backend_port = free_port()
         backend_url = f"http://127.0.0.1:{backend_port}"
         env = child_environment(settings, LAND_BACKEND_URL=backend_url)
-        procs.append(subprocess.Popen([*ndxp, "backend", "land", "--port", str(backend_port)], env=env))
+
+        def start(name: str, *argv: str) -> list[subprocess.Popen[bytes]]:
+            parts.append(Supervised(name, [*ndxp, *argv], env))
+            return [p.proc for p in parts]
+
+        procs = start("land backend", "backend", "land", "--port", str(backend_port))
         _wait_ready(backend_url + "/healthz", procs, within_s=30)
         adapter_metrics = _port(9101)
         counter_metrics = _port(9102)
-        procs.append(
-            subprocess.Popen(
-                [*ndxp, "adapter", *catalog.providers(), "--metrics-port", str(adapter_metrics)], env=env
-            )
-        )
-        procs.append(subprocess.Popen([*ndxp, "counter", "--metrics-port", str(counter_metrics)], env=env))
+        start("adapters", "adapter", *catalog.providers(), "--metrics-port", str(adapter_metrics))
+        procs = start("counter", "counter", "--metrics-port", str(counter_metrics))
         # Callers' first requests must find the adapters in their consumer groups.
         _wait_ready(f"http://127.0.0.1:{adapter_metrics}/readyz", procs, within_s=120)
-        procs.append(
-            subprocess.Popen(
-                [
-                    *ndxp,
-                    "gateway",
-                    "--port",
-                    str(settings.port),
-                    "--workers",
-                    str(settings.workers),
-                ],
-                env=env,
-            )
-        )
+        procs = start("gateway", "gateway", "--port", str(settings.port), "--workers", str(settings.workers))
         base = f"http://{settings.host}:{settings.port}"
         _wait_ready(base + "/readyz", procs, within_s=60)
         progress(demo_text(settings, base))
@@ -145,10 +181,10 @@ def run_platform(
             f"counter http://127.0.0.1:{counter_metrics}/metrics"
         )
         progress("platform up; Ctrl-C stops everything")
-        while all(p.poll() is None for p in procs):
+        while True:  # supervise: a part that dies is restarted, with backoff
+            for part in parts:
+                part.check(progress)
             time.sleep(0.5)
-        failed = [p for p in procs if p.poll() is not None]
-        raise PlatformError(f"a part exited unexpectedly: {failed[0].args!r}")
     except KeyboardInterrupt:
         progress("stopping the platform")
         return 0
@@ -158,14 +194,8 @@ def run_platform(
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for p in reversed(procs):  # gateway first, then adapters, then the backend
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        for part in reversed(parts):  # gateway first, then the counter, adapters, the backend
+            part.stop()
         if kafka is not None:
             kafka.stop()
         for s, handler in old.items():

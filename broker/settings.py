@@ -82,6 +82,10 @@ class Settings:
     default_rate_limit: float = 1000.0
     """Requests per second per client when the registry gives none."""
     shutdown_grace_s: float = 10.0
+    body_timeout_s: float = 10.0
+    """``NDXP_BODY_TIMEOUT_S``: a request body not received within this answers 408."""
+    keepalive_timeout_s: float = 15.0
+    """``NDXP_KEEPALIVE_TIMEOUT_S``: idle keep-alive connections are closed after this."""
     log_level: str = "INFO"
 
     # Transaction records and counting
@@ -153,6 +157,8 @@ class Settings:
             ("KAFKA_START_TIMEOUT_S", "kafka_start_timeout_s"),
             ("DEFAULT_RATE_LIMIT", "default_rate_limit"),
             ("SHUTDOWN_GRACE_S", "shutdown_grace_s"),
+            ("BODY_TIMEOUT_S", "body_timeout_s"),
+            ("KEEPALIVE_TIMEOUT_S", "keepalive_timeout_s"),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = _float(PREFIX + name, v)

@@ -289,6 +289,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     left.plot(users, [r["raw"]["rps"] for r in results], "s--", label="raw Kafka request/reply (echo)")
     left.set(xlabel="concurrent callers", ylabel="per second", title="Throughput", xscale="log", xticks=users)
     left.set_xticklabels([str(u) for u in users])
+    left.minorticks_off()
     left.legend()
     left.grid(alpha=0.3)
     for key, style in (("p50", "o-"), ("p99", "s-")):
@@ -296,6 +297,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         right.plot(users, [r["raw"][key] for r in results], style.replace("-", ":"), label=f"raw {key}")
     right.set(xlabel="concurrent callers", ylabel="ms", title="Latency", xscale="log", xticks=users)
     right.set_xticklabels([str(u) for u in users])
+    right.minorticks_off()
     right.legend()
     right.grid(alpha=0.3)
     fig.tight_layout()

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from broker.counter.records import TxRecord, day_of
 from broker.counter.stats import StatKey, read_compacted, read_to_end, stats_topic_spec
+from broker.envelope import H_ERROR
 from broker.kafka import (
     Batch,
     KafkaService,
@@ -59,6 +60,7 @@ class TxCounter(KafkaService):
         self.metrics = metrics
         self.group_id = f"{settings.stats_topic}.counter"
         self.seen_topic = f"{settings.stats_topic}.seen-batches"
+        self.dlq_topic = f"{settings.tx_topic}.dlq"
         self.counts: dict[StatKey, int] = {}
         self.seen: dict[str, str] = {}
         """Exchange id → day, for the dedupe window (``dedupe_retention_hours``)."""
@@ -75,6 +77,7 @@ class TxCounter(KafkaService):
             self.settings,
             [
                 TopicSpec(name=self.settings.tx_topic, partitions=4),
+                TopicSpec(name=self.dlq_topic),
                 stats_topic_spec(self.settings),
                 TopicSpec(
                     name=self.seen_topic,
@@ -147,7 +150,7 @@ class TxCounter(KafkaService):
         assert consumer is not None
         assert producer is not None
         batch, self._gathered, self._gathered_n = self._gathered, {}, 0
-        deltas, new_seen, outcomes = self._tally(batch)
+        deltas, new_seen, outcomes, dead = self._tally(batch)
         changed = {key: self.counts.get(key, 0) + n for key, n in deltas.items()}
         outgoing = [
             Outgoing(self.settings.stats_topic, orjson.dumps({"count": n}), key.encode())
@@ -155,6 +158,7 @@ class TxCounter(KafkaService):
         ]
         if new_seen:  # one message per batch: exchange id → day
             outgoing.append(Outgoing(self.seen_topic, orjson.dumps(new_seen)))
+        outgoing.extend(dead)
         started = time.perf_counter()
         if not await produce_and_commit(producer, consumer, self.group_id, batch, outgoing, "counter"):
             return
@@ -169,17 +173,24 @@ class TxCounter(KafkaService):
 
     def _tally(
         self, batch: dict[TopicPartition, list[Any]]
-    ) -> tuple[Tally[StatKey], dict[str, str], Tally[str]]:
+    ) -> tuple[Tally[StatKey], dict[str, str], Tally[str], list[Outgoing]]:
         deltas: Tally[StatKey] = Tally()
         new_seen: dict[str, str] = {}
         outcomes: Tally[str] = Tally()
+        dead: list[Outgoing] = []
         for messages in batch.values():
             for msg in messages:
                 try:
                     rec = TxRecord.decode(msg.value or b"")
-                except ValueError:
+                except ValueError as exc:
+                    # Never fatal: set aside (in the same transaction), counted, logged.
                     self.metrics.malformed.inc()
-                    log.warning("counter: skipping a malformed record at %s@%s", msg.topic, msg.offset)
+                    log.warning(
+                        "counter: dead-lettering a malformed record at %s@%s: %s", msg.topic, msg.offset, exc
+                    )
+                    headers = [(k, v) for k, v in (msg.headers or ()) if isinstance(v, bytes)]
+                    headers.append((H_ERROR, str(exc).encode()))
+                    dead.append(Outgoing(self.dlq_topic, msg.value or b"", msg.key, headers))
                     continue
                 if rec.exchange_id in self.seen or rec.exchange_id in new_seen:
                     self.metrics.duplicates.inc()
@@ -188,7 +199,7 @@ class TxCounter(KafkaService):
                 new_seen[rec.exchange_id] = day
                 deltas[StatKey(day, rec.client, rec.provider, rec.service, rec.outcome)] += 1
                 outcomes[rec.outcome] += 1
-        return deltas, new_seen, outcomes
+        return deltas, new_seen, outcomes, dead
 
     def _prune(self) -> None:
         """Forget exchange ids older than the dedupe window, as the seen topic's retention does."""

@@ -38,17 +38,53 @@ class TxRecord:
     user_id: str | None = None
     purpose: str | None = None
 
+    def count_fields(self) -> tuple[str, str, str, str]:
+        """What a count row is keyed by, besides the day."""
+        return (self.client, self.provider, self.service, self.outcome)
+
     def encode(self) -> bytes:
         return orjson.dumps(self)  # orjson serialises dataclasses natively
 
     @classmethod
     def decode(cls, raw: bytes) -> TxRecord:
-        """Parse a record; ``ValueError`` if it is not one."""
+        """Parse and check a record; ``ValueError`` if it is not one (wrong fields or types)."""
         try:
             data: dict[str, Any] = orjson.loads(raw)
-            return cls(**data)
+            rec = cls(**data)
         except (orjson.JSONDecodeError, TypeError) as exc:
             raise ValueError(f"not a transaction record: {exc}") from exc
+        for name, kinds in _TYPES.items():
+            value = getattr(rec, name)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise ValueError(f"not a transaction record: {name} is {type(value).__name__}")
+        if any("|" in v for v in (rec.count_fields())):
+            raise ValueError("not a transaction record: '|' in a counted name")
+        if not rec.t_in == rec.t_in or abs(rec.t_in) > 1e15:  # NaN or absurd times
+            raise ValueError("not a transaction record: t_in is not a time")
+        return rec
+
+
+_NUMBER = (int, float)
+_TEXT_OR_NONE = (str, type(None))
+_NUMBER_OR_NONE = (int, float, type(None))
+_TYPES: dict[str, tuple[type, ...]] = {
+    "exchange_id": (str,),
+    "client": (str,),
+    "provider": (str,),
+    "service": (str,),
+    "outcome": (str,),
+    "status": (int,),
+    "t_in": _NUMBER,
+    "t_sent": _NUMBER_OR_NONE,
+    "t_reply": _NUMBER_OR_NONE,
+    "t_out": _NUMBER_OR_NONE,
+    "request_bytes": (int,),
+    "response_bytes": (int,),
+    "gateway": (str,),
+    "request_id": _TEXT_OR_NONE,
+    "user_id": _TEXT_OR_NONE,
+    "purpose": _TEXT_OR_NONE,
+}
 
 
 def day_of(t_ms: float, utc_offset_hours: int) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
+from broker.lifecycle import run_until_stopped
 from broker.metrics import CounterMetrics, serve_metrics
 from broker.settings import Settings
 
@@ -17,20 +16,18 @@ from broker.settings import Settings
 async def run_counter(settings: Settings, progress: Callable[[str], Any] = print) -> None:
     metrics = CounterMetrics(CollectorRegistry())
     counter = TxCounter(settings, metrics)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     runner = None
     try:
         await counter.start()
         if settings.metrics_port:
-            runner = await serve_metrics(metrics.registry, settings.host, settings.metrics_port)
+            runner = await serve_metrics(
+                metrics.registry, settings.host, settings.metrics_port, ready=lambda: counter.healthy
+            )
         progress(
             f"counter counting {settings.tx_topic} into {settings.stats_topic}"
             + (f"; metrics on :{settings.metrics_port}" if settings.metrics_port else "")
         )
-        await stop.wait()
+        await run_until_stopped(lambda: None if counter.healthy else f"counter stopped: {counter.failed!r}")
         progress("counter stopping")
     finally:
         await counter.stop()

@@ -9,7 +9,6 @@ in-flight exchanges finish within the grace period, flushes, exits 0.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -18,6 +17,7 @@ import re
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -36,10 +36,11 @@ from broker.envelope import reply_topic
 from broker.gateway import meta
 from broker.gateway.exchange import exchange
 from broker.gateway.limits import Limits
-from broker.gateway.problems import problems
+from broker.gateway.problems import problems, server_header
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.state import GATEWAY, Gateway
 from broker.kafka import StickyPartitioner, TopicSpec, ensure_topics, make_producer
+from broker.lifecycle import PartFailed, run_until_stopped
 from broker.metrics import GatewayMetrics
 from broker.registry import Registry
 from broker.settings import Settings
@@ -81,6 +82,7 @@ def create_app(
         worker=worker,
     )
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
+    app.on_response_prepare.append(server_header)
     app[GATEWAY] = gw
 
     async def kafka_producer(app: web.Application) -> AsyncIterator[None]:
@@ -128,7 +130,12 @@ def create_app(
 async def serve(settings: Settings, *, worker: int = 0, on_ready: Callable[[], None] | None = None) -> None:
     """Serve one worker until SIGTERM/SIGINT, then shut down gracefully."""
     app = create_app(settings, worker=worker)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace_s,
+        keepalive_timeout=settings.keepalive_timeout_s,
+    )
     await runner.setup()
     site = web.TCPSite(
         runner,
@@ -138,16 +145,18 @@ async def serve(settings: Settings, *, worker: int = 0, on_ready: Callable[[], N
         backlog=1024,
         shutdown_timeout=settings.shutdown_grace_s,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    gw = app[GATEWAY]
+
+    def failure() -> str | None:
+        dead = [s for s in (gw.replies, gw.stats) if not s.healthy]
+        return f"{dead[0].what} stopped: {dead[0].failed!r}" if dead else None
+
     try:
         await site.start()
         log.info("gateway worker %d serving on %s:%d", worker, settings.host, settings.port)
         if on_ready is not None:
             on_ready()
-        await stop.wait()
+        await run_until_stopped(failure)
         log.info("gateway worker %d stopping: finishing in-flight exchanges", worker)
     finally:
         await runner.cleanup()
@@ -164,6 +173,9 @@ def _worker_main(settings: Settings, worker: int, ready: Queue[int]) -> None:
         uvloop.run(serve(settings, worker=worker, on_ready=lambda: ready.put(worker)))
     except KafkaError as exc:
         log.error("gateway worker %d: cannot use Kafka at %s: %s", worker, settings.kafka_bootstrap, exc)
+        sys.exit(1)
+    except PartFailed as exc:
+        log.critical("gateway worker %d: %s; exiting for a restart", worker, exc)
         sys.exit(1)
     except OSError as exc:  # typically: the port is taken
         log.error("gateway worker %d: cannot listen on %s:%d: %s", worker, settings.host, settings.port, exc)
@@ -193,10 +205,13 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
         settings = settings.replace(metrics_dir=Path(metrics_dir.name))
     ctx = multiprocessing.get_context("spawn")
     ready: Queue[int] = ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker_main, args=(settings, i, ready), name=f"gateway-{i}")
-        for i in range(settings.workers)
-    ]
+
+    def spawn(i: int) -> multiprocessing.process.BaseProcess:
+        p = ctx.Process(target=_worker_main, args=(settings, i, ready), name=f"gateway-{i}")
+        p.start()
+        return p
+
+    procs: list[multiprocessing.process.BaseProcess] = []
     stopping = False
 
     def forward(signum: int, _: Any) -> None:
@@ -209,8 +224,7 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for p in procs:
-            p.start()
+        procs.extend(spawn(i) for i in range(settings.workers))
         started = 0
         while started < len(procs) and not stopping:
             try:
@@ -223,6 +237,27 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
                     break
         if started == len(procs):
             progress(f"gateway ready on http://{settings.host}:{settings.port} with {len(procs)} worker(s)")
+        # Supervise: a worker that dies (SIGKILL, a failed Kafka loop) is
+        # restarted with the same index, hence the same reply topic, with backoff.
+        failures = [0] * len(procs)
+        restart_at: list[float | None] = [None] * len(procs)
+        while not stopping and any(
+            p.is_alive() or r is not None for p, r in zip(procs, restart_at, strict=True)
+        ):
+            now = time.monotonic()
+            for i, p in enumerate(procs):
+                if restart_at[i] is not None and now >= (restart_at[i] or 0):
+                    restart_at[i] = None
+                    procs[i] = spawn(i)
+                    progress(f"gateway worker {i} restarted (pid {procs[i].pid})")
+                elif restart_at[i] is None and not p.is_alive() and not stopping:
+                    if settings.metrics_dir is not None and p.pid is not None:
+                        mark_process_dead(p.pid, str(settings.metrics_dir))  # type: ignore[no-untyped-call]
+                    wait = min(30.0, 2.0 ** failures[i])
+                    failures[i] += 1
+                    restart_at[i] = now + wait
+                    progress(f"gateway worker {i} exited with {p.exitcode}; restarting in {wait:g}s")
+            time.sleep(0.2)
         for p in procs:
             p.join()
     finally:

@@ -24,17 +24,19 @@ from broker.counter.records import TxRecord
 from broker.envelope import Reply, ReplyOutcome, RequestMeta, now_ms, request_topic
 from broker.errors import (
     AccessDenied,
+    ClientClosed,
     InvalidRequest,
     InvalidResponse,
     NdxpError,
     PayloadTooLarge,
     ProviderError,
+    RequestTimeout,
     Timeout,
     Unauthorized,
     Unavailable,
     UnknownService,
 )
-from broker.gateway.problems import problem_response, request_id
+from broker.gateway.problems import header, problem_response, request_id
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
 from broker.registry import Agency
 
@@ -47,7 +49,7 @@ RECORD_WITHIN_S = 5.0
 
 def authenticate(gw: Gateway, request: web.Request) -> Agency:
     """The calling agency, from ``Authorization: Bearer <api key>`` only."""
-    auth = request.headers.get("Authorization", "")
+    auth = header(request, "Authorization") or ""
     scheme, _, key = auth.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("send your API key as 'Authorization: Bearer <api key>'")
@@ -69,11 +71,11 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         status=500,
         t_in=time.time() * 1000,
         gateway=gw.replies.topic,
-        user_id=request.headers.get("X-NDXP-User-Id"),
-        purpose=request.headers.get("X-NDXP-Purpose"),
     )
     try:
         rec.request_id = request_id(request)
+        rec.user_id = header(request, "X-NDXP-User-Id")
+        rec.purpose = header(request, "X-NDXP-Purpose")
         resp = await _exchange(gw, request, rec)
     except NdxpError as exc:
         rec.outcome = exc.code
@@ -110,10 +112,12 @@ async def _exchange(gw: Gateway, request: web.Request, rec: TxRecord) -> web.Res
     limit = gw.settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body limit is {limit} bytes")
+    # The body is read before an in-flight slot is taken, within a time limit:
+    # slow uploads cannot hold the slots that other callers need.
+    body = await _read_body(request, limit, gw.settings.body_timeout_s)
+    rec.request_bytes = len(body)
+    _validate_request(svc, body)
     with gw.limits.admit(agency):
-        body = await _read_body(request, limit)
-        rec.request_bytes = len(body)
-        _validate_request(svc, body)
         reply = await _round_trip(gw, request, svc, agency, body, rec)
 
     if reply.outcome is ReplyOutcome.PROVIDER_ERROR:
@@ -150,7 +154,7 @@ async def _round_trip(
         request_id=rec.request_id,
         user_id=rec.user_id,
         purpose=rec.purpose,
-        traceparent=request.headers.get("traceparent"),
+        traceparent=header(request, "traceparent"),
     )
     reply_future = gw.replies.expect(eid)
     gw.metrics.in_flight.inc()
@@ -175,11 +179,16 @@ async def _round_trip(
     return reply
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, within_s: float) -> bytes:
     try:
-        body = await request.read()
+        async with asyncio.timeout(within_s):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"the body limit is {limit} bytes") from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body was not received within {within_s:g} s") from exc
+    except ConnectionError as exc:
+        raise ClientClosed("the caller closed the connection while sending the body") from exc
     if len(body) > limit:
         raise PayloadTooLarge(f"the body limit is {limit} bytes")
     return body

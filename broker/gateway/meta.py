@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from broker.errors import InvalidRequest, Unavailable, UnknownService
 from broker.gateway.exchange import authenticate
 from broker.gateway.state import GATEWAY
 from broker.metrics import exposition
+
+_DAY = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -53,6 +56,8 @@ async def stats(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     day = request.query.get("day") or day_of(time.time() * 1000, gw.settings.stats_utc_offset_hours)
     try:
+        if not _DAY.match(day):
+            raise ValueError(day)
         dt.date.fromisoformat(day)
     except ValueError as exc:
         raise InvalidRequest(f"day must be YYYY-MM-DD, not {day!r}") from exc

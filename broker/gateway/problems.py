@@ -10,7 +10,14 @@ import orjson
 from aiohttp import web
 
 from broker.envelope import new_exchange_id
-from broker.errors import InvalidRequest, MethodNotAllowed, NdxpError, NotFound, PayloadTooLarge
+from broker.errors import (
+    InvalidHeader,
+    InvalidRequest,
+    MethodNotAllowed,
+    NdxpError,
+    NotFound,
+    PayloadTooLarge,
+)
 from broker.gateway.state import EXCHANGE_ID
 
 log = logging.getLogger(__name__)
@@ -30,12 +37,27 @@ def problem_response(exc: NdxpError, exchange_id: str) -> web.Response:
     return resp
 
 
+def header(request: web.Request, name: str) -> str | None:
+    """A request header as text, or None if absent.
+
+    aiohttp keeps header bytes that are not UTF-8 as surrogate escapes;
+    such a header raises InvalidHeader (400) rather than failing later.
+    """
+    value = request.headers.get(name)
+    if value is not None:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidHeader(f"header {name} is not valid UTF-8 text") from None
+    return value
+
+
 def request_id(request: web.Request) -> str | None:
     """The caller's ``X-Request-Id`` (a correlation label, never a key), or None if absent.
 
     Raises InvalidRequest if it is not 1-128 characters of ``A-Za-z0-9._:-``.
     """
-    given = request.headers.get("X-Request-Id")
+    given = header(request, "X-Request-Id")
     if given is not None and _REQUEST_ID.match(given) is None:
         raise InvalidRequest("X-Request-Id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     return given
@@ -71,6 +93,11 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         log.exception("unexpected error in %s %s", request.method, request.path)
         resp = problem_response(NdxpError("unexpected error; see the gateway log"), exchange_id)
     resp.headers["X-NDXP-Exchange-Id"] = exchange_id
-    if given is not None and _REQUEST_ID.match(given) is not None:
+    if given is not None and given.isascii() and _REQUEST_ID.match(given) is not None:
         resp.headers["X-Request-Id"] = given
     return resp
+
+
+async def server_header(_: web.Request, resp: web.StreamResponse) -> None:
+    """Name the server without disclosing Python's or aiohttp's version."""
+    resp.headers["Server"] = "ndxp"

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -37,7 +38,14 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def test_ndxp_up_serves_the_printed_curl_and_ctrl_c_stops_everything(
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+def test_ndxp_up_serves_the_printed_curl_restarts_a_dead_part_and_ctrl_c_stops_everything(
     base_settings: Settings, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -77,6 +85,28 @@ def test_ndxp_up_serves_the_printed_curl_and_ctrl_c_stops_everything(
             time.sleep(0.3)
         assert stats["total"] == 1
         assert stats["by_outcome"] == {"ok": 1}
+
+        # A part that dies is restarted by `ndxp up`, and service comes back.
+        (adapters,) = [p for p in _descendants(proc.pid) if b"broker.cli adapter" in _cmdline(p)]
+        os.kill(adapters, signal.SIGKILL)
+        outcomes: list[int] = []
+        deadline = time.monotonic() + 90
+        while not outcomes or outcomes[-1] != 200:
+            assert time.monotonic() < deadline, (outcomes, log.read_text())
+            try:
+                with urllib.request.urlopen(req, timeout=15) as resp:
+                    outcomes.append(resp.status)
+            except urllib.error.HTTPError as exc:  # 504 while the adapters rejoin their groups
+                outcomes.append(exc.code)
+                time.sleep(1)
+        assert "adapters exited with -9; restarting" in log.read_text()
+        assert "adapters restarted" in log.read_text()
+        deadline = time.monotonic() + 30
+        while stats["total"] < 1 + len(outcomes) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            with urllib.request.urlopen(base + "/v1/stats", timeout=10) as resp:
+                stats = orjson.loads(resp.read())
+        assert stats["total"] == 1 + len(outcomes), (stats, outcomes)
         provider, service = re.findall(r"/v1/exchange/([^/]+)/([^/]+)$", url)[0]
         contract = Catalog.load(base_settings.schemas_dir).get(provider, service)
         assert contract is not None

@@ -1,0 +1,39 @@
+"""Running a part until it is told to stop, and noticing when it cannot go on.
+
+Every long-running part (gateway worker, adapters, counter) waits here for
+SIGTERM/SIGINT. Meanwhile it checks, every second, that its Kafka loops are
+still running: a loop that died would leave the part up but useless (an
+adapter answering nothing, a gateway whose replies never arrive), so the
+part raises :class:`PartFailed` and its process exits non-zero, for its
+supervisor (``ndxp up``, ``ndxp gateway``, or the orchestrator) to restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+
+
+class PartFailed(RuntimeError):
+    """A part's Kafka loop died while serving; its process exits non-zero."""
+
+
+async def run_until_stopped(failure: Callable[[], str | None], check_every_s: float = 1.0) -> None:
+    """Return on SIGTERM or SIGINT; raise PartFailed as soon as ``failure()`` names one."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(check_every_s):
+                    await stop.wait()
+            reason = None if stop.is_set() else failure()
+            if reason is not None:
+                raise PartFailed(reason)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,227 @@
+"""Hostile and broken input: nothing leaks, nothing is lost, no Kafka loop dies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from aiohttp import ClientSession
+from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from broker.counter.counter import TxCounter
+from broker.counter.records import TxRecord
+from broker.envelope import (
+    H_EXCHANGE_ID,
+    Reply,
+    ReplyOutcome,
+    RequestMeta,
+    dlq_topic,
+    now_ms,
+    request_topic,
+)
+from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
+from broker.metrics import CounterMetrics
+from broker.settings import Settings
+from tests.integration.exchange_fixtures import EchoHandlers, running_adapter, running_gateway
+
+pytestmark = pytest.mark.kafka
+ALICE = {"Authorization": "Bearer key-alice"}
+
+
+async def _read_all(settings: Settings, topic: str, count: int, partitions: int = 1) -> list[bytes]:
+    consumer = make_consumer(settings, isolation_level="read_committed")
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    got: list[bytes] = []
+    try:
+        async with asyncio.timeout(20):
+            while len(got) < count:
+                for msgs in (await consumer.getmany(timeout_ms=200)).values():
+                    got.extend(m.value for m in msgs)
+    finally:
+        await consumer.stop()
+    return got
+
+
+def _port(http: ClientSession) -> int:
+    base = http._base_url  # the test server's address
+    assert base is not None
+    assert base.port is not None
+    return base.port
+
+
+async def _raw_http(port: int, request: bytes) -> tuple[int, dict[str, str]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+    finally:
+        writer.close()
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers
+
+
+async def test_a_null_header_value_is_dead_lettered_and_the_adapter_keeps_serving(
+    exchange_settings: Settings, provider: str
+) -> None:
+    settings = exchange_settings
+    replies = f"ndxp.reply.{settings.instance_id}-null"
+    await ensure_topics(settings, [TopicSpec(name=replies)])
+    handlers = EchoHandlers()
+    async with running_adapter(settings, provider, handlers) as adapter:
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            topic = request_topic(provider, "echo")
+            await producer.send_and_wait(topic, b'{"msg": "x"}', headers=[(H_EXCHANGE_ID, None)])
+            meta = RequestMeta(
+                exchange_id="after-null", client="alice", provider=provider, service="echo",
+                reply_to=replies, deadline_ms=now_ms() + 60_000,
+            )  # fmt: skip
+            await producer.send_and_wait(topic, b'{"msg": "still here"}', headers=meta.headers())
+        finally:
+            await producer.stop()
+        (reply,) = await _read_all(settings, replies, 1)
+        (dead,) = await _read_all(settings, dlq_topic(provider), 1)
+        assert adapter.healthy
+    assert dead == b'{"msg": "x"}'
+    assert handlers.calls == {"still here": 1}
+    assert b"still here" in reply
+
+
+async def test_malformed_records_are_dead_lettered_and_counting_goes_on(
+    exchange_settings: Settings,
+) -> None:
+    settings = exchange_settings
+    await ensure_topics(settings, [TopicSpec(name=settings.tx_topic, partitions=4)])
+    good = [
+        TxRecord(exchange_id=f"g-{i}", client="alice", provider="p", service="s", outcome="ok",
+                 status=200, t_in=now_ms())
+        for i in range(3)
+    ]  # fmt: skip
+    bad = [
+        good[0].encode().replace(b'"t_in":', b'"t_in":"soon","x":'),  # not a number (and an extra field)
+        good[0].encode().replace(b'"t_in":', b'"t_in":"soon",'),  # duplicate key, text time
+        good[1].encode().replace(b'"client":"alice"', b'"client":"a|b"'),  # would corrupt the stats key
+        b"not json",
+    ]
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for raw in [bad[0], bad[1], *[g.encode() for g in good], bad[2], bad[3]]:
+            await producer.send_and_wait(settings.tx_topic, raw, partition=0)
+    finally:
+        await producer.stop()
+    counter = TxCounter(settings, CounterMetrics(CollectorRegistry()))
+    async with counter:
+        async with asyncio.timeout(30):
+            while sum(counter.counts.values()) < 3:
+                await asyncio.sleep(0.1)
+        dead = await _read_all(settings, counter.dlq_topic, 3)
+        assert counter.healthy
+    assert sum(counter.counts.values()) == 3
+    assert set(counter.seen) == {"g-0", "g-1", "g-2"}
+    assert len(dead) >= 3
+    assert counter.metrics.malformed._value.get() >= 3
+
+
+async def test_a_rejected_call_under_an_id_never_erases_a_later_exchange_under_that_id(
+    exchange_settings: Settings, provider: str
+) -> None:
+    settings = exchange_settings
+    url = f"/v1/exchange/{provider}/echo"
+    counter = TxCounter(settings, CounterMetrics(CollectorRegistry()))
+    async with (
+        counter,
+        running_adapter(settings, provider, EchoHandlers()),
+        running_gateway(settings) as (http, _),
+    ):
+        rejected = await http.post(url, json={"msg": "a"}, headers={"X-Request-Id": "X-1"})
+        ok = await http.post(url, json={"msg": "b"}, headers={**ALICE, "X-Request-Id": "X-1"})
+        assert (rejected.status, ok.status) == (401, 200)
+        ids = {rejected.headers["X-NDXP-Exchange-Id"], ok.headers["X-NDXP-Exchange-Id"]}
+        async with asyncio.timeout(30):
+            while not ids <= set(counter.seen):
+                await asyncio.sleep(0.1)
+        outcomes = Counter({k.outcome: n for k, n in counter.counts.items()})
+    assert len(ids) == 2
+    assert outcomes == {"unauthorized": 1, "ok": 1}
+
+
+async def test_slow_uploads_get_408_without_holding_a_slot_others_need(
+    exchange_settings: Settings, provider: str
+) -> None:
+    settings = exchange_settings.replace(max_in_flight=1, body_timeout_s=1.0)
+    async with (
+        running_adapter(settings, provider, EchoHandlers()),
+        running_gateway(settings) as (http, _),
+    ):
+        port = _port(http)
+        head = (
+            f"POST /v1/exchange/{provider}/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-alice\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        ).encode()
+        slow = [asyncio.create_task(_raw_http(port, head + b'{"msg": ')) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        meanwhile = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "fast"}, headers=ALICE)
+        assert meanwhile.status == 200, await meanwhile.text()
+        statuses = [status for status, _ in await asyncio.gather(*slow)]
+        text = await (await http.get("/metrics")).text()
+    assert statuses == [408, 408, 408]
+    assert f'outcome="request_timeout",provider="{provider}"' in text
+    assert 'outcome="internal_error"' not in text
+
+
+async def test_header_bytes_that_are_not_utf8_get_400_and_one_record(
+    exchange_settings: Settings, provider: str
+) -> None:
+    settings = exchange_settings
+    async with (
+        running_adapter(settings, provider, EchoHandlers()),
+        running_gateway(settings) as (http, _),
+    ):
+        port = _port(http)
+        body = b'{"msg": "x"}'
+        statuses = []
+        for name in (b"Authorization: Bearer key-\xff\xfe", b"X-NDXP-Purpose: h\xe0-s\xff"):
+            request = (
+                f"POST /v1/exchange/{provider}/echo HTTP/1.1\r\nHost: x\r\n".encode()
+                + (b"" if name.startswith(b"Authorization") else b"Authorization: Bearer key-alice\r\n")
+                + name
+                + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            status, headers = await _raw_http(port, request)
+            statuses.append((status, "X-NDXP-Exchange-Id" in headers, headers.get("Server")))
+        text = await (await http.get("/metrics")).text()
+        stats = await http.get("/v1/stats?day=20261123")
+        answer = await stats.json(content_type=None)
+    assert statuses == [(400, True, "ndxp"), (400, True, "ndxp")]
+    assert text.count('outcome="invalid_header"') == 2  # both recorded (one unauthenticated)
+    assert (stats.status, answer["code"]) == (400, "invalid_request")
+
+
+async def test_a_second_reply_for_one_exchange_is_ignored(exchange_settings: Settings, provider: str) -> None:
+    """A lookup served twice (after a crash) sends two replies; the caller sees one answer."""
+    settings = exchange_settings
+    async with running_gateway(settings) as (_, gw):
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            fut = gw.replies.expect("dup")
+            reply = Reply(exchange_id="dup", status=200, outcome=ReplyOutcome.OK, body=b"{}")
+            for _ in range(2):
+                await producer.send_and_wait(gw.replies.topic, b"{}", headers=reply.headers())
+            got = await asyncio.wait_for(fut, 10)
+            async with asyncio.timeout(10):
+                while gw.metrics.late_replies._value.get() < 1:
+                    await asyncio.sleep(0.05)
+        finally:
+            await producer.stop()
+    assert got.exchange_id == "dup"
+    assert gw.metrics.late_replies._value.get() == 1
