@@ -117,6 +117,14 @@ def person(cccd: str) -> Person | None:
     )
 
 
+def add_years(day: dt.date, years: int) -> dt.date:
+    """``day`` moved by whole years; 29 February becomes 28 February in a common year."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
 def age(p: Person) -> int:
     b, ref = p.birth_date, REFERENCE_DATE
     return ref.year - b.year - ((ref.month, ref.day) < (b.month, b.day))

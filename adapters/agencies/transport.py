@@ -31,7 +31,7 @@ def handlers(settings: Settings, resources: AsyncExitStack) -> dict[str, Handler
             synthetic.REFERENCE_DATE - dt.timedelta(days=r.randrange(1, 365 * 15)),
         )
         licence_class = r.choice(synthetic.LICENCE_CLASSES)
-        expires = None if licence_class in ("A1", "A") else issued.replace(year=issued.year + 10)
+        expires = None if licence_class in ("A1", "A") else synthetic.add_years(issued, 10)
         return {
             "licence_number": number,
             "holder": {"cccd": holder.cccd, "full_name": holder.full_name,

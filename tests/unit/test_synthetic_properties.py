@@ -177,3 +177,10 @@ def test_a_lookup_cannot_record_a_change_and_a_write_records_one() -> None:
 
 
 _REGISTRATION = CATALOG.get("bca", "register_address").examples[0]  # type: ignore[union-attr]
+
+
+def test_a_licence_issued_on_29_february_expires_ten_years_later_without_a_crash() -> None:
+    # Found by the property test above: 29 February + 10 years is no date.
+    status, answer = call("csgt/driving_licence", {"licence_number": "102220000080"})
+    assert status == 200
+    assert answer["expires_on"] is None or answer["expires_on"][5:] in ("02-28", answer["issued_on"][5:])
