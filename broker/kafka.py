@@ -273,6 +273,16 @@ async def produce_and_commit(
     return True
 
 
+async def _await_cancelled(task: asyncio.Task[None]) -> None:
+    """Await a task we may have cancelled; its CancelledError is swallowed, ours is not."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+
+
 class OffsetTracker:
     """At-least-once offset bookkeeping for records processed concurrently.
 
@@ -384,8 +394,7 @@ class KafkaService:
         if self._task is not None:
             if self.cancel_on_stop:
                 self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await _await_cancelled(self._task)
             self._task = None
         try:
             await self._close()
@@ -425,3 +434,54 @@ class KafkaService:
         if self.consumer is not None:
             await self.consumer.stop()
             self.consumer = None
+
+
+class Reachability:
+    """Whether Kafka answers, as seen through one producer's connections.
+
+    Every ``interval_s`` it asks the cluster for its metadata; two failures in
+    a row (no answer within ``timeout_s``) make ``ok`` False until an answer
+    comes again. The gateway uses it to answer 503 at once instead of letting
+    callers wait for a timeout, and for ``/readyz``.
+    """
+
+    def __init__(
+        self, producer: AIOKafkaProducer, *, interval_s: float = 1.0, timeout_s: float = 2.0
+    ) -> None:
+        self.producer = producer
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.ok = True
+        self.last_error = ""
+        self._failures = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="kafka reachability")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await _await_cancelled(self._task)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await self.producer.client.fetch_all_metadata()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failures += 1
+                self.last_error = str(exc) or type(exc).__name__
+                if self._failures >= 2 and self.ok:
+                    log.error("Kafka unreachable: %s; answering 503 until it is back", self.last_error)
+                    self.ok = False
+            else:
+                if not self.ok:
+                    log.warning("Kafka reachable again")
+                self._failures = 0
+                self.ok = True
+            await asyncio.sleep(self.interval_s)

@@ -9,6 +9,7 @@ in-flight exchanges finish within the grace period, flushes, exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -18,7 +19,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from broker.gateway.limits import Limits
 from broker.gateway.problems import problems, server_header
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.state import GATEWAY, Gateway
-from broker.kafka import StickyPartitioner, TopicSpec, ensure_topics, make_producer
+from broker.kafka import Reachability, StickyPartitioner, TopicSpec, ensure_topics, make_producer
 from broker.lifecycle import PartFailed, run_until_stopped
 from broker.metrics import GatewayMetrics
 from broker.registry import Registry
@@ -51,6 +52,24 @@ _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 def worker_reply_topic(settings: Settings, worker: int) -> str:
     return reply_topic(_TOPIC_UNSAFE.sub("_", f"{settings.instance_id}-w{worker}"))
+
+
+async def _bounded(stopping: Awaitable[None], within_s: float, what: str) -> None:
+    """Stop something within ``within_s``; past that, log and go on: shutdown must not hang.
+
+    The stop runs as its own task, so that a client library that waits out
+    its own timeouts (Kafka gone) cannot hold the shutdown past the bound.
+    """
+    task = asyncio.ensure_future(stopping)
+    done, _ = await asyncio.wait({task}, timeout=within_s)
+    if not done:
+        log.error("the %s did not stop within %.0fs; leaving it", what, within_s)
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    elif task.cancelled():  # aiokafka's stop() can end so when Kafka is gone
+        log.warning("the %s stopped by cancellation", what)
+    elif task.exception() is not None:
+        log.error("the %s failed to stop: %r", what, task.exception())
 
 
 def create_app(
@@ -95,8 +114,12 @@ def create_app(
         except BaseException:
             await gw.producer.stop()
             raise
+        gw.kafka = Reachability(gw.producer)
+        gw.kafka.start()
         yield
-        await gw.producer.stop()  # flushes what is still batched
+        await gw.kafka.stop()
+        # Flushes what is still batched, but never waits past the grace period (Kafka may be gone).
+        await _bounded(gw.producer.stop(), settings.shutdown_grace_s, "producer")
 
     async def tx_recorder(app: web.Application) -> AsyncIterator[None]:
         await ensure_topics(settings, [TopicSpec(name=settings.tx_topic, partitions=4)])
@@ -106,12 +129,12 @@ def create_app(
     async def reply_router(app: web.Application) -> AsyncIterator[None]:
         await gw.replies.start()
         yield
-        await gw.replies.stop()
+        await _bounded(gw.replies.stop(), settings.shutdown_grace_s, "reply router")
 
     async def stats_view(app: web.Application) -> AsyncIterator[None]:
         await gw.stats.start()
         yield
-        await gw.stats.stop()
+        await _bounded(gw.stats.stop(), settings.shutdown_grace_s, "stats view")
 
     app.cleanup_ctx.extend([kafka_producer, tx_recorder, reply_router, stats_view])
     app.router.add_post("/v1/exchange/{provider}/{service}", exchange)

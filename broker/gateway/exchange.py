@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 PROBLEM = "application/problem+json"
 RECORD_WITHIN_S = 5.0
+SEND_WITHIN_S = 3.0
+"""Longest wait for Kafka to acknowledge a request before answering 503 unavailable."""
 """Longest wait for Kafka to acknowledge an exchange's transaction record."""
 
 
@@ -86,7 +88,9 @@ async def exchange(request: web.Request) -> web.StreamResponse:
     rec.status = resp.status
     rec.response_bytes = len(resp.body) if isinstance(resp.body, bytes) else 0
     rec.t_out = time.time() * 1000
-    if not await gw.recorder.write(rec, RECORD_WITHIN_S) and rec.t_sent is not None:
+    # With Kafka unreachable, a record is not even tried: counted lost at once, not after a wait.
+    within_s = RECORD_WITHIN_S if gw.kafka.ok else 0.0
+    if not await gw.recorder.write(rec, within_s) and rec.t_sent is not None:
         # The provider was asked, but the exchange cannot be counted: not answered either.
         rec.outcome = "unavailable"
         resp = problem_response(
@@ -117,6 +121,8 @@ async def _exchange(gw: Gateway, request: web.Request, rec: TxRecord) -> web.Res
     body = await _read_body(request, limit, gw.settings.body_timeout_s)
     rec.request_bytes = len(body)
     _validate_request(svc, body)
+    if not gw.kafka.ok:  # fail fast: waiting for the timeout would help nobody
+        raise Unavailable("Kafka is unreachable; retry shortly", retry_after=1)
     with gw.limits.admit(agency):
         reply = await _round_trip(gw, request, svc, agency, body, rec)
 
@@ -160,18 +166,26 @@ async def _round_trip(
     gw.metrics.in_flight.inc()
     sent = time.perf_counter()
     try:
-        async with asyncio.timeout(svc.timeout_ms / 1000):
-            delivery = await gw.producer.send(
-                request_topic(svc.provider, svc.service), body, headers=meta.headers()
-            )
-            await delivery
-            rec.t_sent = time.time() * 1000
-            reply = await reply_future
-            rec.t_reply = time.time() * 1000
-    except TimeoutError as exc:
-        raise Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms") from exc
-    except KafkaError as exc:
-        raise Unavailable(f"the request could not be handed to Kafka: {exc}", retry_after=1) from exc
+        try:
+            # Handing the request to Kafka has its own, shorter bound: Kafka
+            # not acknowledging is "unavailable", not a slow provider.
+            async with asyncio.timeout(min(svc.timeout_ms / 1000, SEND_WITHIN_S)):
+                delivery = await gw.producer.send(
+                    request_topic(svc.provider, svc.service), body, headers=meta.headers()
+                )
+                await delivery
+        except TimeoutError as exc:
+            raise Unavailable("Kafka did not take the request in time; retry shortly", retry_after=1) from exc
+        except KafkaError as exc:
+            raise Unavailable(f"the request could not be handed to Kafka: {exc}", retry_after=1) from exc
+        rec.t_sent = time.time() * 1000
+        try:
+            # The same deadline the provider sees drives the wait for its reply.
+            async with asyncio.timeout(max(0, meta.deadline_ms - now_ms()) / 1000):
+                reply = await reply_future
+        except TimeoutError as exc:
+            raise Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms") from exc
+        rec.t_reply = time.time() * 1000
     finally:
         gw.replies.forget(eid)
         gw.metrics.in_flight.dec()

@@ -75,7 +75,9 @@ async def healthz(_: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     if not gw.replies.ready:
-        raise Unavailable("reply consumer not assigned yet")
+        raise Unavailable("reply consumer not assigned yet", retry_after=1)
+    if not gw.kafka.ok:
+        raise Unavailable(f"Kafka unreachable: {gw.kafka.last_error}", retry_after=1)
     return json_response({"status": "ready", "reply_topic": gw.replies.topic, "worker": gw.worker})
 
 

@@ -12,6 +12,7 @@ from broker.counter.recorder import TxRecorder
 from broker.counter.stats import StatsView
 from broker.gateway.limits import Limits
 from broker.gateway.replies import ReplyRouter
+from broker.kafka import Reachability
 from broker.metrics import GatewayMetrics
 from broker.registry import Registry
 from broker.settings import Settings
@@ -32,6 +33,8 @@ class Gateway:
     worker: int = 0
     producer: AIOKafkaProducer = field(init=False)
     """Set when the app starts (it needs the running loop)."""
+    kafka: Reachability = field(init=False)
+    """Whether Kafka answers; set with the producer."""
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

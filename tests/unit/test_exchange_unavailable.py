@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,9 +29,18 @@ class DeadProducer:
         raise KafkaTimeoutError("no broker answered")
 
 
+class SilentProducer:
+    """Takes the request but Kafka never acknowledges it (a paused broker)."""
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        return asyncio.get_running_loop().create_future()
+
+
+@pytest.mark.parametrize("producer", [DeadProducer(), SilentProducer()], ids=["refused", "never-acked"])
 async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_flight(
-    tmp_path: Path,
+    tmp_path: Path, producer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("broker.gateway.exchange.SEND_WITHIN_S", 0.3)
     settings = Settings(kafka_bootstrap="127.0.0.1:1")
     catalog = Catalog.load(write_contracts(tmp_path, "prov"))
     registry = Registry.load(write_registry(tmp_path, "prov"), catalog)
@@ -42,7 +52,7 @@ async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_f
         recorder=None,  # type: ignore[arg-type]
         stats=None,  # type: ignore[arg-type]
     )  # fmt: skip
-    gw.producer = DeadProducer()  # type: ignore[assignment]
+    gw.producer = producer
     svc = catalog.get("prov", "echo")
     agency = registry.authenticate("key-alice")
     assert svc is not None
@@ -51,8 +61,11 @@ async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_f
         exchange_id="x1", client="alice", provider="prov", service="echo", outcome="-", status=0, t_in=0
     )
     request = SimpleNamespace(headers={})
+    started = asyncio.get_running_loop().time()
     with pytest.raises(Unavailable) as info:
         await _round_trip(gw, request, svc, agency, b'{"msg": "a"}', rec)  # type: ignore[arg-type]
+    # Not the service's 5 s timeout: Kafka not taking the request is known within SEND_WITHIN_S.
+    assert asyncio.get_running_loop().time() - started < 3
     assert info.value.status == 503
     assert info.value.retry_after == 1
     assert gw.replies.in_flight == 0

@@ -1,0 +1,96 @@
+"""Kafka going away: fast 503s and readiness instead of slow timeouts, bounded shutdown, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession
+
+from broker.localkafka import LocalKafka
+from broker.settings import Settings
+from tests.integration.exchange_fixtures import (
+    EchoHandlers,
+    running_adapter,
+    running_gateway,
+    write_contracts,
+    write_registry,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+ALICE = {"Authorization": "Bearer key-alice"}
+
+
+async def _until_status(http: ClientSession, path: str, status: int, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    last = None
+    while time.monotonic() < deadline:
+        async with http.get(path) as resp:
+            last = resp.status
+            if last == status:
+                return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{path} still answers {last}, not {status}, after {within_s}s")
+
+
+async def _until_ok(http: ClientSession, url: str, within_s: float) -> list[int]:
+    seen: list[int] = []
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        async with http.post(url, json={"msg": "again"}, headers=ALICE) as resp:
+            seen.append(resp.status)
+            if resp.status == 200:
+                return seen
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no 200 within {within_s}s after Kafka came back: {seen}")
+
+
+async def test_kafka_outage_gives_fast_503_not_ready_bounded_shutdown_and_recovery(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    provider = f"tp{uuid.uuid4().hex[:10]}"
+    kafka = LocalKafka(base_settings, nodes=1, data_dir=tmp_path / "kafka")
+    bootstrap = await asyncio.to_thread(kafka.start)
+    try:
+        settings = base_settings.replace(
+            kafka_bootstrap=bootstrap,
+            schemas_dir=write_contracts(tmp_path, provider),
+            registry_path=write_registry(tmp_path, provider),
+            instance_id=f"test-{uuid.uuid4().hex[:8]}",
+            shutdown_grace_s=3.0,
+        )
+        url = f"/v1/exchange/{provider}/echo"
+        async with running_adapter(settings, provider, EchoHandlers()):
+            gateway = running_gateway(settings)
+            http, _ = await gateway.__aenter__()
+            try:
+                assert (await http.post(url, json={"msg": "before"}, headers=ALICE)).status == 200
+
+                await asyncio.to_thread(kafka.stop)
+                await _until_status(http, "/readyz", 503, within_s=15)
+                started = time.monotonic()
+                down = await http.post(url, json={"msg": "during"}, headers=ALICE)
+                took = time.monotonic() - started
+                body = await down.json(content_type=None)
+                assert (down.status, body["code"]) == (503, "unavailable"), body
+                assert down.headers["Retry-After"] == "1"
+                assert took < 3, f"a Kafka outage must answer at once, not after {took:.1f}s"
+
+                await asyncio.to_thread(kafka.start)  # same data dir: same ports, same topics
+                await _until_status(http, "/readyz", 200, within_s=60)
+                await _until_ok(http, url, within_s=60)
+
+                await asyncio.to_thread(kafka.stop)
+                await _until_status(http, "/readyz", 503, within_s=15)
+            finally:
+                started = time.monotonic()
+                await gateway.__aexit__(None, None, None)
+                stopped_in = time.monotonic() - started
+            # Whatever Kafka does, the gateway stops within its grace period (3 s per resource here).
+            assert stopped_in < 15, f"the gateway took {stopped_in:.1f}s to stop with Kafka gone"
+            await asyncio.to_thread(kafka.start)  # let the adapter leave its group cleanly
+    finally:
+        await asyncio.to_thread(kafka.stop)
