@@ -55,6 +55,11 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.auth_failures = Counter(
+            "ndxp_auth_failures_total",
+            "Requests whose credential was missing, unknown or unreadable",
+            registry=registry,
+        )
         self.late_replies = Counter(
             "ndxp_late_replies_total",
             "Replies that arrived after their exchange timed out (dropped)",

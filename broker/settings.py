@@ -81,6 +81,9 @@ class Settings:
     max_in_flight: int = 10_000
     default_rate_limit: float = 1000.0
     """Requests per second per client when the registry gives none."""
+    auth_failure_rate: float = 5.0
+    """``NDXP_AUTH_FAILURE_RATE``: failed authentications per second allowed per source address
+    (burst 4x); beyond it, that address gets 429 without its key being checked."""
     shutdown_grace_s: float = 10.0
     body_timeout_s: float = 10.0
     """``NDXP_BODY_TIMEOUT_S``: a request body not received within this answers 408."""
@@ -156,6 +159,7 @@ class Settings:
         for name, attr in (
             ("KAFKA_START_TIMEOUT_S", "kafka_start_timeout_s"),
             ("DEFAULT_RATE_LIMIT", "default_rate_limit"),
+            ("AUTH_FAILURE_RATE", "auth_failure_rate"),
             ("SHUTDOWN_GRACE_S", "shutdown_grace_s"),
             ("BODY_TIMEOUT_S", "body_timeout_s"),
             ("KEEPALIVE_TIMEOUT_S", "keepalive_timeout_s"),

@@ -37,6 +37,9 @@ class TxRecord:
     """The caller's ``X-Request-Id``: recorded for correlation, never a key."""
     user_id: str | None = None
     purpose: str | None = None
+    count: int = 1
+    """Exchanges this record stands for: 1, or more for the gateway's tally of
+    unauthenticated rejections (one record a second, not one per failed login)."""
 
     def count_fields(self) -> tuple[str, str, str, str]:
         """What a count row is keyed by, besides the day."""
@@ -57,6 +60,8 @@ class TxRecord:
             value = getattr(rec, name)
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise ValueError(f"not a transaction record: {name} is {type(value).__name__}")
+        if not 1 <= rec.count <= 10_000_000:
+            raise ValueError(f"not a transaction record: count {rec.count}")
         if any("|" in v for v in (rec.count_fields())):
             raise ValueError("not a transaction record: '|' in a counted name")
         if not rec.t_in == rec.t_in or abs(rec.t_in) > 1e15:  # NaN or absurd times
@@ -84,6 +89,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "request_id": _TEXT_OR_NONE,
     "user_id": _TEXT_OR_NONE,
     "purpose": _TEXT_OR_NONE,
+    "count": (int,),
 }
 
 

@@ -94,6 +94,7 @@ def create_app(
             default_rate=settings.default_rate_limit,
             max_in_flight=settings.max_in_flight,
             workers=settings.workers,
+            auth_failure_rate=settings.auth_failure_rate,
         ),
         replies=ReplyRouter(settings, worker_reply_topic(settings, worker), metrics),
         recorder=TxRecorder(settings.tx_topic, metrics),
@@ -125,6 +126,7 @@ def create_app(
         await ensure_topics(settings, [TopicSpec(name=settings.tx_topic, partitions=4)])
         gw.recorder.start(gw.producer)
         yield
+        await _bounded(gw.recorder.stop(settings.shutdown_grace_s), settings.shutdown_grace_s, "recorder")
 
     async def reply_router(app: web.Application) -> AsyncIterator[None]:
         await gw.replies.start()

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from broker.errors import Overloaded, RateLimited
 from broker.registry import Agency
 
+MAX_TRACKED_ADDRESSES = 100_000
+
 
 class TokenBucket:
     """``rate`` tokens per second, holding at most ``burst``."""
@@ -24,6 +26,13 @@ class TokenBucket:
         self.burst = burst
         self.tokens = burst
         self.last = time.monotonic()
+
+    def wait(self) -> float:
+        """Seconds until a token is available (0.0 if one is), without taking it."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
 
     def take(self) -> float:
         """Take one token: 0.0 if granted, else seconds until one is available."""
@@ -37,12 +46,21 @@ class TokenBucket:
 
 
 class Limits:
-    """Admission control for exchanges: rate per client, in-flight per client and overall."""
+    """Admission control: rate per client, in-flight per client and overall, failed logins per address."""
 
-    def __init__(self, *, default_rate: float, max_in_flight: int, workers: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        default_rate: float,
+        max_in_flight: int,
+        workers: int = 1,
+        auth_failure_rate: float = 5.0,
+    ) -> None:
         self.default_rate = default_rate
         self.max_in_flight = max_in_flight
         self.workers = max(1, workers)
+        self.auth_failure_rate = auth_failure_rate / self.workers
+        self._failures: dict[str, TokenBucket] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._in_flight: dict[str, int] = {}
         self.total_in_flight = 0
@@ -76,3 +94,24 @@ class Limits:
         finally:
             self._in_flight[agency.id] -= 1
             self.total_in_flight -= 1
+
+    def check_address(self, address: str) -> None:
+        """Refuse (429) an address that has used up its failed authentications."""
+        bucket = self._failures.get(address)
+        if bucket is not None:
+            wait = bucket.wait()
+            if wait > 0:
+                raise RateLimited("too many failed authentications from this address", retry_after=wait)
+
+    def auth_failed(self, address: str) -> None:
+        """Count one failed authentication of ``address`` against its allowance."""
+        bucket = self._failures.get(address)
+        if bucket is None:
+            if len(self._failures) >= MAX_TRACKED_ADDRESSES:
+                # Bounded memory: forget addresses whose allowance is whole again.
+                self._failures = {
+                    a: b for a, b in self._failures.items() if b.wait() > 0 or b.tokens < b.burst
+                }
+            rate = self.auth_failure_rate
+            bucket = self._failures[address] = TokenBucket(rate, burst=max(1.0, 4 * rate))
+        bucket.take()
