@@ -1,0 +1,280 @@
+"""Fault suite: one fault at a time under steady load; nothing answered goes uncounted.
+
+Starts a local Apache Kafka (3 nodes by default; replication factor 3,
+min.insync.replicas 2) and `ndxp up` on it with 2 gateway workers, then for
+each fault: steady bounded load of unique exchanges from ``--users``
+keep-alive connections, the fault after ``--before`` seconds, the fault's
+end (restart, SIGCONT), and ``--after`` seconds more. Per fault it prints:
+calls answered (the provider's answer: 200, or its own 404), answered but
+not counted (must be 0), counted twice (must be 0), failed calls (any other
+status or a broken connection), and seconds from the fault's end to the
+first success. Counted exchanges are read from the counter's own record of
+them (``<stats topic>.seen-batches``). Loopback only; every phase bounded.
+
+    .venv/bin/python loadtests/faults.py                       # all faults, ~5 minutes
+    .venv/bin/python loadtests/faults.py --nodes 1 --faults adapters,gateway-worker --before 3 --after 8
+
+Exit status 1 if any fault lost or double-counted an exchange.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from broker.localkafka import LocalKafka  # noqa: E402
+from broker.settings import Settings  # noqa: E402
+from loadtests.bench import _cmdline, _descendants, _platform  # noqa: E402
+from loadtests.gen import requests  # noqa: E402
+
+SEEN_TOPIC = "ndxp.stats.seen-batches"
+"""Where the counter keeps the exchange ids it counted (default NDXP_STATS_TOPIC)."""
+FAULTS = ("broker-kill", "gateway-worker", "adapters", "counter", "broker-pause", "kafka-down")
+
+
+@dataclass
+class Phase:
+    name: str
+    answered: set[str] = field(default_factory=set)
+    failed: int = 0
+    fault_end: float = 0.0
+    first_ok_after: float | None = None
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+async def load(url: str, users: int, until: float, phase: Phase) -> None:
+    """Unique exchanges back to back on ``users`` connections until ``until`` (monotonic)."""
+    host, port = url.split("//")[1].split(":")
+    pool = requests(f"{host}:{port}", 2048, seed=int(time.time()))
+
+    async def user(i: int) -> None:
+        k = i
+        while time.monotonic() < until:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+            except (OSError, TimeoutError):
+                phase.failed += 1
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                while time.monotonic() < until:
+                    writer.write(pool[k % len(pool)])
+                    k += users
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                    status = int(head[9:12])
+                    length, eid = 0, ""
+                    for line in head.split(b"\r\n"):
+                        low = line.lower()
+                        if low.startswith(b"content-length:"):
+                            length = int(line[15:])
+                        elif low.startswith(b"x-ndxp-exchange-id:"):
+                            eid = line[19:].strip().decode()
+                    await reader.readexactly(length)
+                    phase.statuses[status] = phase.statuses.get(status, 0) + 1
+                    if status in (200, 404):
+                        phase.answered.add(eid)
+                        now = time.monotonic()
+                        if phase.fault_end and phase.first_ok_after is None and now >= phase.fault_end:
+                            phase.first_ok_after = now - phase.fault_end
+                    else:
+                        phase.failed += 1
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                phase.failed += 1
+                await asyncio.sleep(0.1)
+            finally:
+                writer.close()
+
+    await asyncio.gather(*(user(i) for i in range(users)))
+
+
+async def counted_ids(bootstrap: str, topic: str) -> set[str]:
+    """Every exchange id the counter has committed as counted."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    await consumer.start()
+    tp = TopicPartition(topic, 0)
+    ids: set[str] = set()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while await consumer.position(tp) < end:
+            for msgs in (await consumer.getmany(tp, timeout_ms=500)).values():
+                for m in msgs:
+                    ids.update(orjson.loads(m.value))
+    finally:
+        await consumer.stop()
+    return ids
+
+
+def stats_total(base: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{base}/v1/stats", timeout=10) as resp:
+            return int(json.loads(resp.read())["total"])
+    except OSError:
+        return -1
+
+
+def settled_total(base: str, within_s: float = 90) -> int:
+    deadline = time.monotonic() + within_s
+    last, since = stats_total(base), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = stats_total(base)
+        if now != last or now < 0:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= 3:
+            return now
+    return last
+
+
+def part_pid(up: int, marker: str) -> int:
+    for pid in _descendants(up):
+        cmd = _cmdline(pid)
+        if marker in cmd and "resource_tracker" not in cmd:
+            return pid
+    raise RuntimeError(f"no process {marker!r} under ndxp up")
+
+
+def fault_actions(name: str, kafka: LocalKafka, up: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(inject, end) of one fault; ``end`` returns once the fault is over."""
+    victim = max(kafka.pids)
+
+    def kill(marker: str) -> Callable[[], None]:
+        return lambda: os.kill(part_pid(up, marker), signal.SIGKILL)
+
+    def signal_brokers(sig: int, nodes: list[int]) -> None:
+        for node in nodes:
+            os.kill(kafka.pids[node], sig)
+
+    def restart_broker() -> None:
+        time.sleep(10)
+        kafka.start_node(victim)  # its process is dead: start_node starts it again
+        kafka.wait_ready(kafka.node_count)
+
+    def resume(nodes: list[int]) -> Callable[[], None]:
+        def end() -> None:
+            time.sleep(10)
+            signal_brokers(signal.SIGCONT, nodes)
+
+        return end
+
+    everyone = sorted(kafka.pids)
+    actions: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
+        "broker-kill": (lambda: signal_brokers(signal.SIGKILL, [victim]), restart_broker),
+        "gateway-worker": (kill("multiprocessing.spawn"), lambda: None),
+        "adapters": (kill("broker.cli adapter"), lambda: None),
+        "counter": (kill("broker.cli counter"), lambda: None),
+        "broker-pause": (lambda: signal_brokers(signal.SIGSTOP, [victim]), resume([victim])),
+        "kafka-down": (lambda: signal_brokers(signal.SIGSTOP, everyone), resume(everyone)),
+    }
+    return actions[name]
+
+
+async def run_phase(
+    name: str,
+    base: str,
+    bootstrap: str,
+    seen_topic: str,
+    kafka: LocalKafka,
+    up: int,
+    args: argparse.Namespace,
+) -> dict[str, object]:
+    phase = Phase(name)
+    total0 = settled_total(base)
+    seen0 = await counted_ids(bootstrap, seen_topic)
+    inject, end = fault_actions(name, kafka, up)
+    started = time.monotonic()
+    loader = asyncio.create_task(load(base, args.users, started + args.before + 60 + args.after, phase))
+    await asyncio.sleep(args.before)
+    print(f"  {name}: injecting", flush=True)
+    inject()
+    await asyncio.to_thread(end)
+    phase.fault_end = time.monotonic()
+    print(f"  {name}: fault over; load for {args.after}s more", flush=True)
+    await asyncio.sleep(args.after)
+    loader.cancel()
+    await asyncio.gather(loader, return_exceptions=True)
+    total1 = settled_total(base)
+    seen1 = await counted_ids(bootstrap, seen_topic)
+    new_counted = seen1 - seen0
+    return {
+        "fault": name,
+        "seconds": round(time.monotonic() - started, 1),
+        "answered": len(phase.answered),
+        "not_counted": len(phase.answered - seen1),
+        "counted_twice": max(0, (total1 - total0) - len(new_counted)),
+        "failed": phase.failed,
+        "recovery_s": phase.first_ok_after,
+        "statuses": phase.statuses,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=3, choices=(1, 3))
+    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--before", type=float, default=5.0)
+    parser.add_argument("--after", type=float, default=15.0)
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+    faults = [f for f in args.faults.split(",") if f]
+    for f in faults:
+        if f not in FAULTS:
+            parser.error(f"unknown fault {f!r}; known: {', '.join(FAULTS)}")
+    if args.nodes == 1 and {"broker-kill", "broker-pause"} & set(faults):
+        parser.error("broker-kill and broker-pause need --nodes 3 (a 1-node cluster is all of Kafka)")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ndxp-faults-") as tmp:
+        kafka = LocalKafka(Settings.from_env(), nodes=args.nodes, data_dir=Path(tmp) / "kafka",
+                           progress=lambda m: print(m, flush=True))  # fmt: skip
+        bootstrap = kafka.start()
+        os.environ["NDXP_WORKERS"] = "2"
+        try:
+            with _platform(Path(tmp), bootstrap, workers=2) as (base, up):
+                print(f"platform up at {base} on {args.nodes}-node Kafka {bootstrap}", flush=True)
+                for name in faults:
+                    print(f"fault {name} ...", flush=True)
+                    results.append(
+                        asyncio.run(
+                            run_phase(name, base, bootstrap, "ndxp.stats.seen-batches", kafka, up.pid, args)
+                        )
+                    )
+        finally:
+            kafka.stop()
+    print(
+        f"\n{'fault':16} {'answered':>9} {'not counted':>12} {'counted twice':>14}"
+        f" {'failed':>7} {'recovery s':>11}"
+    )
+    for r in results:
+        rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
+        print(
+            f"{r['fault']:16} {r['answered']:9d} {r['not_counted']:12d} {r['counted_twice']:14d}"
+            f" {r['failed']:7d} {rec:>11}"
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+    bad = [r for r in results if r["not_counted"] or r["counted_twice"] or not r["answered"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
