@@ -68,12 +68,12 @@ async def run_adapters(
         if settings.metrics_port:
             runner = await serve_metrics(
                 metrics.registry,
-                settings.host,
+                settings.internal_host,
                 settings.metrics_port,
                 ready=lambda: all(a.assigned.is_set() and a.healthy for a in adapters),
             )
             resources.push_async_callback(runner.cleanup)
-            progress(f"adapter metrics on http://{settings.host}:{settings.metrics_port}/metrics")
+            progress(f"adapter metrics on http://{settings.internal_host}:{settings.metrics_port}/metrics")
         await _serve(adapters, progress)
 
 

@@ -104,7 +104,7 @@ def _backend(settings: Settings, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        _progress(f"land registry backend on http://{settings.host}:{args.port}")
+        _progress(f"land registry backend on http://{settings.internal_host}:{args.port}")
         try:
             await task
         except asyncio.CancelledError:

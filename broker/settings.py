@@ -72,6 +72,12 @@ class Settings:
 
     # Gateway
     host: str = "127.0.0.1"
+    internal_host: str = "127.0.0.1"
+    """``NDXP_INTERNAL_HOST``: where internal servers listen (adapter and counter metrics, the
+    land backend); loopback unless the operator chooses, whatever ``NDXP_HOST`` exposes."""
+    expose: frozenset[str] = frozenset({"stats", "metrics"})
+    """``NDXP_EXPOSE``: which of ``stats`` (/v1/stats) and ``metrics`` (/metrics) the gateway
+    port serves (comma-separated; empty: neither, scrape the parts' internal ports instead)."""
     port: int = 8080
     workers: int = 1
     instance_id: str = field(default_factory=socket.gethostname)
@@ -176,6 +182,7 @@ class Settings:
                 kw[attr] = Path(v)
         for name, attr in (
             ("HOST", "host"),
+            ("INTERNAL_HOST", "internal_host"),
             ("INSTANCE_ID", "instance_id"),
             ("LOG_LEVEL", "log_level"),
             ("LAND_BACKEND_URL", "land_backend_url"),
@@ -184,6 +191,12 @@ class Settings:
         ):
             if (v := get(name)) is not None:
                 kw[attr] = v
+        raw_expose = env.get(PREFIX + "EXPOSE")
+        if raw_expose is not None:
+            chosen = frozenset(p.strip() for p in raw_expose.split(",") if p.strip())
+            if not chosen <= {"stats", "metrics"}:
+                raise SettingsError(f"{PREFIX}EXPOSE={raw_expose!r}: expected stats and/or metrics")
+            kw["expose"] = chosen
         if int(kw.get("counter_batch", 0)) > 20_000:  # type: ignore[call-overload]
             raise SettingsError(f"{PREFIX}COUNTER_BATCH must be at most 20000")
         return cls(**kw)  # type: ignore[arg-type]

@@ -50,7 +50,7 @@ async def serve_backend(settings: Settings, port: int) -> None:
     runner = web.AppRunner(create_backend(settings), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, port).start()
+        await web.TCPSite(runner, settings.internal_host, port).start()
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

@@ -21,7 +21,7 @@ async def run_counter(settings: Settings, progress: Callable[[str], Any] = print
         await counter.start()
         if settings.metrics_port:
             runner = await serve_metrics(
-                metrics.registry, settings.host, settings.metrics_port, ready=lambda: counter.healthy
+                metrics.registry, settings.internal_host, settings.metrics_port, ready=lambda: counter.healthy
             )
         progress(
             f"counter counting {settings.tx_topic} into {settings.stats_topic}"

@@ -14,7 +14,7 @@ from broker import __version__
 from broker.catalog import Catalog
 from broker.counter.records import day_of
 from broker.counter.stats import summarise
-from broker.errors import InvalidRequest, Unavailable, UnknownService
+from broker.errors import InvalidRequest, NotFound, Unavailable, UnknownService
 from broker.gateway.exchange import authenticate
 from broker.gateway.state import GATEWAY
 from broker.metrics import exposition
@@ -54,6 +54,8 @@ async def allowed(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     """Exact counts of one day (default: today in the counting time zone)."""
     gw = request.app[GATEWAY]
+    if "stats" not in gw.settings.expose:
+        raise NotFound("/v1/stats is not exposed here (NDXP_EXPOSE)")
     day = request.query.get("day") or day_of(time.time() * 1000, gw.settings.stats_utc_offset_hours)
     try:
         if not _DAY.match(day):
@@ -83,6 +85,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    if "metrics" not in gw.settings.expose:
+        raise NotFound("/metrics is not exposed here (NDXP_EXPOSE)")
     return exposition(gw.metrics.registry, gw.settings.metrics_dir)
 
 

@@ -171,10 +171,10 @@ async def _counted(counter: TxCounter, ids: set[str], within_s: float = 30) -> N
     """Wait until the counter has counted every exchange in ``ids``."""
     try:
         async with asyncio.timeout(within_s):
-            while not ids <= set(counter.seen):
+            while not all(eid in counter.seen for eid in ids):
                 await asyncio.sleep(0.1)
     except TimeoutError:
-        missing = ids - set(counter.seen)
+        missing = {eid for eid in ids if eid not in counter.seen}
         raise AssertionError(
             f"{len(missing)} answered exchanges never counted, e.g. {sorted(missing)[:3]}"
         ) from None

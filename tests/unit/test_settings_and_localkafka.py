@@ -77,3 +77,14 @@ def test_restart_with_busy_port_names_the_port(tmp_path: Path) -> None:
 def test_cluster_ids_never_look_like_an_option() -> None:
     # About 1 in 64 random ids starts with '-'; the format tool would take it for a flag.
     assert not any(localkafka.new_cluster_id().startswith("-") for _ in range(2000))
+
+
+def test_expose_and_internal_host_are_read_strictly() -> None:
+    from broker.settings import Settings, SettingsError
+
+    assert Settings.from_env({}).expose == {"stats", "metrics"}
+    assert Settings.from_env({}).internal_host == "127.0.0.1"
+    assert Settings.from_env({"NDXP_EXPOSE": ""}).expose == frozenset()
+    assert Settings.from_env({"NDXP_EXPOSE": "stats"}).expose == {"stats"}
+    with pytest.raises(SettingsError, match="EXPOSE"):
+        Settings.from_env({"NDXP_EXPOSE": "stats,secrets"})
