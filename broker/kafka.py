@@ -454,7 +454,16 @@ class Reachability:
         self.ok = True
         self.last_error = ""
         self._failures = 0
+        self._last_success = 0.0
         self._task: asyncio.Task[None] | None = None
+
+    def saw_success(self) -> None:
+        """Kafka just acknowledged a write: it is reachable, whatever one broker's metadata says."""
+        self._last_success = time.monotonic()
+        if not self.ok:
+            log.warning("Kafka reachable again")
+            self.ok = True
+            self._failures = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -474,6 +483,10 @@ class Reachability:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if time.monotonic() - self._last_success < 2 * self.interval_s + self.timeout_s:
+                    # One slow or paused broker: writes to the others still succeed.
+                    await asyncio.sleep(self.interval_s)
+                    continue
                 self._failures += 1
                 self.last_error = str(exc) or type(exc).__name__
                 if self._failures >= 2 and self.ok:

@@ -210,6 +210,13 @@ async def run_phase(
     await asyncio.sleep(args.after)
     loader.cancel()
     await asyncio.gather(loader, return_exceptions=True)
+    # Every answered exchange must be counted, eventually: wait (bounded) until
+    # the counter has caught up with all of them, then for its totals to settle.
+    deadline = time.monotonic() + 90
+    seen1 = await counted_ids(bootstrap, seen_topic)
+    while not phase.answered <= seen1 and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        seen1 = await counted_ids(bootstrap, seen_topic)
     total1 = settled_total(base)
     seen1 = await counted_ids(bootstrap, seen_topic)
     new_counted = seen1 - seen0

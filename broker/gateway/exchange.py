@@ -186,6 +186,7 @@ async def _round_trip(
                     request_topic(svc.provider, svc.service), body, headers=meta.headers()
                 )
                 await delivery
+            gw.kafka.saw_success()
         except TimeoutError as exc:
             raise Unavailable("Kafka did not take the request in time; retry shortly", retry_after=1) from exc
         except KafkaError as exc:
