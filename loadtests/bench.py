@@ -129,21 +129,25 @@ def _run_measured(cmd: list[str], timeout: float) -> tuple[dict[str, Any], float
     return json.loads(lines[-1]), cpu
 
 
-def _stats_total(base: str) -> int:
-    with urllib.request.urlopen(f"{base}/v1/stats", timeout=10) as resp:
-        return int(json.loads(resp.read())["total"])
+def stats_total(base: str) -> int:
+    """Today's /v1/stats total, or -1 if the gateway does not answer (a fault in progress)."""
+    try:
+        with urllib.request.urlopen(f"{base}/v1/stats", timeout=10) as resp:
+            return int(json.loads(resp.read())["total"])
+    except OSError:
+        return -1
 
 
-def _settled_total(base: str, within_s: float = 60) -> int:
-    """The /v1/stats total once the counter has caught up (unchanged for 2 s)."""
+def settled_total(base: str, within_s: float = 60, quiet_s: float = 2.0) -> int:
+    """The /v1/stats total once the counter has caught up (unchanged for ``quiet_s``)."""
     deadline = time.monotonic() + within_s
-    last, since = _stats_total(base), time.monotonic()
+    last, since = stats_total(base), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        now = _stats_total(base)
-        if now != last:
+        now = stats_total(base)
+        if now != last or now < 0:
             last, since = now, time.monotonic()
-        elif time.monotonic() - since >= 2.0:
+        elif time.monotonic() - since >= quiet_s:
             return now
     return last
 
@@ -228,13 +232,13 @@ def measure(
     if args.warmup:
         print(f"[{users} users] exchange warm-up for {args.warmup}s ...", flush=True)
         _run_measured([*gen, "--seconds", str(args.warmup), "--seed", "1"], timeout=args.warmup + 60)
-    before = _settled_total(base)
+    before = settled_total(base)
     parts = _parts(up.pid)
     cpu0 = _snapshot(parts)
     print(f"[{users} users] exchanges for {args.seconds}s ...", flush=True)
     ex, gen_cpu = _run_measured([*gen, "--seconds", str(args.seconds)], timeout=args.seconds + 60)
     cpu1 = _snapshot(parts)
-    after = _settled_total(base)
+    after = settled_total(base)
     responses = sum(ex["statuses"].values())
     cpu = {part: cpu1[part] - cpu0[part] for part in PARTS}
     cpu["generator"] = gen_cpu

@@ -27,7 +27,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from broker.localkafka import LocalKafka  # noqa: E402
 from broker.settings import Settings  # noqa: E402
-from loadtests.bench import _cmdline, _descendants, _platform  # noqa: E402
+from loadtests.bench import _cmdline, _descendants, _platform, settled_total  # noqa: E402
 from loadtests.gen import requests  # noqa: E402
 
 SEEN_TOPIC = "ndxp.stats.seen-batches"
@@ -122,27 +121,6 @@ async def counted_ids(bootstrap: str, topic: str) -> set[str]:
     return ids
 
 
-def stats_total(base: str) -> int:
-    try:
-        with urllib.request.urlopen(f"{base}/v1/stats", timeout=10) as resp:
-            return int(json.loads(resp.read())["total"])
-    except OSError:
-        return -1
-
-
-def settled_total(base: str, within_s: float = 90) -> int:
-    deadline = time.monotonic() + within_s
-    last, since = stats_total(base), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = stats_total(base)
-        if now != last or now < 0:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= 3:
-            return now
-    return last
-
-
 def part_pid(up: int, marker: str) -> int:
     for pid in _descendants(up):
         cmd = _cmdline(pid)
@@ -196,7 +174,7 @@ async def run_phase(
     args: argparse.Namespace,
 ) -> dict[str, object]:
     phase = Phase(name)
-    total0 = settled_total(base)
+    total0 = settled_total(base, within_s=90, quiet_s=3)
     seen0 = await counted_ids(bootstrap, seen_topic)
     inject, end = fault_actions(name, kafka, up)
     started = time.monotonic()
@@ -217,7 +195,7 @@ async def run_phase(
     while not phase.answered <= seen1 and time.monotonic() < deadline:
         await asyncio.sleep(1)
         seen1 = await counted_ids(bootstrap, seen_topic)
-    total1 = settled_total(base)
+    total1 = settled_total(base, within_s=90, quiet_s=3)
     seen1 = await counted_ids(bootstrap, seen_topic)
     new_counted = seen1 - seen0
     return {
