@@ -220,6 +220,7 @@ def main() -> int:
     parser.add_argument("--before", type=float, default=5.0)
     parser.add_argument("--after", type=float, default=15.0)
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--keep", type=Path, help="keep Kafka's data and the platform's log here")
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
     for f in faults:
@@ -228,7 +229,9 @@ def main() -> int:
     if args.nodes == 1 and {"broker-kill", "broker-pause"} & set(faults):
         parser.error("broker-kill and broker-pause need --nodes 3 (a 1-node cluster is all of Kafka)")
     results = []
-    with tempfile.TemporaryDirectory(prefix="ndxp-faults-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ndxp-faults-") as scratch:
+        tmp = str(args.keep) if args.keep is not None else scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         kafka = LocalKafka(Settings.from_env(), nodes=args.nodes, data_dir=Path(tmp) / "kafka",
                            progress=lambda m: print(m, flush=True))  # fmt: skip
         bootstrap = kafka.start()
