@@ -145,8 +145,16 @@ def run_platform(
         raise KeyboardInterrupt
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    kafka: LocalKafka | None = None
+
     parts: list[Supervised] = []
+
+    def on_hangup(signum: int, _: Any) -> None:  # reload the registry: the gateway's to do
+        for part in parts:
+            if part.name == "gateway" and part.proc.poll() is None:
+                part.proc.send_signal(signal.SIGHUP)
+
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+    kafka: LocalKafka | None = None
     if not port_is_free(settings.port):
         progress(f"ndxp up: port {settings.port} is in use; choose another with --port")
         return 1

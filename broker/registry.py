@@ -18,6 +18,7 @@ with a :class:`RegistryError` naming the file and the fault.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,20 @@ from broker.catalog import Catalog, valid_name
 
 class RegistryError(ValueError):
     """The registry cannot be used; the message names the file and the fault."""
+
+
+def _expiry(raw: Any, where: str) -> dt.datetime:
+    """A key's expiry: a date (the key works through that day, UTC) or a time with its zone."""
+    if isinstance(raw, dt.datetime):
+        when = raw
+    elif isinstance(raw, dt.date):
+        when = dt.datetime.combine(raw + dt.timedelta(days=1), dt.time())
+    else:
+        try:
+            when = dt.datetime.fromisoformat(str(raw))
+        except ValueError as exc:
+            raise RegistryError(f"{where}: key expiry {raw!r} is not a date or an ISO 8601 time") from exc
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def hash_key(api_key: str) -> str:
@@ -60,10 +75,12 @@ class Registry:
         agencies: dict[str, Agency],
         key_hashes: dict[str, str],
         rights: dict[str, frozenset[str]],
+        expiry: dict[str, dt.datetime] | None = None,
     ) -> None:
         self.agencies = agencies
         self._by_hash = key_hashes
         self._rights = rights
+        self._expiry = expiry or {}
 
     @classmethod
     def load(cls, path: Path, catalog: Catalog) -> Registry:
@@ -81,6 +98,7 @@ class Registry:
             raise RegistryError(f"{source}: expected a mapping with an 'agencies' list")
         agencies: dict[str, Agency] = {}
         hashes: dict[str, str] = {}
+        expiry: dict[str, dt.datetime] = {}
         for i, entry in enumerate(raw["agencies"]):
             where = f"{source}: agencies[{i}]"
             if not isinstance(entry, dict) or not valid_name(str(entry.get("id", ""))):
@@ -88,13 +106,20 @@ class Registry:
             aid = str(entry["id"])
             if aid in agencies:
                 raise RegistryError(f"{where}: agency {aid!r} is listed twice")
-            for digest in entry.get("keys_sha256", []):
-                digest = str(digest).lower()
+            for key_entry in entry.get("keys_sha256", []):
+                # A key is its hex SHA-256, or {sha256: …, expires: <date or time>} for rotation.
+                expires = None
+                if isinstance(key_entry, dict):
+                    expires = _expiry(key_entry.get("expires"), where)
+                    key_entry = key_entry.get("sha256", "")
+                digest = str(key_entry).lower()
                 if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                     raise RegistryError(f"{where}: {digest!r} is not a hex SHA-256")
                 if digest in hashes:
                     raise RegistryError(f"{where}: a key of {aid!r} is also {hashes[digest]!r}'s")
                 hashes[digest] = aid
+                if expires is not None:
+                    expiry[digest] = expires
             agencies[aid] = Agency(
                 id=aid,
                 code=str(entry.get("code", aid)),
@@ -126,13 +151,19 @@ class Registry:
                 else:
                     allowed.add(f"{provider}/{service}")
             rights[str(client)] = frozenset(allowed)
-        return cls(agencies, hashes, rights)
+        return cls(agencies, hashes, rights, expiry)
 
     def authenticate(self, api_key: str) -> Agency | None:
         """The agency holding ``api_key``, or ``None``."""
         # Looking up the digest, not the key, leaks nothing usable through timing.
-        aid = self._by_hash.get(hash_key(api_key))
-        return None if aid is None else self.agencies[aid]
+        digest = hash_key(api_key)
+        aid = self._by_hash.get(digest)
+        if aid is None:
+            return None
+        expires = self._expiry.get(digest)
+        if expires is not None and dt.datetime.now(dt.UTC) >= expires:
+            return None  # a rotated-out key
+        return self.agencies[aid]
 
     def allowed(self, client: str, provider: str, service: str) -> bool:
         return f"{provider}/{service}" in self._rights.get(client, frozenset())

@@ -43,7 +43,7 @@ from broker.gateway.state import GATEWAY, Gateway
 from broker.kafka import Reachability, StickyPartitioner, TopicSpec, ensure_topics, make_producer
 from broker.lifecycle import PartFailed, run_until_stopped
 from broker.metrics import GatewayMetrics
-from broker.registry import Registry
+from broker.registry import Registry, RegistryError
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ async def serve(settings: Settings, *, worker: int = 0, on_ready: Callable[[], N
         shutdown_timeout=settings.shutdown_grace_s,
     )
     gw = app[GATEWAY]
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_registry, gw)
 
     def failure() -> str | None:
         dead = [s for s in (gw.replies, gw.stats) if not s.healthy]
@@ -187,6 +188,24 @@ async def serve(settings: Settings, *, worker: int = 0, on_ready: Callable[[], N
         await runner.cleanup()
 
 
+def reload_registry(gw: Gateway) -> bool:
+    """SIGHUP: read the registry again (keys, expiries, rights, limits) without a restart.
+
+    Exchanges in flight keep the agency they were admitted as; the next
+    request sees the new registry. A registry that does not load is logged
+    and the current one stays.
+    """
+    try:
+        registry = Registry.load(gw.settings.registry_path, gw.catalog)
+    except RegistryError as exc:
+        log.error("gateway worker %d: registry not reloaded, keeping the current one: %s", gw.worker, exc)
+        return False
+    gw.registry = registry
+    gw.limits.reset_rates()
+    log.warning("gateway worker %d: registry reloaded from %s", gw.worker, gw.settings.registry_path)
+    return True
+
+
 def _worker_main(settings: Settings, worker: int, ready: Queue[int]) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -194,6 +213,7 @@ def _worker_main(settings: Settings, worker: int, ready: Queue[int]) -> None:
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() handles it: reload, never die
     try:
         uvloop.run(serve(settings, worker=worker, on_ready=lambda: ready.put(worker)))
     except KafkaError as exc:
@@ -247,7 +267,14 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
                 with contextlib.suppress(ProcessLookupError):
                     p.terminate()  # SIGTERM: graceful
 
+    def reload(signum: int, _: Any) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGHUP)
+
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     try:
         procs.extend(spawn(i) for i in range(settings.workers))
         started = 0

@@ -95,6 +95,10 @@ class Limits:
             self._in_flight[agency.id] -= 1
             self.total_in_flight -= 1
 
+    def reset_rates(self) -> None:
+        """Forget the per-client buckets: rates from a reloaded registry apply from now on."""
+        self._buckets.clear()
+
     def check_address(self, address: str) -> None:
         """Refuse (429) an address that has used up its failed authentications."""
         bucket = self._failures.get(address)

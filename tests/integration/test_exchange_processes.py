@@ -363,3 +363,48 @@ async def test_gateway_worker_killed_while_answering_leaves_no_answered_exchange
     print(f"answered {len(answered)}, failed at the kill {failed}")
     assert failed > 0, "the kill hit no exchange in flight; make the stream denser"
     assert len(answered) + failed == 1500
+
+
+async def test_sighup_reloads_the_registry_in_every_worker_without_dropping_exchanges(
+    exchange_settings: Settings, provider: str, tmp_path: Path
+) -> None:
+    import yaml
+
+    from broker.registry import hash_key
+
+    settings = exchange_settings
+    handlers = EchoHandlers()
+    url = f"/v1/exchange/{provider}/echo"
+    async with running_adapter(settings, provider, handlers):
+        with gateway_process(settings, 2, tmp_path / "gw.log") as (base, proc):
+            connector = aiohttp.TCPConnector(force_close=True)  # new connections: both workers answer
+            async with aiohttp.ClientSession(base, connector=connector) as http:
+
+                async def status(key: str, msg: str = "x", sleep_ms: int = 0) -> int:
+                    body = {"msg": msg, "sleep_ms": sleep_ms}
+                    headers = {"Authorization": f"Bearer {key}"}
+                    async with http.post(url, json=body, headers=headers) as resp:
+                        await resp.read()
+                        return resp.status
+
+                assert {await status("key-alice") for _ in range(6)} == {200}
+                assert {await status("key-new") for _ in range(6)} == {401}
+                raw = yaml.safe_load(settings.registry_path.read_text())
+                alice = next(a for a in raw["agencies"] if a["id"] == "alice")
+                alice["keys_sha256"] = [  # rotate: the old key expired yesterday, a new one
+                    {"sha256": hash_key("key-alice"), "expires": "2000-01-01"},
+                    hash_key("key-new"),
+                ]
+                settings.registry_path.write_text(yaml.safe_dump(raw))
+                in_flight = asyncio.create_task(status("key-alice", "slow", sleep_ms=1500))
+                await asyncio.sleep(0.5)
+                proc.send_signal(signal.SIGHUP)
+                async with asyncio.timeout(20):
+                    while (tmp_path / "gw.log").read_text().count("registry reloaded") < 2:
+                        await asyncio.sleep(0.1)
+                after_new = {await status("key-new") for _ in range(8)}
+                after_old = {await status("key-alice") for _ in range(8)}
+                assert await in_flight == 200  # admitted before the reload: answered
+                assert proc.poll() is None  # nobody died of the signal
+    assert after_new == {200}
+    assert after_old == {401}

@@ -90,3 +90,28 @@ def test_rate_limit_admits_the_burst_then_says_when_to_retry() -> None:
     assert info.value.retry_after is not None
     assert 0 < info.value.retry_after <= 0.5
     assert limits.total_in_flight == 0
+
+
+def test_keys_rotate_with_an_expiry_date_or_time(tmp_path: Path) -> None:
+    import datetime as dt
+
+    catalog = Catalog.load(write_contracts(tmp_path, "prov"))
+    today = dt.datetime.now(dt.UTC).date()
+    raw = {
+        "agencies": [
+            {"id": "prov", "keys_sha256": []},
+            {"id": "alice", "keys_sha256": [
+                {"sha256": hash_key("old"), "expires": (today - dt.timedelta(days=1)).isoformat()},
+                {"sha256": hash_key("today"), "expires": today},
+                {"sha256": hash_key("later"), "expires": "2999-01-01T00:00:00+07:00"},
+                hash_key("forever"),
+            ]},
+        ],
+        "rights": {"alice": ["prov/echo"]},
+    }  # fmt: skip
+    registry = Registry.from_dict(raw, catalog)
+    assert registry.authenticate("old") is None  # rotated out
+    assert [registry.authenticate(k) is not None for k in ("today", "later", "forever")] == [True] * 3
+    raw["agencies"][1]["keys_sha256"] = [{"sha256": hash_key("x"), "expires": "soon"}]
+    with pytest.raises(RegistryError, match="expiry"):
+        Registry.from_dict(raw, catalog)
