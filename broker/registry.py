@@ -76,8 +76,10 @@ class Registry:
         key_hashes: dict[str, str],
         rights: dict[str, frozenset[str]],
         expiry: dict[str, dt.datetime] | None = None,
+        certs: dict[str, str] | None = None,
     ) -> None:
         self.agencies = agencies
+        self._by_cert = certs or {}
         self._by_hash = key_hashes
         self._rights = rights
         self._expiry = expiry or {}
@@ -99,6 +101,7 @@ class Registry:
         agencies: dict[str, Agency] = {}
         hashes: dict[str, str] = {}
         expiry: dict[str, dt.datetime] = {}
+        certs: dict[str, str] = {}
         for i, entry in enumerate(raw["agencies"]):
             where = f"{source}: agencies[{i}]"
             if not isinstance(entry, dict) or not valid_name(str(entry.get("id", ""))):
@@ -120,6 +123,14 @@ class Registry:
                 hashes[digest] = aid
                 if expires is not None:
                     expiry[digest] = expires
+            for fingerprint in entry.get("certs_sha256", []):
+                # The SHA-256 of a client certificate (DER), as `openssl x509 -fingerprint -sha256`.
+                fp = str(fingerprint).lower().replace(":", "")
+                if len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp):
+                    raise RegistryError(f"{where}: {fingerprint!r} is not a certificate's SHA-256")
+                if fp in certs:
+                    raise RegistryError(f"{where}: a certificate of {aid!r} is also {certs[fp]!r}'s")
+                certs[fp] = aid
             agencies[aid] = Agency(
                 id=aid,
                 code=str(entry.get("code", aid)),
@@ -151,7 +162,7 @@ class Registry:
                 else:
                     allowed.add(f"{provider}/{service}")
             rights[str(client)] = frozenset(allowed)
-        return cls(agencies, hashes, rights, expiry)
+        return cls(agencies, hashes, rights, expiry, certs)
 
     def authenticate(self, api_key: str) -> Agency | None:
         """The agency holding ``api_key``, or ``None``."""
@@ -164,6 +175,11 @@ class Registry:
         if expires is not None and dt.datetime.now(dt.UTC) >= expires:
             return None  # a rotated-out key
         return self.agencies[aid]
+
+    def authenticate_cert(self, der: bytes) -> Agency | None:
+        """The agency whose client certificate (DER bytes, already verified by TLS) this is."""
+        aid = self._by_cert.get(hashlib.sha256(der).hexdigest())
+        return None if aid is None else self.agencies[aid]
 
     def allowed(self, client: str, provider: str, service: str) -> bool:
         return f"{provider}/{service}" in self._rights.get(client, frozenset())

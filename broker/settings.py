@@ -91,6 +91,13 @@ class Settings:
     """``NDXP_AUTH_FAILURE_RATE``: failed authentications per second allowed per source address
     (burst 4x); beyond it, that address gets 429 without its key being checked."""
     shutdown_grace_s: float = 10.0
+    tls_cert: Path | None = None
+    """``NDXP_TLS_CERT``: the gateway's certificate chain (PEM); with ``NDXP_TLS_KEY``, it serves HTTPS."""
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """``NDXP_TLS_CLIENT_CA``: CA bundle for client certificates (mutual TLS, as X-Road's
+    security servers); a certificate is then asked for, verified, and maps to an agency
+    by the registry's ``certs_sha256``. Callers without one still use their API key."""
     body_timeout_s: float = 10.0
     """``NDXP_BODY_TIMEOUT_S``: a request body not received within this answers 408."""
     keepalive_timeout_s: float = 15.0
@@ -177,6 +184,9 @@ class Settings:
             ("REGISTRY", "registry_path"),
             ("SCHEMAS_DIR", "schemas_dir"),
             ("METRICS_DIR", "metrics_dir"),
+            ("TLS_CERT", "tls_cert"),
+            ("TLS_KEY", "tls_key"),
+            ("TLS_CLIENT_CA", "tls_client_ca"),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = Path(v)
@@ -197,6 +207,10 @@ class Settings:
             if not chosen <= {"stats", "metrics"}:
                 raise SettingsError(f"{PREFIX}EXPOSE={raw_expose!r}: expected stats and/or metrics")
             kw["expose"] = chosen
+        if ("tls_cert" in kw) != ("tls_key" in kw):
+            raise SettingsError(f"{PREFIX}TLS_CERT and {PREFIX}TLS_KEY go together")
+        if "tls_client_ca" in kw and "tls_cert" not in kw:
+            raise SettingsError(f"{PREFIX}TLS_CLIENT_CA needs {PREFIX}TLS_CERT and {PREFIX}TLS_KEY")
         if int(kw.get("counter_batch", 0)) > 20_000:  # type: ignore[call-overload]
             raise SettingsError(f"{PREFIX}COUNTER_BATCH must be at most 20000")
         return cls(**kw)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import re
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -169,6 +170,7 @@ async def serve(settings: Settings, *, worker: int = 0, on_ready: Callable[[], N
         reuse_port=True,
         backlog=1024,
         shutdown_timeout=settings.shutdown_grace_s,
+        ssl_context=server_ssl_context(settings),
     )
     gw = app[GATEWAY]
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_registry, gw)
@@ -186,6 +188,20 @@ async def serve(settings: Settings, *, worker: int = 0, on_ready: Callable[[], N
         log.info("gateway worker %d stopping: finishing in-flight exchanges", worker)
     finally:
         await runner.cleanup()
+
+
+def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """HTTPS for the gateway when ``NDXP_TLS_CERT``/``KEY`` are set; client certificates with
+    ``NDXP_TLS_CLIENT_CA`` (asked for, verified when sent, optional: API keys keep working)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        ctx.load_verify_locations(cafile=str(settings.tls_client_ca))
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
 
 
 def reload_registry(gw: Gateway) -> bool:
@@ -288,7 +304,10 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
                     forward(signal.SIGTERM, None)
                     break
         if started == len(procs):
-            progress(f"gateway ready on http://{settings.host}:{settings.port} with {len(procs)} worker(s)")
+            scheme = "https" if settings.tls_cert else "http"
+            progress(
+                f"gateway ready on {scheme}://{settings.host}:{settings.port} with {len(procs)} worker(s)"
+            )
         # Supervise: a worker that dies (SIGKILL, a failed Kafka loop) is
         # restarted with the same index, hence the same reply topic, with backoff.
         failures = [0] * len(procs)

@@ -88,3 +88,16 @@ def test_expose_and_internal_host_are_read_strictly() -> None:
     assert Settings.from_env({"NDXP_EXPOSE": "stats"}).expose == {"stats"}
     with pytest.raises(SettingsError, match="EXPOSE"):
         Settings.from_env({"NDXP_EXPOSE": "stats,secrets"})
+
+
+def test_tls_settings_come_in_pairs() -> None:
+    from broker.settings import Settings, SettingsError
+
+    ok = Settings.from_env(
+        {"NDXP_TLS_CERT": "c.pem", "NDXP_TLS_KEY": "k.pem", "NDXP_TLS_CLIENT_CA": "ca.pem"}
+    )
+    assert (ok.tls_cert, ok.tls_client_ca) == (Path("c.pem"), Path("ca.pem"))
+    with pytest.raises(SettingsError, match="together"):
+        Settings.from_env({"NDXP_TLS_CERT": "c.pem"})
+    with pytest.raises(SettingsError, match="CLIENT_CA"):
+        Settings.from_env({"NDXP_TLS_CLIENT_CA": "ca.pem"})
