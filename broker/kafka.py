@@ -18,6 +18,7 @@ from typing import Any, TypedDict, Unpack
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
 from broker.settings import Settings
@@ -108,6 +109,29 @@ class StickyPartitioner:
         return choices[self._index % len(choices)]
 
 
+def security(settings: Settings) -> dict[str, Any]:
+    """What every Kafka client of the platform passes to aiokafka: TLS and SASL, from one place."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    kw: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        kw["ssl_context"] = create_ssl_context(cafile=cafile)
+    if protocol.startswith("SASL"):
+        kw.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password,
+        )
+    return kw
+
+
+def admin_client(settings: Settings, **params: Any) -> AIOKafkaAdminClient:
+    """An admin client on the configured cluster, with the platform's security settings; not started."""
+    return AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings), **security(settings), **params)
+
+
 def make_producer(settings: Settings, **params: Unpack[ProducerParams]) -> AIOKafkaProducer:
     """A producer with our defaults (acks=all, idempotent, small linger); not started."""
     kw: dict[str, Any] = {
@@ -117,6 +141,7 @@ def make_producer(settings: Settings, **params: Unpack[ProducerParams]) -> AIOKa
         "linger_ms": settings.kafka_linger_ms,
         "max_batch_size": 256 * 1024,
         "max_request_size": max(settings.max_body_bytes * 2, 1024 * 1024),
+        **security(settings),
     }
     kw.update(params)
     return AIOKafkaProducer(**kw)
@@ -130,6 +155,7 @@ def make_consumer(settings: Settings, *topics: str, **params: Unpack[ConsumerPar
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": 50,
         "max_partition_fetch_bytes": max(settings.max_body_bytes * 2, 1024 * 1024),
+        **security(settings),
     }
     kw.update(params)
     return AIOKafkaConsumer(*topics, **kw)
@@ -144,7 +170,7 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
     specs = list(specs)
     if not specs:
         return []
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
+    admin = admin_client(settings)
     await admin.start()
     try:
         brokers = len((await admin.describe_cluster())["brokers"])
@@ -172,7 +198,7 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
 async def wait_for_topics(settings: Settings, names: Iterable[str], within_s: float = 30.0) -> None:
     """Wait until every partition of ``names`` has a leader (topic is usable)."""
     wanted = set(names)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
+    admin = admin_client(settings)
     await admin.start()
     try:
         async with asyncio.timeout(within_s):
@@ -192,9 +218,9 @@ async def wait_for_topics(settings: Settings, names: Iterable[str], within_s: fl
         await admin.close()
 
 
-async def cluster_brokers(bootstrap_servers: str) -> int:
+async def cluster_brokers(settings: Settings) -> int:
     """How many brokers the cluster reports (raises if it cannot be reached)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+    admin = admin_client(settings, request_timeout_ms=5000)
     await admin.start()
     try:
         info = await admin.describe_cluster()

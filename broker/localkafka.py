@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -236,7 +237,33 @@ class Layout:
         )
 
 
-def _server_properties(layout: Layout, node: NodeSpec, node_dir: Path) -> str:
+SCRAM_USER = "ndxp"
+
+
+def _secure_properties(node: NodeSpec, tls: Path, password: str) -> dict[str, object]:
+    """A SASL_SSL listener (SCRAM-SHA-512 over TLS) for clients and brokers; the controller stays local."""
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{SCRAM_USER}" password="{password}";'
+    )
+    return {
+        "listeners": f"SASL_SSL://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{node.port}",
+        "inter.broker.listener.name": "SASL_SSL",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": tls / "broker.pem",
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": tls / "ca.pem",
+    }
+
+
+def _server_properties(
+    layout: Layout, node: NodeSpec, node_dir: Path, secure: dict[str, object] | None = None
+) -> str:
     n = len(layout.nodes)
     voters = ",".join(f"{s.node_id}@127.0.0.1:{s.controller_port}" for s in layout.nodes)
     props = {
@@ -264,6 +291,7 @@ def _server_properties(layout: Layout, node: NodeSpec, node_dir: Path) -> str:
         "num.network.threads": 2,
         "num.io.threads": 4,
         "log.retention.hours": 168,
+        **(secure or {}),
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -334,7 +362,10 @@ class LocalKafka:
         nodes: int = 1,
         data_dir: Path | None = None,
         progress: Progress = _quiet,
+        secure: bool = False,
     ) -> None:
+        """``secure``: listen with SASL_SSL (SCRAM-SHA-512 over TLS, a CA made for it) instead of
+        PLAINTEXT; :meth:`client_settings` tells clients how to connect."""
         if nodes not in (1, 3):
             raise LocalKafkaError(f"--nodes must be 1 or 3, not {nodes}")
         self.settings = settings
@@ -344,10 +375,60 @@ class LocalKafka:
             Path(tempfile.mkdtemp(prefix="ndxp-kafka-")) if data_dir is None else data_dir.resolve()
         )
         self.progress = progress
+        self.secure = secure
         self.layout: Layout | None = None
         self.pids: dict[int, int] = {}
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._classpath: str | None = None
+
+    # -- security (SASL_SSL)
+    def _pki(self) -> Path:
+        """A CA and the brokers' certificate (for 127.0.0.1), made once per data directory."""
+        tls = self.data_dir / "tls"
+        if (tls / "broker.pem").exists():
+            return tls
+        tls.mkdir(parents=True, exist_ok=True)
+
+        def openssl(*args: str) -> None:
+            run = subprocess.run(["openssl", *args], cwd=tls, capture_output=True, check=False)
+            if run.returncode != 0:
+                raise LocalKafkaError(f"openssl {args[0]} failed: {run.stderr.decode(errors='replace')}")
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+                "-days", "3650", "-subj", "/CN=ndxp local Kafka CA")  # fmt: skip
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+                "-subj", "/CN=127.0.0.1")  # fmt: skip
+        (tls / "broker.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", "broker.crt", "-days", "3650", "-extfile", "broker.ext")  # fmt: skip
+        (tls / "broker.pem").write_text((tls / "broker.key").read_text() + (tls / "broker.crt").read_text())
+        return tls
+
+    def _password(self) -> str:
+        path = self.data_dir / "tls" / "scram-password"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(18))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def _scram_args(self) -> list[str]:
+        if not self.secure:
+            return []
+        return ["--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={self._password()}]"]
+
+    def client_settings(self) -> Settings:
+        """``settings`` for clients of this cluster: its bootstrap and, when secure, SASL_SSL."""
+        settings = self.settings.replace(kafka_bootstrap=self.bootstrap)
+        if not self.secure:
+            return settings
+        return settings.replace(
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism="SCRAM-SHA-512",
+            kafka_sasl_username=SCRAM_USER,
+            kafka_sasl_password=self._password(),
+            kafka_ssl_cafile=self.data_dir / "tls" / "ca.pem",
+        )
 
     # -- paths
     def node_dir(self, node_id: int) -> Path:
@@ -404,7 +485,8 @@ class LocalKafka:
         for node in layout.nodes:
             nd = self.node_dir(node.node_id)
             (nd / "logs").mkdir(parents=True, exist_ok=True)
-            (nd / "server.properties").write_text(_server_properties(layout, node, nd))
+            secure = _secure_properties(node, self._pki(), self._password()) if self.secure else None
+            (nd / "server.properties").write_text(_server_properties(layout, node, nd, secure))
             (nd / "log4j2.properties").write_text(_log4j2_properties(self.log_file(node.node_id)))
         return layout
 
@@ -438,7 +520,7 @@ class LocalKafka:
             props = self.node_dir(n.node_id) / "server.properties"
             cmd = self._java(
                 n.node_id, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                f"--cluster-id={layout.cluster_id}", "-c", str(props), heap_mb=256,
+                f"--cluster-id={layout.cluster_id}", "-c", str(props), *self._scram_args(), heap_mb=256,
             )  # fmt: skip
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         for p in procs:
@@ -504,7 +586,7 @@ class LocalKafka:
                 assert self.layout is not None
                 for node in self.layout.nodes:
                     socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
-                seen = asyncio.run(cluster_brokers(self.bootstrap))
+                seen = asyncio.run(cluster_brokers(self.client_settings()))
                 if seen >= brokers:
                     return
                 last_error = f"{seen} of {brokers} brokers registered"

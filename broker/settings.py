@@ -53,6 +53,10 @@ def _float(name: str, raw: str) -> float:
         raise SettingsError(f"{name}={raw!r}: expected a number") from exc
 
 
+_SECRETS = frozenset({"kafka_sasl_password"})
+_SECURITY_PROTOCOLS = frozenset({"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Platform configuration, read once from the environment."""
@@ -67,6 +71,14 @@ class Settings:
     kafka_replication_factor: int | None = None
     """``NDXP_KAFKA_REPLICATION_FACTOR``; unset: 3, or fewer on a smaller cluster."""
     kafka_start_timeout_s: float = 120.0
+    kafka_security_protocol: str = "PLAINTEXT"
+    """``NDXP_KAFKA_SECURITY_PROTOCOL``: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (every client)."""
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    """``NDXP_KAFKA_SASL_PASSWORD``: never shown in ``repr`` or logs."""
+    kafka_ssl_cafile: Path | None = None
+    """``NDXP_KAFKA_SSL_CAFILE``: CA bundle (PEM) that signed the brokers' certificates."""
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "ndxp")
     """``NDXP_CACHE_DIR``: resolved Kafka jars and local state files."""
 
@@ -130,8 +142,10 @@ class Settings:
     backend_timeout_ms: int = 2000
 
     def __repr__(self) -> str:
-        # No secrets yet; keep repr compact and safe should one be added.
-        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        shown = ", ".join(
+            f"{f.name}={'***' if f.name in _SECRETS and getattr(self, f.name) else getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+        )
         return f"Settings({shown})"
 
     @classmethod
@@ -187,11 +201,16 @@ class Settings:
             ("TLS_CERT", "tls_cert"),
             ("TLS_KEY", "tls_key"),
             ("TLS_CLIENT_CA", "tls_client_ca"),
+            ("KAFKA_SSL_CAFILE", "kafka_ssl_cafile"),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = Path(v)
         for name, attr in (
             ("HOST", "host"),
+            ("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol"),
+            ("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism"),
+            ("KAFKA_SASL_USERNAME", "kafka_sasl_username"),
+            ("KAFKA_SASL_PASSWORD", "kafka_sasl_password"),
             ("INTERNAL_HOST", "internal_host"),
             ("INSTANCE_ID", "instance_id"),
             ("LOG_LEVEL", "log_level"),
@@ -207,6 +226,18 @@ class Settings:
             if not chosen <= {"stats", "metrics"}:
                 raise SettingsError(f"{PREFIX}EXPOSE={raw_expose!r}: expected stats and/or metrics")
             kw["expose"] = chosen
+        protocol = str(kw.get("kafka_security_protocol", "PLAINTEXT")).upper()
+        if protocol not in _SECURITY_PROTOCOLS:
+            raise SettingsError(
+                f"{PREFIX}KAFKA_SECURITY_PROTOCOL={protocol!r}: one of {sorted(_SECURITY_PROTOCOLS)}"
+            )
+        kw["kafka_security_protocol"] = protocol
+        if protocol.startswith("SASL") and not (
+            kw.get("kafka_sasl_username") and kw.get("kafka_sasl_password")
+        ):
+            raise SettingsError(
+                f"{protocol} needs {PREFIX}KAFKA_SASL_USERNAME and {PREFIX}KAFKA_SASL_PASSWORD"
+            )
         if ("tls_cert" in kw) != ("tls_key" in kw):
             raise SettingsError(f"{PREFIX}TLS_CERT and {PREFIX}TLS_KEY go together")
         if "tls_client_ca" in kw and "tls_cert" not in kw:

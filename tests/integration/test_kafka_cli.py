@@ -42,7 +42,7 @@ async def test_kafka_start_status_stop_from_the_command_line(base_settings: Sett
     state = json.loads((tmp_path / "cache" / "run" / "kafka.json").read_text())
     pids = list(state["pids"].values())
     try:
-        assert await cluster_brokers(bootstrap) == 1
+        assert await cluster_brokers(Settings(kafka_bootstrap=bootstrap)) == 1
         assert _ndxp(env, "kafka", "status").returncode == 0
         again = _ndxp(env, "kafka", "start")
         assert again.returncode == 1
