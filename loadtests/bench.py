@@ -38,20 +38,14 @@ from typing import Any
 
 import yaml
 
+from broker.localkafka import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 PARTS = ("kafka", "gateway", "adapters", "counter", "backend", "generator")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -65,7 +59,7 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -85,12 +79,12 @@ def _parts(up: int) -> dict[str, list[int]]:
     """The platform's processes by part (Kafka: the JVMs under this benchmark)."""
     parts: dict[str, list[int]] = {p: [] for p in PARTS}
     gateway_roots: list[int] = []
-    for pid in _descendants(os.getpid()):
-        cmd = _cmdline(pid)
+    for pid in descendants(os.getpid()):
+        cmd = cmdline(pid)
         if "kafka.Kafka" in cmd:
             parts["kafka"].append(pid)
-    for pid in _descendants(up):
-        cmd = _cmdline(pid)
+    for pid in descendants(up):
+        cmd = cmdline(pid)
         for part, marker in (
             ("gateway", "broker.cli gateway"),
             ("adapters", "broker.cli adapter"),
@@ -102,7 +96,7 @@ def _parts(up: int) -> dict[str, list[int]]:
                 if part == "gateway":
                     gateway_roots.append(pid)
     for root in gateway_roots:
-        parts["gateway"] += [c for c in _descendants(root) if "resource_tracker" not in _cmdline(c)]
+        parts["gateway"] += [c for c in descendants(root) if "resource_tracker" not in cmdline(c)]
     return parts
 
 
@@ -171,7 +165,9 @@ def _kafka(tmp: Path) -> Iterator[str]:
 
 
 @contextmanager
-def _platform(tmp: Path, bootstrap: str, workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def running_platform(
+    tmp: Path, bootstrap: str, workers: int
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     # The demo registry's per-client rate limits would answer 429 long before
     # the platform's own limits show: measure with them raised 1000-fold.
     registry = yaml.safe_load((ROOT / "deploy" / "registry.yaml").read_text())
@@ -179,7 +175,7 @@ def _platform(tmp: Path, bootstrap: str, workers: int) -> Iterator[tuple[str, su
         if "rate_limit" in agency:
             agency["rate_limit"] *= 1000
     (tmp / "registry.yaml").write_text(yaml.safe_dump(registry, allow_unicode=True))
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "NDXP_KAFKA_BOOTSTRAP": bootstrap,
@@ -322,7 +318,7 @@ def main() -> int:
     with (
         tempfile.TemporaryDirectory(prefix="ndxp-bench-") as tmp,
         _kafka(Path(tmp)) as bootstrap,
-        _platform(Path(tmp), bootstrap, args.workers) as (base, up),
+        running_platform(Path(tmp), bootstrap, args.workers) as (base, up),
     ):
         print(f"platform up at {base} ({args.workers} gateway worker(s)) on Kafka {bootstrap}", flush=True)
         results = [measure(base, up, bootstrap, users, args) for users in sweep]

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from broker.localkafka import LocalKafka  # noqa: E402
 from broker.settings import Settings  # noqa: E402
-from loadtests.bench import _cmdline, _descendants, _platform, settled_total  # noqa: E402
+from loadtests.bench import cmdline, descendants, running_platform, settled_total  # noqa: E402
 from loadtests.gen import requests  # noqa: E402
 
 SEEN_TOPIC = "ndxp.stats.seen-batches"
@@ -122,8 +122,8 @@ async def counted_ids(bootstrap: str, topic: str) -> set[str]:
 
 
 def part_pid(up: int, marker: str) -> int:
-    for pid in _descendants(up):
-        cmd = _cmdline(pid)
+    for pid in descendants(up):
+        cmd = cmdline(pid)
         if marker in cmd and "resource_tracker" not in cmd:
             return pid
     raise RuntimeError(f"no process {marker!r} under ndxp up")
@@ -237,7 +237,7 @@ def main() -> int:
         bootstrap = kafka.start()
         os.environ["NDXP_WORKERS"] = "2"
         try:
-            with _platform(Path(tmp), bootstrap, workers=2) as (base, up):
+            with running_platform(Path(tmp), bootstrap, workers=2) as (base, up):
                 print(f"platform up at {base} on {args.nodes}-node Kafka {bootstrap}", flush=True)
                 for name in faults:
                     print(f"fault {name} ...", flush=True)

@@ -76,9 +76,6 @@ class ReplyRouter(KafkaService):
         """The exchange is over (answered or timed out): a later reply is late."""
         self._pending.pop(exchange_id, None)
 
-    def waiting(self, exchange_id: str) -> bool:
-        return exchange_id in self._pending
-
     @property
     def in_flight(self) -> int:
         return len(self._pending)
