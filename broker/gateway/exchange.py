@@ -199,26 +199,29 @@ async def _round_trip(
     gw.metrics.in_flight.inc()
     sent = time.perf_counter()
     try:
+        # One timer for the exchange: first the shorter bound for handing the
+        # request to Kafka (not acknowledging is "unavailable", not a slow
+        # provider), then moved to the deadline the provider sees.
+        handed = False
         try:
-            # Handing the request to Kafka has its own, shorter bound: Kafka
-            # not acknowledging is "unavailable", not a slow provider.
-            async with asyncio.timeout(min(svc.timeout_ms / 1000, SEND_WITHIN_S)):
+            async with asyncio.timeout(min(svc.timeout_ms / 1000, SEND_WITHIN_S)) as timer:
                 delivery = await gw.producer.send(
                     request_topic(svc.provider, svc.service), body, headers=meta.headers()
                 )
                 await delivery
-            gw.kafka.saw_success()
+                handed = True
+                gw.kafka.saw_success()
+                rec.t_sent = time.time() * 1000
+                timer.reschedule(
+                    asyncio.get_running_loop().time() + max(0, meta.deadline_ms - now_ms()) / 1000
+                )
+                reply = await reply_future
         except TimeoutError as exc:
+            if handed:
+                raise Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms") from exc
             raise Unavailable("Kafka did not take the request in time; retry shortly", retry_after=1) from exc
         except KafkaError as exc:
             raise Unavailable(f"the request could not be handed to Kafka: {exc}", retry_after=1) from exc
-        rec.t_sent = time.time() * 1000
-        try:
-            # The same deadline the provider sees drives the wait for its reply.
-            async with asyncio.timeout(max(0, meta.deadline_ms - now_ms()) / 1000):
-                reply = await reply_future
-        except TimeoutError as exc:
-            raise Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms") from exc
         rec.t_reply = time.time() * 1000
     finally:
         gw.replies.forget(eid)
@@ -229,8 +232,11 @@ async def _round_trip(
 
 async def _read_body(request: web.Request, limit: int, within_s: float) -> bytes:
     try:
-        async with asyncio.timeout(within_s):
+        if request.content.is_eof():  # the whole body came with the headers: no timer needed
             body = await request.read()
+        else:
+            async with asyncio.timeout(within_s):
+                body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"the body limit is {limit} bytes") from exc
     except TimeoutError as exc:
