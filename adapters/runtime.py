@@ -293,7 +293,9 @@ class Adapter(KafkaService):
             while True:
                 try:
                     deliveries = [
-                        await producer.send(o.topic, o.value, key=o.key, headers=o.headers or None)
+                        await producer.send(
+                            o.topic, o.value, key=o.key, headers=o.headers or None, partition=o.partition
+                        )
                         for o in outs
                     ]
                     for delivery in deliveries:
@@ -369,7 +371,13 @@ class Adapter(KafkaService):
             try:
                 async with producer.transaction():
                     for out in outs:
-                        await producer.send(out.topic, out.value, key=out.key, headers=out.headers or None)
+                        await producer.send(
+                            out.topic,
+                            out.value,
+                            key=out.key,
+                            headers=out.headers or None,
+                            partition=out.partition,
+                        )
                     await producer.send_offsets_to_transaction(offsets, self.group_id)
                 break
             except ProducerFenced:
@@ -434,7 +442,14 @@ class Adapter(KafkaService):
         return outs
 
     def _reply_out(self, meta: RequestMeta, reply: Reply) -> _Out:
-        return _Out(meta.reply_to, reply.body, meta.exchange_id.encode(), reply.headers(), reply)
+        return _Out(
+            meta.reply_to,
+            reply.body,
+            meta.exchange_id.encode(),
+            reply.headers(),
+            partition=meta.reply_partition,
+            reply=reply,
+        )
 
     async def _call(self, meta: RequestMeta, raw: bytes | None, changes: list[Change] | None) -> Reply | None:
         eid = meta.exchange_id

@@ -17,6 +17,9 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
+DEFAULT_ASYNC_TTL_S = 24 * 3600
+MAX_ASYNC_TTL_S = 48 * 3600
+"""An async exchange's wait is bounded: its documents outlive it in the exchanges topic."""
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -95,6 +98,8 @@ class Service:
     timeout_ms: int
     effects: Effects = Effects.READ
     """``read`` (a lookup: served at least once) or ``write`` (side effects: exactly once)."""
+    async_ttl_s: int = DEFAULT_ASYNC_TTL_S
+    """How long an async exchange (``Prefer: respond-async``) may wait for its provider."""
     request: Contract = field(repr=False)
     response: Contract = field(repr=False)
     examples: tuple[Any, ...]
@@ -115,6 +120,7 @@ class Service:
             "mode": self.mode,
             "timeout_ms": self.timeout_ms,
             "effects": self.effects.value,
+            "async_ttl_s": self.async_ttl_s,
             "request": self.request.schema,
             "response": self.response.schema,
             "examples": list(self.examples),
@@ -138,6 +144,9 @@ def load_service(path: Path, provider: str, service: str) -> Service:
     timeout_ms = raw["timeout_ms"]
     if not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= 300_000:
         raise CatalogError(f"{path}: timeout_ms must be an integer from 1 to 300000")
+    async_ttl_s = raw.get("async_ttl_s", DEFAULT_ASYNC_TTL_S)
+    if not isinstance(async_ttl_s, int) or not 1 <= async_ttl_s <= MAX_ASYNC_TTL_S:
+        raise CatalogError(f"{path}: async_ttl_s must be an integer from 1 to {MAX_ASYNC_TTL_S}")
     try:
         effects = Effects(raw.get("effects", "read"))
     except ValueError as exc:
@@ -167,6 +176,7 @@ def load_service(path: Path, provider: str, service: str) -> Service:
         mode=str(raw.get("mode", "sync")),
         timeout_ms=timeout_ms,
         effects=effects,
+        async_ttl_s=async_ttl_s,
         request=contracts["request"],
         response=contracts["response"],
         examples=tuple(examples),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
@@ -115,17 +116,33 @@ def _backend(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _counter(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.counter.serve import run_counter
+
+    return _run_part("counter", run_counter, settings, args)
+
+
+def _keeper(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.exchanges.serve import run_keeper
+
+    return _run_part("keeper", run_keeper, settings, args)
+
+
+def _run_part(
+    name: str,
+    run: Callable[[Settings, Callable[[str], Any]], Coroutine[Any, Any, None]],
+    settings: Settings,
+    args: argparse.Namespace,
+) -> int:
     import uvloop
 
-    from broker.counter.serve import run_counter
     from broker.lifecycle import PartFailed
 
     if args.metrics_port is not None:
         settings = settings.replace(metrics_port=args.metrics_port)
     try:
-        uvloop.run(run_counter(settings, progress=_progress))
+        uvloop.run(run(settings, _progress))
     except PartFailed as exc:
-        _progress(f"ndxp counter: {exc}; exiting for a restart")
+        _progress(f"ndxp {name}: {exc}; exiting for a restart")
         return 1
     return 0
 
@@ -175,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     counter = sub.add_parser("counter", help="exact transaction counts from ndxp.tx")
     counter.add_argument("--metrics-port", type=int, default=None)
     counter.set_defaults(func=_counter)
+    keeper = sub.add_parser("keeper", help="finish async and idempotent exchanges; deliver callbacks")
+    keeper.add_argument("--metrics-port", type=int, default=None)
+    keeper.set_defaults(func=_keeper)
 
     adapter = sub.add_parser("adapter", help="adapters of simulated agencies")
     adapter.add_argument("agencies", nargs="+", metavar="agency")

@@ -21,6 +21,8 @@ H_CLIENT = "ndxp-client"
 H_PROVIDER = "ndxp-provider"
 H_SERVICE = "ndxp-service"
 H_REPLY_TO = "ndxp-reply-to"
+H_REPLY_PARTITION = "ndxp-reply-partition"
+"""The partition of ``reply_to`` the reply goes to, when the gateway chose one (stored exchanges)."""
 H_DEADLINE = "ndxp-deadline-ms"
 H_USER_ID = "ndxp-user-id"
 H_PURPOSE = "ndxp-purpose"
@@ -93,6 +95,7 @@ class RequestMeta:
     user_id: str | None = None
     purpose: str | None = None
     traceparent: str | None = None
+    reply_partition: int | None = None
 
     def headers(self) -> Headers:
         h: Headers = [
@@ -111,6 +114,8 @@ class RequestMeta:
             h.append((H_PURPOSE, self.purpose.encode()))
         if self.traceparent is not None:
             h.append((H_TRACEPARENT, self.traceparent.encode()))
+        if self.reply_partition is not None:
+            h.append((H_REPLY_PARTITION, str(self.reply_partition).encode()))
         return h
 
     @classmethod
@@ -132,6 +137,7 @@ class RequestMeta:
                 user_id=h.get(H_USER_ID),
                 purpose=h.get(H_PURPOSE),
                 traceparent=h.get(H_TRACEPARENT),
+                reply_partition=int(h[H_REPLY_PARTITION]) if H_REPLY_PARTITION in h else None,
             )
         except KeyError as exc:
             raise ValueError(f"missing header {exc.args[0]}") from exc

@@ -18,6 +18,8 @@ The tree (HTTP status, stable ``code``)::
     ├── ProviderError           502 provider_error
     ├── InvalidResponse         502 invalid_response   (provider broke its contract)
     ├── Unavailable             503 unavailable        (not ready, or Kafka unreachable)
+    ├── IdempotencyKeyReused    422 idempotency_key_reused    (same key, another request)
+    ├── IdempotencyKeyInFlight  409 idempotency_key_in_flight (Retry-After)
     └── ClientClosed            499 client_closed      (the caller went away; recorded, never sent)
 
 A provider's own business errors are not raised: they pass through with the
@@ -132,3 +134,16 @@ class InvalidResponse(NdxpError):
 
 class Unavailable(NdxpError):
     status, code, title, retriable = 503, "unavailable", "Gateway not ready", True
+
+
+class IdempotencyKeyReused(NdxpError):
+    status, code, title = 422, "idempotency_key_reused", "Idempotency-Key already used for another request"
+
+
+class IdempotencyKeyInFlight(NdxpError):
+    status, code, title, retriable = (
+        409,
+        "idempotency_key_in_flight",
+        "A request with this Idempotency-Key is in flight",
+        True,
+    )

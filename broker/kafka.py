@@ -267,6 +267,7 @@ class Outgoing:
     value: bytes
     key: bytes | None = None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    partition: int | None = None
 
 
 async def produce_and_commit(
@@ -287,7 +288,9 @@ async def produce_and_commit(
     try:
         async with producer.transaction():
             for out in outgoing:
-                await producer.send(out.topic, out.value, key=out.key, headers=out.headers or None)
+                await producer.send(
+                    out.topic, out.value, key=out.key, headers=out.headers or None, partition=out.partition
+                )
             await producer.send_offsets_to_transaction(offsets, group_id)
     except Exception:
         log.exception("%s: transaction failed; the batch will be processed again", what)

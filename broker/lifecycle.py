@@ -14,6 +14,13 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from broker.kafka import KafkaService
+    from broker.settings import Settings
 
 
 class PartFailed(RuntimeError):
@@ -37,3 +44,31 @@ async def run_until_stopped(failure: Callable[[], str | None], check_every_s: fl
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def run_service(
+    service: KafkaService,
+    registry: CollectorRegistry,
+    settings: Settings,
+    started: str,
+    progress: Callable[[str], Any] = print,
+) -> None:
+    """Run one Kafka service with its ``/metrics`` until SIGTERM/SIGINT (the counter, the keeper)."""
+    from broker.metrics import serve_metrics
+
+    runner = None
+    try:
+        await service.start()
+        if settings.metrics_port:
+            runner = await serve_metrics(
+                registry, settings.internal_host, settings.metrics_port, ready=lambda: service.healthy
+            )
+        progress(started + (f"; metrics on :{settings.metrics_port}" if settings.metrics_port else ""))
+        await run_until_stopped(
+            lambda: None if service.healthy else f"{service.what} stopped: {service.failed!r}"
+        )
+        progress(f"{service.what} stopping")
+    finally:
+        await service.stop()
+        if runner is not None:
+            await runner.cleanup()

@@ -79,6 +79,18 @@ class GatewayMetrics:
             "Transaction records Kafka did not acknowledge in time (logged; the exchange got 503)",
             registry=registry,
         )
+        self.async_accepted = Counter(
+            "ndxp_async_accepted_total",
+            "Async exchanges accepted (202); their outcome is counted by the keeper",
+            ["client", "provider", "service"],
+            registry=registry,
+        )
+        self.idempotent_replays = Counter(
+            "ndxp_idempotent_replays_total",
+            "Requests answered from an earlier exchange with the same Idempotency-Key",
+            ["client", "provider", "service"],
+            registry=registry,
+        )
 
 
 class AdapterMetrics:
@@ -121,6 +133,35 @@ class AdapterMetrics:
             "ndxp_adapter_dead_letters_total",
             "Messages that could not be decoded, sent to ndxp.dlq.<provider>",
             ["provider"],
+            registry=registry,
+        )
+
+
+class KeeperMetrics:
+    """Metrics of the exchange keeper (async and idempotent exchanges, callbacks)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.finished = Counter(
+            "ndxp_stored_exchanges_total",
+            "Stored (async or idempotent) exchanges finished by the keeper, by mode and status",
+            ["provider", "service", "mode", "status"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "ndxp_async_pending",
+            "Stored exchanges accepted and not yet finished (waiting for their provider)",
+            registry=registry,
+        )
+        self.callbacks = Counter(
+            "ndxp_callbacks_total",
+            "Callback delivery attempts, by result (delivered, retry, failed: dead-lettered)",
+            ["result"],
+            registry=registry,
+        )
+        self.callbacks_pending = Gauge(
+            "ndxp_callbacks_pending",
+            "Finished exchanges whose callback is not yet delivered (nor dead-lettered)",
             registry=registry,
         )
 

@@ -178,6 +178,8 @@ def run_platform(
         counter_metrics = _port(9102)
         start("adapters", "adapter", *catalog.providers(), "--metrics-port", str(adapter_metrics))
         procs = start("counter", "counter", "--metrics-port", str(counter_metrics))
+        keeper_metrics = _port(9103)
+        procs = start("keeper", "keeper", "--metrics-port", str(keeper_metrics))
         # Callers' first requests must find the adapters in their consumer groups.
         _wait_ready(f"http://127.0.0.1:{adapter_metrics}/readyz", procs, within_s=120)
         procs = start("gateway", "gateway", "--port", str(settings.port), "--workers", str(settings.workers))
@@ -186,7 +188,8 @@ def run_platform(
         progress(demo_text(settings, base))
         progress(
             f"metrics: gateway {base}/metrics, adapters http://127.0.0.1:{adapter_metrics}/metrics, "
-            f"counter http://127.0.0.1:{counter_metrics}/metrics"
+            f"counter http://127.0.0.1:{counter_metrics}/metrics, "
+            f"keeper http://127.0.0.1:{keeper_metrics}/metrics"
         )
         progress("platform up; Ctrl-C stops everything")
         while True:  # supervise: a part that dies is restarted, with backoff

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,11 @@ class Agency:
     name: str
     rate_limit: float | None = None
     max_in_flight: int | None = None
+    callback_url: str | None = None
+    """Where the platform POSTs the end of this agency's async exchanges (only ever from here,
+    never from a request: no server-side request forgery)."""
+    callback_secret: bytes | None = field(default=None, repr=False)
+    """The HMAC-SHA256 key that signs those callbacks."""
 
     def describe(self) -> dict[str, str]:
         return {"id": self.id, "code": self.code, "name": self.name}
@@ -137,6 +143,7 @@ class Registry:
                 name=str(entry.get("name", aid)),
                 rate_limit=float(entry["rate_limit"]) if "rate_limit" in entry else None,
                 max_in_flight=int(entry["max_in_flight"]) if "max_in_flight" in entry else None,
+                **_callback(entry.get("callback"), where),
             )
         for provider in catalog.providers():
             if provider not in agencies:
@@ -189,3 +196,18 @@ class Registry:
 
     def __iter__(self) -> Iterator[Agency]:
         return iter(self.agencies.values())
+
+
+def _callback(raw: Any, where: str) -> dict[str, Any]:
+    """``callback: {url: https://…, secret: …}`` of an agency, checked."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or set(raw) != {"url", "secret"}:
+        raise RegistryError(f"{where}: 'callback' needs exactly 'url' and 'secret'")
+    url, secret = str(raw["url"]), str(raw["secret"])
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RegistryError(f"{where}: callback url {url!r} is not an http(s) URL")
+    if len(secret) < 16:
+        raise RegistryError(f"{where}: a callback secret has at least 16 characters")
+    return {"callback_url": url, "callback_secret": secret.encode()}

@@ -128,6 +128,17 @@ class Settings:
     counter_batch: int = 5000
     """Most transaction records the counter commits in one Kafka transaction (<= 20000,
     so that one batch's exchange ids fit in one Kafka message)."""
+    exchanges_topic: str = "ndxp.exchanges"
+    """``NDXP_EXCHANGES_TOPIC``: stored exchanges (async and idempotent): their documents, by id."""
+    exchanges_retention_hours: int = 96
+    """``NDXP_EXCHANGES_RETENTION_HOURS``: how long stored exchanges stay readable (>= 50: the
+    longest async wait, 48 h, plus a margin); also bounds what each gateway holds in memory."""
+    callback_attempts: int = 8
+    """``NDXP_CALLBACK_ATTEMPTS``: deliveries tried before a callback is dead-lettered."""
+    callback_backoff_s: float = 2.0
+    """``NDXP_CALLBACK_BACKOFF_S``: first retry delay; doubles each time (capped at 10 min), with jitter."""
+    callback_timeout_s: float = 10.0
+    """``NDXP_CALLBACK_TIMEOUT_S``: how long one callback delivery may take."""
     metrics_port: int = 0
     """``NDXP_METRICS_PORT``: /metrics of an adapter or counter process (0: none)."""
     metrics_dir: Path | None = None
@@ -178,6 +189,8 @@ class Settings:
             ("METRICS_PORT", "metrics_port", 0),
             ("COUNTER_BATCH", "counter_batch", 1),  # at most 20000: see counter_batch
             ("DEDUPE_RETENTION_HOURS", "dedupe_retention_hours", 1),
+            ("EXCHANGES_RETENTION_HOURS", "exchanges_retention_hours", 50),
+            ("CALLBACK_ATTEMPTS", "callback_attempts", 1),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = _int(PREFIX + name, v, minimum=minimum)
@@ -190,6 +203,8 @@ class Settings:
             ("SHUTDOWN_GRACE_S", "shutdown_grace_s"),
             ("BODY_TIMEOUT_S", "body_timeout_s"),
             ("KEEPALIVE_TIMEOUT_S", "keepalive_timeout_s"),
+            ("CALLBACK_BACKOFF_S", "callback_backoff_s"),
+            ("CALLBACK_TIMEOUT_S", "callback_timeout_s"),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = _float(PREFIX + name, v)
@@ -217,6 +232,7 @@ class Settings:
             ("LAND_BACKEND_URL", "land_backend_url"),
             ("TX_TOPIC", "tx_topic"),
             ("STATS_TOPIC", "stats_topic"),
+            ("EXCHANGES_TOPIC", "exchanges_topic"),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = v

@@ -239,7 +239,9 @@ class TxCounter(KafkaService):
                     continue
                 day = day_of(rec.t_in, self.settings.stats_utc_offset_hours)
                 new_seen[rec.exchange_id] = day
-                deltas[StatKey(day, rec.client, rec.provider, rec.service, rec.outcome)] += rec.count
+                deltas[StatKey(day, rec.client, rec.provider, rec.service, rec.outcome, rec.mode)] += (
+                    rec.count
+                )
                 outcomes[rec.outcome] += rec.count
         return deltas, new_seen, outcomes, dead
 

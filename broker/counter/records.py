@@ -41,8 +41,11 @@ class TxRecord:
     """Exchanges this record stands for: 1, or more for the gateway's tally of
     unauthenticated rejections (one record a second, not one per failed login)."""
 
+    mode: str = "sync"
+    """``sync``, or ``async`` for an exchange accepted with ``Prefer: respond-async``."""
+
     def count_fields(self) -> tuple[str, str, str, str]:
-        """What a count row is keyed by, besides the day."""
+        """What a count row is keyed by, besides the day and the mode."""
         return (self.client, self.provider, self.service, self.outcome)
 
     def encode(self) -> bytes:
@@ -64,6 +67,8 @@ class TxRecord:
             raise ValueError(f"not a transaction record: count {rec.count}")
         if any("|" in v for v in (rec.count_fields())):
             raise ValueError("not a transaction record: '|' in a counted name")
+        if rec.mode not in ("sync", "async"):
+            raise ValueError(f"not a transaction record: mode {rec.mode!r}")
         if not rec.t_in == rec.t_in or abs(rec.t_in) > 1e15:  # NaN or absurd times
             raise ValueError("not a transaction record: t_in is not a time")
         return rec
@@ -90,6 +95,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "user_id": _TEXT_OR_NONE,
     "purpose": _TEXT_OR_NONE,
     "count": (int,),
+    "mode": (str,),
 }
 
 

@@ -27,13 +27,19 @@ class StatKey(NamedTuple):
     provider: str
     service: str
     outcome: str
+    mode: str = "sync"
+    """Rows of sync exchanges have five parts (as before modes existed); async rows a sixth."""
 
     def encode(self) -> bytes:
-        return "|".join(self).encode()
+        parts = self if self.mode != "sync" else self[:5]
+        return "|".join(parts).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> StatKey:
-        return cls(*raw.decode().split("|"))
+        parts = raw.decode().split("|")
+        if len(parts) not in (5, 6):
+            raise ValueError(f"a stats key has 5 or 6 parts: {raw!r}")
+        return cls(*parts)
 
 
 def stats_topic_spec(settings: Settings) -> TopicSpec:
@@ -58,6 +64,7 @@ def summarise(counts: dict[StatKey, int], day: str) -> dict[str, Any]:
         by["by_client"][key.client] += n
         by["by_provider"][key.provider] += n
         by["by_service"][f"{key.provider}/{key.service}"] += n
+        by["by_mode"][key.mode] += n
     return {"day": day, "total": total, **{k: dict(sorted(v.items())) for k, v in by.items()}}
 
 

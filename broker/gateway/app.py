@@ -35,12 +35,14 @@ from broker.catalog import Catalog
 from broker.counter.recorder import TxRecorder
 from broker.counter.stats import StatsView
 from broker.envelope import reply_topic
+from broker.exchanges.view import ExchangeView
 from broker.gateway import meta
 from broker.gateway.exchange import exchange
 from broker.gateway.limits import Limits
 from broker.gateway.problems import problems, server_header
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.state import GATEWAY, Gateway
+from broker.gateway.stored import get_exchange
 from broker.kafka import Reachability, StickyPartitioner, TopicSpec, ensure_topics, make_producer
 from broker.lifecycle import PartFailed, run_until_stopped
 from broker.metrics import GatewayMetrics
@@ -100,6 +102,7 @@ def create_app(
         replies=ReplyRouter(settings, worker_reply_topic(settings, worker), metrics),
         recorder=TxRecorder(settings.tx_topic, metrics),
         stats=StatsView(settings),
+        exchanges=ExchangeView(settings),
         worker=worker,
     )
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
@@ -139,8 +142,14 @@ def create_app(
         yield
         await _bounded(gw.stats.stop(), settings.shutdown_grace_s, "stats view")
 
-    app.cleanup_ctx.extend([kafka_producer, tx_recorder, reply_router, stats_view])
+    async def exchange_view(app: web.Application) -> AsyncIterator[None]:
+        await gw.exchanges.start()
+        yield
+        await _bounded(gw.exchanges.stop(), settings.shutdown_grace_s, "exchange view")
+
+    app.cleanup_ctx.extend([kafka_producer, tx_recorder, reply_router, stats_view, exchange_view])
     app.router.add_post("/v1/exchange/{provider}/{service}", exchange)
+    app.router.add_get("/v1/exchanges/{exchange_id}", get_exchange)
     app.router.add_get("/v1/agencies", meta.agencies)
     app.router.add_get("/v1/services", meta.services)
     app.router.add_get("/v1/services/{provider}/{service}", meta.service)
@@ -176,7 +185,7 @@ async def serve(settings: Settings, *, worker: int = 0, on_ready: Callable[[], N
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_registry, gw)
 
     def failure() -> str | None:
-        dead = [s for s in (gw.replies, gw.stats) if not s.healthy]
+        dead = [s for s in (gw.replies, gw.stats, gw.exchanges) if not s.healthy]
         return f"{dead[0].what} stopped: {dead[0].failed!r}" if dead else None
 
     try:

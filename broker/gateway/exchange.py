@@ -22,23 +22,23 @@ from aiokafka.errors import KafkaError
 from broker.catalog import Service
 from broker.counter.recorder import RECORD_WITHIN_S
 from broker.counter.records import TxRecord
-from broker.envelope import Reply, ReplyOutcome, RequestMeta, now_ms, request_topic
+from broker.envelope import Reply, RequestMeta, now_ms, request_topic
 from broker.errors import (
     AccessDenied,
     ClientClosed,
     InvalidRequest,
-    InvalidResponse,
     NdxpError,
     PayloadTooLarge,
-    ProviderError,
     RequestTimeout,
     Timeout,
-    Unauthorized,
     Unavailable,
     UnknownService,
 )
+from broker.exchanges.docs import Mode, judge
+from broker.gateway.auth import authenticate
 from broker.gateway.problems import header, problem_response, request_id
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
+from broker.gateway.stored import RECORDED_BY_KEEPER, idempotency_key, preferences, stored_exchange
 from broker.registry import Agency
 
 log = logging.getLogger(__name__)
@@ -46,50 +46,6 @@ JSON = "application/json"
 PROBLEM = "application/problem+json"
 SEND_WITHIN_S = 3.0
 """Longest wait for Kafka to acknowledge a request before answering 503 unavailable."""
-
-
-def authenticate(gw: Gateway, request: web.Request) -> Agency:
-    """The calling agency, from ``Authorization: Bearer <api key>`` only.
-
-    Failed attempts are limited per source address: past the allowance the
-    address gets 429 ``rate_limited`` without its key being looked at.
-    """
-    address = request.remote or "-"
-    gw.limits.check_address(address)
-    try:
-        auth = header(request, "Authorization") or ""
-        by_cert = _certificate_agency(gw, request)
-        if by_cert is not None and not auth:
-            return by_cert
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized("send your API key as 'Authorization: Bearer <api key>'")
-        agency = gw.registry.authenticate(key.strip())
-        if agency is None:
-            raise Unauthorized("unknown API key")
-        if by_cert is not None and by_cert.id != agency.id:
-            raise Unauthorized("the client certificate and the API key name different agencies")
-    except NdxpError:
-        gw.limits.auth_failed(address)
-        gw.metrics.auth_failures.inc()
-        raise
-    return agency
-
-
-def _certificate_agency(gw: Gateway, request: web.Request) -> Agency | None:
-    """The agency of the verified client certificate (mutual TLS), if the caller sent one.
-
-    A certificate that TLS verified but the registry does not know is refused:
-    it is a claim of identity that maps to no agency.
-    """
-    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    if not der:
-        return None
-    agency = gw.registry.authenticate_cert(der)
-    if agency is None:
-        raise Unauthorized("the client certificate is not registered to any agency")
-    return agency
 
 
 async def exchange(request: web.Request) -> web.StreamResponse:
@@ -113,13 +69,17 @@ async def exchange(request: web.Request) -> web.StreamResponse:
     except NdxpError as exc:
         rec.outcome = exc.code
         resp = problem_response(exc, rec.exchange_id)
+        if getattr(exc, "recorded_by_keeper", False):
+            resp[RECORDED_BY_KEEPER] = True
     except Exception:
         log.exception("exchange %s failed unexpectedly", rec.exchange_id)
         resp = problem_response(NdxpError("unexpected error; see the gateway log"), rec.exchange_id)
     rec.status = resp.status
     rec.response_bytes = len(resp.body) if isinstance(resp.body, bytes) else 0
     rec.t_out = time.time() * 1000
-    if rec.client == "-":
+    if resp.get(RECORDED_BY_KEEPER):
+        pass  # a stored exchange: the keeper writes its record once it ends (or a replay: no new exchange)
+    elif rec.client == "-":
         # Unauthenticated: tallied, one record a second (a failed-login flood costs no Kafka write each).
         gw.recorder.tally(rec)
     # With Kafka unreachable, a record is not even tried: counted lost at once, not after a wait.
@@ -146,6 +106,9 @@ async def _exchange(gw: Gateway, request: web.Request, rec: TxRecord) -> web.Res
     rec.provider, rec.service = provider, service
     if not gw.registry.allowed(agency.id, provider, service):
         raise AccessDenied(f"{agency.id} may not call {provider}/{service}")
+    mode: Mode = "async" if "respond-async" in preferences(request) else "sync"
+    rec.mode = mode
+    key = idempotency_key(request)
     limit = gw.settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body limit is {limit} bytes")
@@ -156,26 +119,15 @@ async def _exchange(gw: Gateway, request: web.Request, rec: TxRecord) -> web.Res
     _validate_request(svc, body)
     if not gw.kafka.ok:  # fail fast: waiting for the timeout would help nobody
         raise Unavailable("Kafka is unreachable; retry shortly", retry_after=1)
+    if mode == "async" or key is not None:
+        return await stored_exchange(gw, request, svc, agency, body, rec, mode=mode, key=key)
     with gw.limits.admit(agency):
         reply = await _round_trip(gw, request, svc, agency, body, rec)
-
-    if reply.outcome is ReplyOutcome.PROVIDER_ERROR:
-        raise ProviderError(_detail(reply.body) or f"{provider} failed to answer")
-    if reply.outcome is ReplyOutcome.BUSINESS_ERROR:
-        rec.outcome = "business_error"
-        return web.Response(body=reply.body, status=reply.status, content_type=PROBLEM)
-    try:
-        answer = orjson.loads(reply.body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidResponse(f"{svc.key} answered with invalid JSON") from exc
-    bad = svc.response.violations(answer)
-    if bad:
-        raise InvalidResponse(
-            f"{svc.key} answered outside its contract",
-            extra={"errors": [v.as_dict() for v in bad]},
-        )
-    rec.outcome = "ok"
-    return web.Response(body=reply.body, status=200, content_type=JSON)
+    verdict = judge(svc, reply)
+    rec.outcome = verdict.outcome
+    return web.Response(
+        body=verdict.body, status=verdict.status, content_type=PROBLEM if verdict.problem else JSON
+    )
 
 
 async def _round_trip(
@@ -262,11 +214,3 @@ def _validate_request(svc: Service, body: bytes) -> None:
             "; ".join(f"{v.path}: {v.message}" for v in bad[:3]),
             extra={"errors": [v.as_dict() for v in bad]},
         )
-
-
-def _detail(body: bytes) -> str | None:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return str(doc.get("detail")) if isinstance(doc, dict) and doc.get("detail") else None

@@ -15,7 +15,7 @@ from broker.catalog import Catalog
 from broker.counter.records import day_of
 from broker.counter.stats import summarise
 from broker.errors import InvalidRequest, NotFound, Unavailable, UnknownService
-from broker.gateway.exchange import authenticate
+from broker.gateway.auth import authenticate
 from broker.gateway.state import GATEWAY
 from broker.metrics import exposition
 
@@ -78,6 +78,8 @@ async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     if not gw.replies.ready:
         raise Unavailable("reply consumer not assigned yet", retry_after=1)
+    if not gw.exchanges.healthy:
+        raise Unavailable("exchange view not caught up yet", retry_after=1)
     if not gw.kafka.ok:
         raise Unavailable(f"Kafka unreachable: {gw.kafka.last_error}", retry_after=1)
     return json_response({"status": "ready", "reply_topic": gw.replies.topic, "worker": gw.worker})
@@ -125,6 +127,19 @@ def openapi_document(catalog: Catalog) -> dict[str, Any]:
                     {"name": "X-Request-Id", "in": "header", "schema": {"type": "string"}},
                     {"name": "X-NDXP-User-Id", "in": "header", "schema": {"type": "string"}},
                     {"name": "X-NDXP-Purpose", "in": "header", "schema": {"type": "string"}},
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "description": "1-255 visible ASCII; the same key and body within 24 h "
+                        "replays the first answer",
+                        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                    },
+                    {
+                        "name": "Prefer",
+                        "in": "header",
+                        "description": "respond-async: 202 + Location /v1/exchanges/{exchange_id}",
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "requestBody": {
                     "required": True,
@@ -135,9 +150,11 @@ def openapi_document(catalog: Catalog) -> dict[str, Any]:
                         "description": "The provider's typed answer",
                         "content": {"application/json": {"schema": svc.response.schema}},
                     },
+                    "202": {"description": "Accepted (Prefer: respond-async); see the Location header"},
                     "default": problem,
                 },
                 "x-ndxp-timeout-ms": svc.timeout_ms,
+                "x-ndxp-async-ttl-s": svc.async_ttl_s,
                 "x-ndxp-version": svc.version,
             }
         }
@@ -146,6 +163,7 @@ def openapi_document(catalog: Catalog) -> dict[str, Any]:
         ("/v1/services", "Service catalog"),
         ("/v1/allowed", "Services the caller may call"),
         ("/v1/stats", "Exact transaction counts of a day (?day=YYYY-MM-DD)"),
+        ("/v1/exchanges/{exchange_id}", "A stored exchange's status and result (owner only; Prefer: wait=N)"),
         ("/healthz", "Liveness"),
         ("/readyz", "Readiness"),
     ):

@@ -92,7 +92,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         resp = problem_response(NdxpError("unexpected error; see the gateway log"), exchange_id)
-    resp.headers["X-NDXP-Exchange-Id"] = exchange_id
+    resp.headers.setdefault("X-NDXP-Exchange-Id", exchange_id)  # a replay names the first exchange
     if given is not None and given.isascii() and _REQUEST_ID.match(given) is not None:
         resp.headers["X-Request-Id"] = given
     return resp

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from broker.catalog import Catalog
 from broker.counter.recorder import TxRecorder
 from broker.counter.stats import StatsView
+from broker.exchanges.view import ExchangeView
 from broker.gateway.limits import Limits
 from broker.gateway.replies import ReplyRouter
 from broker.kafka import Reachability
@@ -30,6 +31,8 @@ class Gateway:
     replies: ReplyRouter
     recorder: TxRecorder
     stats: StatsView
+    exchanges: ExchangeView
+    """Stored exchanges (async, idempotent), as read from the exchanges topic."""
     worker: int = 0
     producer: AIOKafkaProducer = field(init=False)
     """Set when the app starts (it needs the running loop)."""

@@ -24,5 +24,6 @@ def exchange_settings(settings: Settings, provider: str, tmp_path: Path) -> Sett
         instance_id=f"test-{uuid.uuid4().hex[:8]}",
         tx_topic=f"ndxp.tx.{provider}",
         stats_topic=f"ndxp.stats.{provider}",
+        exchanges_topic=f"ndxp.exchanges.{provider}",
         max_body_bytes=64 * 1024,
     )

@@ -1,0 +1,288 @@
+"""Stored exchanges: the documents of async and idempotent exchanges in ``ndxp.exchanges``.
+
+All messages of one exchange go to one partition of the topic, keyed by its
+exchange id, so that every reader sees them in order::
+
+    pending   (gateway)  accepted: who asked what, its deadline, its claim
+    reply     (adapter)  the provider's reply: an ordinary reply message
+    final     (keeper)   the outcome: status, HTTP status, result or problem,
+                         and the callback's state (written again per attempt)
+
+The gateway picks the partition: from the caller's ``Idempotency-Key`` (hashed
+with the caller's agency id, so that no caller reaches another's key) when
+one is given, else from the exchange id. All claims on one key are thus
+ordered in one partition: the first pending document of a key wins for
+``IDEMPOTENCY_WINDOW_MS``, and later ones are claims that lost, which
+nobody processes. Gateways and the keeper apply the same rule to the same
+log, so they agree without talking to each other.
+
+The topic is compacted and deleted by time (``exchanges_retention_hours``):
+the latest document of an exchange is what a reader sees.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from broker.catalog import Service
+from broker.envelope import Reply, ReplyOutcome
+from broker.errors import InvalidResponse, NdxpError, ProviderError, Timeout
+
+H_DOC = "ndxp-doc"
+"""Header naming a document's kind (``pending`` or ``final``); adapter replies have none."""
+IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+"""A key is bound to its first exchange for 24 h (the public contract)."""
+PARTITIONS = 8
+"""Partitions of the exchanges topic when the platform creates it."""
+
+Mode = Literal["sync", "async"]
+Status = Literal["pending", "done", "failed", "expired"]
+
+
+def partition_for(token: str, partitions: int) -> int:
+    """The partition of all documents of an exchange (token: its idempotency hash or its id)."""
+    return int.from_bytes(hashlib.blake2b(token.encode(), digest_size=4).digest()) % partitions
+
+
+def idempotency_hash(client: str, key: str) -> str:
+    """The stored form of a caller's ``Idempotency-Key``: bound to the authenticated caller."""
+    return hashlib.sha256(f"{client}\0{key}".encode()).hexdigest()
+
+
+def fingerprint(provider: str, service: str, body: bytes) -> str:
+    """What makes two requests "the same" for an idempotency key: service and body bytes."""
+    return hashlib.sha256(f"{provider}/{service}\0".encode() + body).hexdigest()
+
+
+def _iso(t_ms: float | None) -> str | None:
+    if t_ms is None:
+        return None
+    return dt.datetime.fromtimestamp(t_ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pending:
+    """An accepted stored exchange (written by the gateway before the request)."""
+
+    exchange_id: str
+    client: str
+    provider: str
+    service: str
+    mode: Mode
+    t_in: float
+    deadline_ms: int
+    idempotency: str | None = None
+    fingerprint: str | None = None
+    request_id: str | None = None
+    user_id: str | None = None
+    purpose: str | None = None
+    request_bytes: int = 0
+    gateway: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"kind": "pending", **_fields(self)})
+
+    def view(self) -> dict[str, Any]:
+        """The public status document while it waits."""
+        return {
+            "exchange_id": self.exchange_id,
+            "status": "pending",
+            "http_status": None,
+            "mode": self.mode,
+            "provider": self.provider,
+            "service": self.service,
+            "accepted_at": _iso(self.t_in),
+            "expires_at": _iso(self.deadline_ms),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Final:
+    """The outcome of a stored exchange (written by the keeper; again for each callback attempt)."""
+
+    exchange_id: str
+    client: str
+    provider: str
+    service: str
+    mode: Mode
+    t_in: float
+    t_out: float
+    status: Status
+    http_status: int
+    outcome: str
+    """For counting: ``ok``, ``business_error`` or an error code."""
+    body: Any
+    """The result (``done``) or the problem document (otherwise), as JSON."""
+    idempotency: str | None = None
+    fingerprint: str | None = None
+    callback: dict[str, Any] | None = field(default=None)
+    """``{"state": "pending"|"delivered"|"failed", "attempts": n, "error": …, "next_at": ms}``, or
+    None when the caller has no callback (or the exchange is synchronous)."""
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"kind": "final", **_fields(self)})
+
+    @property
+    def callback_due(self) -> bool:
+        return self.callback is not None and self.callback.get("state") == "pending"
+
+    def view(self) -> dict[str, Any]:
+        """The public status document (also the callback's body)."""
+        doc: dict[str, Any] = {
+            "exchange_id": self.exchange_id,
+            "status": self.status,
+            "http_status": self.http_status,
+            "result" if self.status == "done" else "problem": self.body,
+            "mode": self.mode,
+            "provider": self.provider,
+            "service": self.service,
+            "accepted_at": _iso(self.t_in),
+            "finished_at": _iso(self.t_out),
+        }
+        if self.callback is not None:
+            doc["callback"] = {k: v for k, v in self.callback.items() if k != "next_at"}
+        return doc
+
+
+Doc = Pending | Final
+
+
+def _fields(doc: Pending | Final) -> dict[str, Any]:
+    return {name: getattr(doc, name) for name in doc.__dataclass_fields__}
+
+
+def decode(raw: bytes) -> Doc:
+    """A pending or final document; ``ValueError`` when it is neither."""
+    try:
+        data = orjson.loads(raw)
+        kind = data.pop("kind")
+        doc: Doc = Pending(**data) if kind == "pending" else Final(**data)
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not an exchange document: {exc!r}") from exc
+    if kind not in ("pending", "final") or not isinstance(doc.exchange_id, str):
+        raise ValueError(f"not an exchange document: kind {kind!r}")
+    return doc
+
+
+def doc_kind(headers: Any) -> str | None:
+    """``pending``/``final`` for a document, None for an adapter's reply."""
+    for k, v in headers or ():
+        if k == H_DOC and isinstance(v, bytes):
+            return v.decode(errors="replace")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the gateway answers for a provider's reply, after checking it against the contract."""
+
+    outcome: str
+    status: int
+    body: bytes
+    problem: bool
+
+
+def judge(svc: Service, reply: Reply) -> Verdict:
+    """Check a reply against its service's contract.
+
+    Raises ``ProviderError`` (the provider failed) or ``InvalidResponse``
+    (it answered outside its contract); a business error passes through.
+    """
+    if reply.outcome is ReplyOutcome.PROVIDER_ERROR:
+        raise ProviderError(_detail(reply.body) or f"{svc.provider} failed to answer")
+    if reply.outcome is ReplyOutcome.BUSINESS_ERROR:
+        return Verdict("business_error", reply.status, reply.body, problem=True)
+    try:
+        answer = orjson.loads(reply.body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidResponse(f"{svc.key} answered with invalid JSON") from exc
+    bad = svc.response.violations(answer)
+    if bad:
+        raise InvalidResponse(
+            f"{svc.key} answered outside its contract",
+            extra={"errors": [v.as_dict() for v in bad]},
+        )
+    return Verdict("ok", 200, reply.body, problem=False)
+
+
+def finish(pending: Pending, svc: Service | None, reply: Reply | None, t_out: float) -> Final:
+    """The final document of ``pending`` for ``reply`` (None: its deadline passed unanswered)."""
+    eid = pending.exchange_id
+    status: Status
+    try:
+        if reply is None:
+            raise Timeout(f"{pending.provider}/{pending.service} did not answer before the exchange expired")
+        if svc is None:  # the service left the catalog while the exchange waited
+            raise ProviderError(f"{pending.provider}/{pending.service} is no longer in the catalog")
+        verdict = judge(svc, reply)
+        body = orjson.loads(verdict.body)
+        status, http_status, outcome = (
+            ("done" if verdict.outcome == "ok" else "failed"),
+            verdict.status,
+            verdict.outcome,
+        )
+    except NdxpError as exc:
+        body = exc.problem(eid)
+        http_status, outcome = exc.status, exc.code
+        status = "expired" if reply is None else "failed"
+    except orjson.JSONDecodeError:  # a business error whose body is not JSON
+        body = ProviderError("the provider's problem body is not JSON").problem(eid)
+        status, http_status, outcome = "failed", 502, "provider_error"
+    return Final(
+        exchange_id=eid,
+        client=pending.client,
+        provider=pending.provider,
+        service=pending.service,
+        mode=pending.mode,
+        t_in=pending.t_in,
+        t_out=t_out,
+        status=status,
+        http_status=http_status,
+        outcome=outcome,
+        body=body,
+        idempotency=pending.idempotency,
+        fingerprint=pending.fingerprint,
+    )
+
+
+def _detail(body: bytes) -> str | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return str(doc.get("detail")) if isinstance(doc, dict) and doc.get("detail") else None
+
+
+class Claims:
+    """The first claim on each idempotency key, as read from the log (same rule everywhere)."""
+
+    __slots__ = ("_first",)
+
+    def __init__(self) -> None:
+        self._first: dict[str, tuple[str, float, str | None]] = {}
+
+    def apply(self, doc: Pending) -> bool:
+        """Record a pending document; False when it is a claim that lost (another holds the key)."""
+        if doc.idempotency is None:
+            return True
+        held = self._first.get(doc.idempotency)
+        if held is not None and held[0] != doc.exchange_id and doc.t_in - held[1] < IDEMPOTENCY_WINDOW_MS:
+            return False
+        if held is None or held[0] != doc.exchange_id:
+            self._first[doc.idempotency] = (doc.exchange_id, doc.t_in, doc.fingerprint)
+        return True
+
+    def holder(self, idempotency: str, now_ms: float) -> tuple[str, str | None] | None:
+        """The exchange id and fingerprint holding the key, if a claim within the window does."""
+        held = self._first.get(idempotency)
+        if held is None or now_ms - held[1] >= IDEMPOTENCY_WINDOW_MS:
+            return None
+        return held[0], held[2]
+
+    def forget_before(self, t_ms: float) -> None:
+        self._first = {k: v for k, v in self._first.items() if v[1] >= t_ms}

@@ -1,0 +1,250 @@
+"""Stored exchanges at the gateway: ``Prefer: respond-async``, ``Idempotency-Key``, ``GET /v1/exchanges``.
+
+A stored exchange is written to the exchanges topic (its pending document)
+before its request goes to the provider; the provider's reply goes to the
+same topic (not to this worker), and the keeper (``ndxp keeper``) finishes
+it: checks the reply against the contract, writes the final document and
+the transaction record in one Kafka transaction. So any worker of any
+gateway instance can answer for it, and it survives a gateway restart.
+
+- Async: once the pending document and the request are acknowledged by
+  Kafka, ``202 Accepted`` with ``Location: /v1/exchanges/{id}``.
+- Idempotent (``Idempotency-Key``, sync or async): the pending document is
+  also the claim on the key, in the partition the key hashes to; the first
+  claim in the log wins (see ``broker.exchanges.docs``). The winner's request
+  goes to the provider; every other call with that key gets its status and
+  body again (``Idempotent-Replayed: true``), waits for it while it is in
+  flight (a sync call, bounded by the service timeout), or gets 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import orjson
+from aiohttp import web
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+
+from broker.catalog import Service
+from broker.counter.records import TxRecord
+from broker.envelope import RequestMeta, request_topic
+from broker.errors import (
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidHeader,
+    NotFound,
+    Timeout,
+    Unavailable,
+)
+from broker.exchanges.docs import (
+    H_DOC,
+    Doc,
+    Final,
+    Mode,
+    Pending,
+    fingerprint,
+    idempotency_hash,
+    partition_for,
+)
+from broker.exchanges.keeper import GRACE_MS
+from broker.gateway.auth import authenticate
+from broker.gateway.problems import header
+from broker.gateway.state import GATEWAY, Gateway
+from broker.registry import Agency
+
+SEND_WITHIN_S = 3.0
+MAX_WAIT_S = 60
+"""``Prefer: wait=N`` is honoured up to this many seconds."""
+KEEPER_MARGIN_S = 3.0
+"""How long past an exchange's expiry a sync caller waits for the keeper's final document."""
+RECORDED_BY_KEEPER = "ndxp.recorded_by_keeper"
+"""Set on a response whose exchange the keeper records (or that is no new exchange): no gateway record."""
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_EXCHANGE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+
+
+def preferences(request: web.Request) -> dict[str, str]:
+    """``Prefer`` (RFC 7240) as ``{name: value}``: ``respond-async`` → "", ``wait=10`` → "10"."""
+    raw = header(request, "Prefer")
+    prefs: dict[str, str] = {}
+    for part in (raw or "").split(","):
+        token = part.split(";", 1)[0].strip()
+        name, _, value = token.partition("=")
+        if name:
+            prefs.setdefault(name.strip().lower(), value.strip().strip('"'))
+    return prefs
+
+
+def wait_seconds(prefs: dict[str, str]) -> float:
+    try:
+        return max(0.0, min(float(MAX_WAIT_S), float(prefs.get("wait", "0"))))
+    except ValueError:
+        return 0.0
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    key = header(request, "Idempotency-Key")
+    if key is not None and _IDEMPOTENCY_KEY.match(key) is None:
+        raise InvalidHeader("Idempotency-Key must be 1-255 visible ASCII characters")
+    return key
+
+
+async def stored_exchange(
+    gw: Gateway, request: web.Request, svc: Service, agency: Agency, body: bytes, rec: TxRecord,
+    *, mode: Mode, key: str | None,
+) -> web.Response:  # fmt: skip
+    """Accept an async exchange or run an idempotent one; see the module's docstring."""
+    view = gw.exchanges
+    now = time.time() * 1000
+    idem = idempotency_hash(agency.id, key) if key is not None else None
+    fp = fingerprint(svc.provider, svc.service, body) if key is not None else None
+    if idem is not None:
+        held = view.claims.holder(idem, now)
+        if held is not None:
+            return await _replay(gw, held, fp, mode, svc, rec)
+    eid = rec.exchange_id
+    deadline = int(now + (svc.async_ttl_s * 1000 if mode == "async" else svc.timeout_ms))
+    pending = Pending(
+        exchange_id=eid, client=agency.id, provider=svc.provider, service=svc.service, mode=mode,
+        t_in=rec.t_in, deadline_ms=deadline, idempotency=idem, fingerprint=fp, request_id=rec.request_id,
+        user_id=rec.user_id, purpose=rec.purpose, request_bytes=len(body), gateway=gw.replies.topic,
+    )  # fmt: skip
+    partition = partition_for(idem or eid, view.partitions)
+    with gw.limits.admit(agency):
+        written = await _send(
+            gw, view.topic, pending.encode(), eid.encode(), partition, [(H_DOC, b"pending")]
+        )
+        if idem is not None:
+            # Our claim is in the log: the first claim on the key there wins.
+            if not await view.reached(partition, written.offset, SEND_WITHIN_S):
+                raise Unavailable(
+                    "the idempotency key could not be checked in time; retry shortly", retry_after=1
+                )
+            held = view.claims.holder(idem, now)
+            if held is None or held[0] != eid:
+                return await _replay(gw, held, fp, mode, svc, rec)
+        meta = RequestMeta(
+            exchange_id=eid, client=agency.id, provider=svc.provider, service=svc.service,
+            reply_to=view.topic, reply_partition=partition, deadline_ms=deadline,
+            request_id=rec.request_id, user_id=rec.user_id, purpose=rec.purpose,
+            traceparent=header(request, "traceparent"),
+        )  # fmt: skip
+        await _send(gw, request_topic(svc.provider, svc.service), body, None, None, meta.headers())
+        rec.t_sent = time.time() * 1000
+        if mode == "async":
+            gw.metrics.async_accepted.labels(agency.id, svc.provider, svc.service).inc()
+            rec.outcome = "accepted"
+            return _accepted(eid, replayed=False)
+        # A sync idempotent exchange: the keeper finishes it; wait for its final document.
+        within = (deadline + GRACE_MS - time.time() * 1000) / 1000 + KEEPER_MARGIN_S
+        doc = await view.final(eid, within)
+    rec.t_reply = time.time() * 1000
+    if not isinstance(doc, Final):
+        raise _stored(Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms"))
+    rec.outcome = doc.outcome
+    return _answer(doc, replayed=False)
+
+
+async def _send(
+    gw: Gateway,
+    topic: str,
+    value: bytes,
+    key: bytes | None,
+    partition: int | None,
+    headers: list[tuple[str, bytes]],
+) -> RecordMetadata:
+    try:
+        async with asyncio.timeout(SEND_WITHIN_S):
+            delivery = await gw.producer.send(topic, value, key=key, partition=partition, headers=headers)
+            written: RecordMetadata = await delivery
+    except TimeoutError as exc:
+        raise Unavailable("Kafka did not take the request in time; retry shortly", retry_after=1) from exc
+    except KafkaError as exc:
+        raise Unavailable(f"the request could not be handed to Kafka: {exc}", retry_after=1) from exc
+    gw.kafka.saw_success()
+    return written
+
+
+async def _replay(
+    gw: Gateway, held: tuple[str, str | None] | None, fp: str | None, mode: Mode, svc: Service, rec: TxRecord
+) -> web.Response:
+    """Answer a call whose key another exchange holds: its outcome again, never a new exchange."""
+    if held is None:  # the claim vanished (retention): treat as in flight, the caller retries
+        raise IdempotencyKeyInFlight("this Idempotency-Key is being settled; retry", retry_after=1)
+    eid, held_fp = held
+    if held_fp != fp:
+        raise IdempotencyKeyReused("this Idempotency-Key was used for another request (service or body)")
+    view = gw.exchanges
+    doc = view.docs.get(eid)
+    if mode != "async" and isinstance(doc, Pending):
+        left = (doc.deadline_ms + GRACE_MS - time.time() * 1000) / 1000 + KEEPER_MARGIN_S
+        if left <= svc.timeout_ms / 1000 + KEEPER_MARGIN_S + GRACE_MS / 1000:  # a sync one: wait for it
+            doc = await view.final(eid, left)
+    if not isinstance(doc, Final) and mode != "async":
+        raise IdempotencyKeyInFlight(
+            f"the exchange {eid} with this Idempotency-Key is still in flight; see GET /v1/exchanges/{eid}",
+            retry_after=1,
+        )
+    gw.metrics.idempotent_replays.labels(rec.client, rec.provider, rec.service).inc()
+    rec.outcome = "replayed"
+    if mode == "async":
+        return _accepted(eid, replayed=True, doc=doc)
+    assert isinstance(doc, Final)
+    return _answer(doc, replayed=True)
+
+
+def _stored(exc: Exception) -> Exception:
+    exc.recorded_by_keeper = True  # type: ignore[attr-defined]
+    return exc
+
+
+def _accepted(eid: str, *, replayed: bool, doc: Doc | None = None) -> web.Response:
+    view = doc.view() if doc is not None else {"exchange_id": eid, "status": "pending"}
+    resp = web.Response(
+        body=orjson.dumps({"exchange_id": eid, "status": view["status"]}), status=202, content_type=JSON
+    )
+    resp.headers["Location"] = f"/v1/exchanges/{eid}"
+    resp.headers["Preference-Applied"] = "respond-async"
+    resp.headers["X-NDXP-Exchange-Id"] = eid
+    if replayed:
+        resp.headers["Idempotent-Replayed"] = "true"
+    resp[RECORDED_BY_KEEPER] = True
+    return resp
+
+
+def _answer(doc: Final, *, replayed: bool) -> web.Response:
+    resp = web.Response(
+        body=orjson.dumps(doc.body),
+        status=doc.http_status,
+        content_type=JSON if doc.status == "done" else PROBLEM,
+    )
+    resp.headers["X-NDXP-Exchange-Id"] = doc.exchange_id
+    if replayed:
+        resp.headers["Idempotent-Replayed"] = "true"
+    resp[RECORDED_BY_KEEPER] = True
+    return resp
+
+
+async def get_exchange(request: web.Request) -> web.Response:
+    """``GET /v1/exchanges/{exchange_id}``: the caller's own stored exchange; 404 for any other."""
+    gw = request.app[GATEWAY]
+    agency = authenticate(gw, request)
+    eid = request.match_info["exchange_id"]
+    doc = gw.exchanges.get(eid, agency.id) if _EXCHANGE_ID.match(eid) else None
+    if doc is None:  # unknown, or another caller's: the same answer
+        raise NotFound(f"no exchange {eid[:64]} of {agency.id}")
+    prefs = preferences(request)
+    wait = wait_seconds(prefs)
+    if isinstance(doc, Pending) and wait > 0:
+        doc = await gw.exchanges.final(eid, wait) or doc
+    resp = web.Response(body=orjson.dumps(doc.view()), status=200, content_type=JSON)
+    if "wait" in prefs:
+        resp.headers["Preference-Applied"] = f"wait={wait:g}"
+    if isinstance(doc, Pending):
+        resp.headers["Retry-After"] = "1"
+    return resp
