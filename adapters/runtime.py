@@ -47,6 +47,7 @@ from broker.catalog import Catalog, Effects
 from broker.envelope import (
     H_ERROR,
     H_EXCHANGE_ID,
+    REQUEST_PARTITIONS,
     Reply,
     ReplyOutcome,
     RequestMeta,
@@ -191,7 +192,7 @@ class Adapter(KafkaService):
     # -- lifecycle ---------------------------------------------------------
 
     async def _open(self) -> None:
-        specs = [TopicSpec(name=t, partitions=4) for t in self.topics]
+        specs = [TopicSpec(name=t, partitions=REQUEST_PARTITIONS) for t in self.topics]
         specs.append(TopicSpec(name=dlq_topic(self.provider)))
         if self.writes:
             specs.append(TopicSpec(name=data_topic(self.provider), partitions=4))

@@ -44,6 +44,10 @@ class ReplyOutcome(enum.StrEnum):
     """The provider failed (handler crash, backend down)."""
 
 
+REQUEST_PARTITIONS = 4
+"""Partitions of a request topic, created by the gateway or the adapter, whichever starts first."""
+
+
 def request_topic(provider: str, service: str) -> str:
     return f"ndxp.req.{provider}.{service}"
 

@@ -53,7 +53,7 @@ def stats_topic_spec(settings: Settings) -> TopicSpec:
 def summarise(counts: dict[StatKey, int], day: str) -> dict[str, Any]:
     """The public shape of ``/v1/stats`` for one day."""
     by: dict[str, dict[str, int]] = {
-        k: defaultdict(int) for k in ("by_outcome", "by_client", "by_provider", "by_service")
+        k: defaultdict(int) for k in ("by_outcome", "by_client", "by_provider", "by_service", "by_mode")
     }
     total = 0
     for key, n in counts.items():

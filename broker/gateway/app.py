@@ -34,7 +34,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from broker.catalog import Catalog
 from broker.counter.recorder import TxRecorder
 from broker.counter.stats import StatsView
-from broker.envelope import reply_topic
+from broker.envelope import REQUEST_PARTITIONS, reply_topic, request_topic
 from broker.exchanges.view import ExchangeView
 from broker.gateway import meta
 from broker.gateway.exchange import exchange
@@ -127,7 +127,12 @@ def create_app(
         await _bounded(gw.producer.stop(), settings.shutdown_grace_s, "producer")
 
     async def tx_recorder(app: web.Application) -> AsyncIterator[None]:
-        await ensure_topics(settings, [TopicSpec(name=settings.tx_topic, partitions=4)])
+        # Request topics too: an async exchange is accepted while its provider has never run.
+        requests = [
+            TopicSpec(name=request_topic(s.provider, s.service), partitions=REQUEST_PARTITIONS)
+            for s in catalog
+        ]
+        await ensure_topics(settings, [TopicSpec(name=settings.tx_topic, partitions=4), *requests])
         gw.recorder.start(gw.producer)
         yield
         await _bounded(gw.recorder.stop(settings.shutdown_grace_s), settings.shutdown_grace_s, "recorder")

@@ -60,7 +60,7 @@ MAX_WAIT_S = 60
 """``Prefer: wait=N`` is honoured up to this many seconds."""
 KEEPER_MARGIN_S = 3.0
 """How long past an exchange's expiry a sync caller waits for the keeper's final document."""
-RECORDED_BY_KEEPER = "ndxp.recorded_by_keeper"
+RECORDED_BY_KEEPER = web.ResponseKey("recorded_by_keeper", bool)
 """Set on a response whose exchange the keeper records (or that is no new exchange): no gateway record."""
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _EXCHANGE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

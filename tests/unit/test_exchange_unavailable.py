@@ -51,6 +51,7 @@ async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_f
         replies=ReplyRouter(settings, "ndxp.reply.t", metrics),
         recorder=None,  # type: ignore[arg-type]
         stats=None,  # type: ignore[arg-type]
+        exchanges=None,  # type: ignore[arg-type]
     )  # fmt: skip
     gw.producer = producer
     svc = catalog.get("prov", "echo")

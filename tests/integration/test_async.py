@@ -1,0 +1,345 @@
+"""Async exchanges, callbacks and idempotency keys, on a real Kafka (issue 11)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry, generate_latest
+
+from broker.catalog import Catalog
+from broker.counter.counter import TxCounter
+from broker.counter.records import day_of
+from broker.exchanges.keeper import ExchangeKeeper
+from broker.metrics import CounterMetrics, KeeperMetrics
+from broker.registry import Registry
+from broker.settings import Settings
+from tests.integration.exchange_fixtures import EchoHandlers, running_adapter, running_gateway
+
+pytestmark = pytest.mark.kafka
+
+ALICE = {"Authorization": "Bearer key-alice"}
+BOB = {"Authorization": "Bearer key-bob"}
+ASYNC = {**ALICE, "Prefer": "respond-async"}
+SECRET = "s3cret-for-callbacks-0123"
+
+
+@asynccontextmanager
+async def running_keeper(settings: Settings) -> AsyncIterator[ExchangeKeeper]:
+    catalog = Catalog.load(settings.schemas_dir)
+    keeper = ExchangeKeeper(
+        settings, catalog, Registry.load(settings.registry_path, catalog), KeeperMetrics(CollectorRegistry())
+    )
+    async with keeper:
+        yield keeper
+
+
+@asynccontextmanager
+async def running_counter(settings: Settings) -> AsyncIterator[TxCounter]:
+    async with TxCounter(settings, CounterMetrics(CollectorRegistry())) as counter:
+        yield counter
+
+
+class Receiver:
+    """A callback receiver on loopback that fails its first ``fail_first`` deliveries."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.fail_first = fail_first
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.attempts = 0
+        self.arrived = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.attempts += 1
+        if self.attempts <= self.fail_first:
+            return web.Response(status=503)
+        self.received.append((dict(request.headers), await request.read()))
+        self.arrived.set()
+        return web.Response(status=204)
+
+
+@asynccontextmanager
+async def receiving(receiver: Receiver) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/ndxp/callback", receiver.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("/ndxp/callback"))
+    finally:
+        await server.close()
+
+
+def with_callback(settings: Settings, tmp_path: Path, url: str, **changes: Any) -> Settings:
+    """The test registry, with a callback for alice."""
+    raw = yaml.safe_load(settings.registry_path.read_text())
+    for agency in raw["agencies"]:
+        if agency["id"] == "alice":
+            agency["callback"] = {"url": url, "secret": SECRET}
+    path = tmp_path / f"registry-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return settings.replace(registry_path=path, **changes)
+
+
+async def status(http: ClientSession, eid: str, headers: dict[str, str], wait: int = 0) -> tuple[int, Any]:
+    extra = {"Prefer": f"wait={wait}"} if wait else {}
+    resp = await http.get(f"/v1/exchanges/{eid}", headers={**headers, **extra})
+    return resp.status, await resp.json(content_type=None)
+
+
+async def until_status(http: ClientSession, eid: str, want: str, within_s: float = 30) -> Any:
+    async with asyncio.timeout(within_s):
+        while True:
+            code, doc = await status(http, eid, ALICE, wait=5)
+            assert code == 200, doc
+            if doc["status"] == want:
+                return doc
+            await asyncio.sleep(0.05)
+
+
+async def counted(
+    http: ClientSession, settings: Settings, total: int, within_s: float = 30
+) -> dict[str, Any]:
+    """/v1/stats once it has counted ``total`` exchanges (or what it says after ``within_s``)."""
+    day = day_of(time.time() * 1000, settings.stats_utc_offset_hours)
+    stats: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(within_s):
+            while stats.get("total", 0) < total:
+                stats = await (await http.get(f"/v1/stats?day={day}")).json()
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        pass
+    await asyncio.sleep(1.0)  # anything counted late (twice) shows up now
+    stats = await (await http.get(f"/v1/stats?day={day}")).json()
+    return stats
+
+
+async def test_async_exchange_is_accepted_then_polled_and_private_to_its_caller(
+    exchange_settings: Settings, provider: str
+) -> None:
+    handlers = EchoHandlers()
+    url = f"/v1/exchange/{provider}/echo"
+    async with (
+        running_adapter(exchange_settings, provider, handlers),
+        running_gateway(exchange_settings) as (http, _),
+        running_keeper(exchange_settings),
+        running_counter(exchange_settings),
+    ):
+        sync = await http.post(url, json={"msg": "one"}, headers=ALICE)
+        assert sync.status == 200
+        resp = await http.post(url, json={"msg": "two", "sleep_ms": 300}, headers=ASYNC)
+        assert resp.status == 202, await resp.text()
+        accepted = await resp.json()
+        eid = accepted["exchange_id"]
+        assert accepted == {"exchange_id": eid, "status": "pending"}
+        assert resp.headers["Location"] == f"/v1/exchanges/{eid}"
+        assert resp.headers["Preference-Applied"] == "respond-async"
+        assert resp.headers["X-NDXP-Exchange-Id"] == eid
+        started = time.monotonic()
+        code, doc = await status(http, eid, ALICE, wait=30)
+        waited = time.monotonic() - started
+        assert code == 200
+        assert doc["status"] == "done", doc
+        assert waited < 15, f"Prefer: wait=30 should return when the result exists, took {waited:.1f}s"
+        assert doc["http_status"] == 200
+        assert doc["result"]["msg"] == "two"
+        assert set(doc["result"]) == set(await sync.json()), "the async result has the sync result's shape"
+        assert doc["mode"] == "async"
+        for other in (BOB, {"Authorization": "Bearer key-slowpoke"}):
+            code, body = await status(http, eid, other)
+            assert (code, body["code"]) == (404, "not_found"), "another caller must not see the exchange"
+        code, body = await status(http, str(uuid.uuid4()), ALICE)
+        assert (code, body["code"]) == (404, "not_found")
+        code, body = await status(http, "../../etc", ALICE)
+        assert code == 404
+        # A business error ends as "failed", with the provider's problem.
+        resp = await http.post(url, json={"msg": "nobody", "mode": "missing"}, headers=ASYNC)
+        failed = await until_status(http, (await resp.json())["exchange_id"], "failed")
+        assert failed["http_status"] == 404
+        assert failed["problem"]["code"] == "record_not_found"
+        stats = await counted(http, exchange_settings, 3)
+    assert stats["total"] == 3, stats
+    assert stats["by_mode"] == {"sync": 1, "async": 2}, stats
+    assert stats["by_outcome"] == {"ok": 2, "business_error": 1}, stats
+
+
+async def test_provider_down_then_up_finishes_the_exchange_and_signs_one_callback(
+    exchange_settings: Settings, provider: str, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    async with receiving(receiver) as callback_url:
+        settings = with_callback(exchange_settings, tmp_path, callback_url)
+        handlers = EchoHandlers()
+        async with running_gateway(settings) as (http, _), running_keeper(settings) as keeper:
+            resp = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "later"}, headers=ASYNC)
+            assert resp.status == 202
+            eid = (await resp.json())["exchange_id"]
+            await asyncio.sleep(1.0)
+            code, doc = await status(http, eid, ALICE)
+            assert (code, doc["status"]) == (200, "pending"), "no provider yet: the exchange waits"
+            async with running_adapter(settings, provider, handlers):
+                done = await until_status(http, eid, "done", within_s=60)
+                async with asyncio.timeout(30):
+                    await receiver.arrived.wait()
+                await asyncio.sleep(1.5)  # a second delivery would come now
+            metrics = generate_latest(keeper.metrics.registry).decode()
+    assert done["result"]["msg"] == "later"
+    assert len(receiver.received) == 1, "the callback is delivered once"
+    headers, body = receiver.received[0]
+    stamp = headers["X-NDXP-Timestamp"]
+    expected = "sha256=" + hmac.new(SECRET.encode(), stamp.encode() + b"." + body, "sha256").hexdigest()
+    assert hmac.compare_digest(headers["X-NDXP-Signature"], expected), "signature must verify"
+    assert abs(int(stamp) - time.time()) < 120
+    sent = orjson.loads(body)
+    assert sent["exchange_id"] == eid
+    assert sent["status"] == "done"
+    assert sent["result"] == done["result"]
+    assert 'ndxp_callbacks_total{result="delivered"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(("fail_first", "attempts", "state"), [(2, 5, "delivered"), (100, 3, "failed")])
+async def test_callbacks_are_retried_then_dead_lettered(
+    exchange_settings: Settings, provider: str, tmp_path: Path, fail_first: int, attempts: int, state: str
+) -> None:
+    receiver = Receiver(fail_first=fail_first)
+    async with receiving(receiver) as callback_url:
+        settings = with_callback(
+            exchange_settings, tmp_path, callback_url, callback_attempts=attempts, callback_backoff_s=0.2
+        )
+        async with (
+            running_adapter(settings, provider, EchoHandlers()),
+            running_gateway(settings) as (http, _),
+            running_keeper(settings) as keeper,
+        ):
+            resp = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "cb"}, headers=ASYNC)
+            eid = (await resp.json())["exchange_id"]
+            async with asyncio.timeout(60):
+                while True:
+                    _, doc = await status(http, eid, ALICE, wait=2)
+                    if doc.get("callback", {}).get("state") == state:
+                        break
+                    await asyncio.sleep(0.1)
+            metrics = generate_latest(keeper.metrics.registry).decode()
+    assert doc["status"] == "done"
+    if state == "delivered":
+        assert doc["callback"]["attempts"] == fail_first + 1
+        assert len(receiver.received) == 1
+        assert f'ndxp_callbacks_total{{result="retry"}} {float(fail_first)}' in metrics
+    else:
+        assert doc["callback"]["attempts"] == attempts
+        assert doc["callback"]["error"] == "HTTP 503"
+        assert receiver.attempts == attempts
+        assert 'ndxp_callbacks_total{result="failed"} 1.0' in metrics
+
+
+async def test_one_idempotency_key_through_two_workers_runs_once_and_counts_once(
+    exchange_settings: Settings, provider: str
+) -> None:
+    handlers = EchoHandlers()
+    url = f"/v1/exchange/{provider}/echo"
+    key = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
+    async with (
+        running_adapter(exchange_settings, provider, handlers),
+        running_gateway(exchange_settings, worker=0) as (http0, _),
+        running_gateway(exchange_settings, worker=1) as (http1, _),
+        running_keeper(exchange_settings),
+        running_counter(exchange_settings),
+    ):
+
+        async def call(i: int) -> tuple[int, bytes, dict[str, str]]:
+            http = (http0, http1)[i % 2]
+            resp = await http.post(url, json={"msg": "pay", "sleep_ms": 200}, headers={**ALICE, **key})
+            return resp.status, await resp.read(), dict(resp.headers)
+
+        answers = await asyncio.gather(*(call(i) for i in range(50)))
+        statuses = [a[0] for a in answers]
+        assert statuses == [200] * 50, statuses
+        bodies = {a[1] for a in answers}
+        assert len(bodies) == 1, f"every call gets the first exchange's body: {bodies}"
+        ids = {a[2]["X-NDXP-Exchange-Id"] for a in answers}
+        assert len(ids) == 1, "every call names the one exchange"
+        replayed = sum(a[2].get("Idempotent-Replayed") == "true" for a in answers)
+        assert replayed == 49
+        # Later, the same key and body: replayed; another body: 422.
+        again = await http1.post(url, json={"msg": "pay", "sleep_ms": 200}, headers={**ALICE, **key})
+        assert again.status == 200
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert await again.read() in bodies
+        other = await http0.post(url, json={"msg": "refund"}, headers={**ALICE, **key})
+        assert other.status == 422
+        assert (await other.json())["code"] == "idempotency_key_reused"
+        # Bob's key of the same text is his own: no replay of Alice's exchange.
+        bobs = await http0.post(url, json={"msg": "pay"}, headers={**BOB, **key})
+        assert bobs.status == 403
+        bad = await http0.post(url, json={"msg": "pay"}, headers={**ALICE, "Idempotency-Key": "é" * 3})
+        assert (bad.status, (await bad.json())["code"]) == (400, "invalid_header")
+        stats = await counted(http0, exchange_settings, 4)
+    assert handlers.calls["pay"] == 1, "the provider processed the exchange once"
+    # 1 exchange + the 422, the 403 and the 400, each its own (failed) exchange.
+    assert stats["total"] == 4, stats
+    assert stats["by_outcome"] == {
+        "ok": 1,
+        "idempotency_key_reused": 1,
+        "access_denied": 1,
+        "invalid_header": 1,
+    }, stats
+
+
+async def test_async_idempotent_submit_returns_the_same_exchange(
+    exchange_settings: Settings, provider: str
+) -> None:
+    url = f"/v1/exchange/{provider}/echo"
+    key = {"Idempotency-Key": "submit-1"}
+    async with (
+        running_adapter(exchange_settings, provider, EchoHandlers()),
+        running_gateway(exchange_settings) as (http, _),
+        running_keeper(exchange_settings),
+    ):
+        first = await http.post(url, json={"msg": "x"}, headers={**ASYNC, **key})
+        second = await http.post(url, json={"msg": "x"}, headers={**ASYNC, **key})
+        assert (first.status, second.status) == (202, 202)
+        eid = (await first.json())["exchange_id"]
+        assert second.headers["Location"] == f"/v1/exchanges/{eid}"
+        assert second.headers["Idempotent-Replayed"] == "true"
+        await until_status(http, eid, "done")
+        # A sync call with the key of a finished async exchange replays its result.
+        sync = await http.post(url, json={"msg": "x"}, headers={**ALICE, **key})
+        assert sync.status == 200
+        assert (await sync.json())["msg"] == "x"
+
+
+async def test_results_survive_a_gateway_restart_and_are_counted_once(
+    exchange_settings: Settings, provider: str
+) -> None:
+    handlers = EchoHandlers()
+    url = f"/v1/exchange/{provider}/echo"
+    async with running_keeper(exchange_settings), running_counter(exchange_settings):
+        async with running_gateway(exchange_settings, worker=0) as (http, _):
+            ids = []
+            for i in range(5):
+                resp = await http.post(url, json={"msg": f"r{i}"}, headers=ASYNC)
+                assert resp.status == 202
+                ids.append((await resp.json())["exchange_id"])
+        # The gateway is gone; the provider answers meanwhile; a new worker reads the results.
+        async with running_adapter(exchange_settings, provider, handlers):
+            await asyncio.sleep(1.0)
+            async with running_gateway(exchange_settings, worker=3) as (http, _):
+                for i, eid in enumerate(ids):
+                    doc = await until_status(http, eid, "done", within_s=60)
+                    assert doc["result"]["msg"] == f"r{i}"
+                stats = await counted(http, exchange_settings, 5)
+    assert stats["total"] == 5, stats
+    assert stats["by_mode"] == {"async": 5}, stats
+    assert sum(handlers.calls.values()) == 5
