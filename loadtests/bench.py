@@ -8,7 +8,10 @@ it, then for each concurrency in ``--users``:
    (``rawkafka.py``);
 2. a warm-up of the exchange path (not measured);
 3. the **exchange path**: the demo mix (``mix.py``) through the gateway from
-   the light generator (``gen.py``), for ``--seconds``.
+   the light generator (``gen.py``), for ``--seconds``;
+4. with ``--async``, the same mix as **async exchanges**: submit with
+   ``Prefer: respond-async``, then long-poll ``GET /v1/exchanges/{id}``
+   until finished (the keeper finishes and counts them).
 
 It prints, per concurrency: exchanges/s, p50/p99, failures, the ratio to the
 raw ceiling, CPU milliseconds per exchange of every part (Kafka JVM, gateway
@@ -42,7 +45,7 @@ from broker.localkafka import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
-PARTS = ("kafka", "gateway", "adapters", "counter", "backend", "generator")
+PARTS = ("kafka", "gateway", "adapters", "counter", "keeper", "backend", "generator")
 
 
 def descendants(pid: int) -> list[int]:
@@ -89,6 +92,7 @@ def _parts(up: int) -> dict[str, list[int]]:
             ("gateway", "broker.cli gateway"),
             ("adapters", "broker.cli adapter"),
             ("counter", "broker.cli counter"),
+            ("keeper", "broker.cli keeper"),
             ("backend", "broker.cli backend"),
         ):
             if marker in cmd:
@@ -251,6 +255,33 @@ def measure(
     }
 
 
+def measure_async(
+    base: str, up: subprocess.Popen[bytes], users: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Async exchanges from the light generator: submit, then long-poll until finished."""
+    gen = [sys.executable, "-m", "loadtests.gen", "--url", base, "--users", str(users), "--async"]
+    before = settled_total(base)
+    parts = _parts(up.pid)
+    cpu0 = _snapshot(parts)
+    print(f"[{users} users] async exchanges for {args.seconds}s ...", flush=True)
+    ex, gen_cpu = _run_measured([*gen, "--seconds", str(args.seconds)], timeout=args.seconds + 120)
+    cpu1 = _snapshot(parts)
+    after = settled_total(base)
+    responses = sum(ex["statuses"].values())
+    cpu = {part: cpu1[part] - cpu0[part] for part in PARTS}
+    cpu["generator"] = gen_cpu
+    return {
+        "users": users,
+        "mode": "async",
+        "exchange": ex,
+        "ratio_to_sync": 0.0,
+        "cpu_ms_per_exchange": {p: 1000 * s / max(1, responses) for p, s in cpu.items()},
+        "counted": after - before,
+        "responses": responses,
+        "exact": after - before == responses,
+    }
+
+
 def report(results: list[dict[str, Any]]) -> None:
     print(
         f"\n{'users':>5} {'raw/s':>8} {'raw p50':>7} {'raw p99':>7} | {'exch/s':>7} {'p50':>6} {'p99':>6}"
@@ -313,6 +344,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=15, help="seconds of exchanges first, not measured")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--out", type=Path, help="directory for bench.json and bench.png")
+    parser.add_argument(
+        "--async", dest="respond_async", action="store_true", help="also measure async exchanges"
+    )
     args = parser.parse_args()
     sweep = [int(u) for u in args.users.split(",")]
     with (
@@ -322,13 +356,26 @@ def main() -> int:
     ):
         print(f"platform up at {base} ({args.workers} gateway worker(s)) on Kafka {bootstrap}", flush=True)
         results = [measure(base, up, bootstrap, users, args) for users in sweep]
+        async_results = (
+            [measure_async(base, up, users, args) for users in sweep] if args.respond_async else []
+        )
     report(results)
+    for r in async_results:
+        ex = r["exchange"]
+        sync_rps = next(s["exchange"]["rps"] for s in results if s["users"] == r["users"])
+        r["ratio_to_sync"] = ex["rps"] / sync_rps if sync_rps else 0.0
+        print(
+            f"async, {r['users']} users: {ex['rps']:.0f} exchanges/s finished (submit → result)"
+            f" p50 {ex['p50']:.1f} ms p99 {ex['p99']:.1f} ms, failed {ex['failures'] + ex['errors']},"
+            f" {r['ratio_to_sync']:.0%} of sync; counted {r['counted']}"
+            f" {'==' if r['exact'] else '!='} {r['responses']} answered"
+        )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench.json").write_text(json.dumps(results, indent=2))
+        (args.out / "bench.json").write_text(json.dumps(results + async_results, indent=2))
         plot(results, args.out / "bench.png")
         print(f"figures in {args.out / 'bench.json'} and {args.out / 'bench.png'}")
-    return 0 if all(r["exact"] for r in results) else 1
+    return 0 if all(r["exact"] for r in results + async_results) else 1
 
 
 if __name__ == "__main__":

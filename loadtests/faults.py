@@ -73,7 +73,7 @@ async def load(url: str, users: int, until: float, phase: Phase) -> None:
                 continue
             try:
                 while time.monotonic() < until:
-                    writer.write(pool[k % len(pool)])
+                    writer.write(pool[k % len(pool)][0])
                     k += users
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
                     status = int(head[9:12])

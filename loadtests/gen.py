@@ -9,7 +9,12 @@ mix as the Locust file. It prints one JSON line: responses by status,
 failures (anything but 200 and the providers' own 404), transport errors,
 rps and p50/p95/p99 in ms. Bounded in time; loopback only.
 
-    python loadtests/gen.py --url http://127.0.0.1:8080 --users 64 --seconds 30
+With ``--async`` each user submits with ``Prefer: respond-async`` (202),
+then long-polls ``GET /v1/exchanges/{id}`` (``Prefer: wait=30``) until the
+exchange is finished; the latency is submit → result, and the status counted
+is the finished exchange's ``http_status``.
+
+    python loadtests/gen.py --url http://127.0.0.1:8080 --users 64 --seconds 30 [--async]
 """
 
 from __future__ import annotations
@@ -29,29 +34,61 @@ from loadtests.mix import MIX
 from loadtests.rawkafka import summary
 
 
-def requests(host: str, n: int, seed: int) -> list[bytes]:
-    """``n`` ready-to-send HTTP requests drawn from the exchange mix."""
+def requests(host: str, n: int, seed: int, *, respond_async: bool = False) -> list[tuple[bytes, str]]:
+    """``n`` ready-to-send HTTP requests drawn from the exchange mix, with the caller's key."""
     rng = random.Random(seed)  # synthetic identifiers, not secrets
     weights = [m[0] for m in MIX]
-    out = []
+    out: list[tuple[bytes, str]] = []
     for _ in range(n):
         _, key, service, make = rng.choices(MIX, weights=weights)[0]
         body = orjson.dumps(make(rng))
-        out.append(
-            (
-                f"POST /v1/exchange/{service} HTTP/1.1\r\nHost: {host}\r\n"
-                f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            + body
-        )
+        head = (
+            f"POST /v1/exchange/{service} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+            + ("Prefer: respond-async\r\n" if respond_async else "")
+            + f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        out.append((head + body, key))
     return out
 
 
-async def run(url: str, users: int, seconds: float, seed: int = 7) -> dict[str, object]:
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+            break
+    return status, await reader.readexactly(length)
+
+
+async def _finished(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, key: str, accepted: bytes
+) -> int:
+    """Long-poll an accepted exchange until it is finished; its http_status."""
+    eid = orjson.loads(accepted)["exchange_id"]
+    poll = (
+        f"GET /v1/exchanges/{eid} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        "Prefer: wait=30\r\n\r\n"
+    ).encode()
+    for _ in range(100):  # bounded: 100 long polls
+        writer.write(poll)
+        status, body = await _answer(reader)
+        if status != 200:
+            return status
+        doc = orjson.loads(body)
+        if doc["status"] != "pending":
+            return int(doc["http_status"])
+    return 0
+
+
+async def run(
+    url: str, users: int, seconds: float, seed: int = 7, *, respond_async: bool = False
+) -> dict[str, object]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    pool = requests(f"{host}:{port}", 4096, seed)
+    pool = requests(f"{host}:{port}", 4096, seed, respond_async=respond_async)
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
     errors = 0
@@ -64,18 +101,13 @@ async def run(url: str, users: int, seconds: float, seed: int = 7) -> dict[str, 
         k = i
         try:
             while loop.time() < until:
-                req = pool[k % len(pool)]
+                req, key = pool[k % len(pool)]
                 k += users
                 started = time.perf_counter()
                 writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                        break
-                await reader.readexactly(length)
+                status, body = await _answer(reader)
+                if respond_async and status == 202:
+                    status = await _finished(reader, writer, f"{host}:{port}", key, body)
                 latencies.append(time.perf_counter() - started)
                 statuses[status] += 1
         except (OSError, asyncio.IncompleteReadError, ValueError):
@@ -100,8 +132,9 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--async", dest="respond_async", action="store_true", help="submit async, then poll")
     args = parser.parse_args()
-    result = uvloop.run(run(args.url, args.users, args.seconds, args.seed))
+    result = uvloop.run(run(args.url, args.users, args.seconds, args.seed, respond_async=args.respond_async))
     print(orjson.dumps(result).decode(), flush=True)
     return 0
 

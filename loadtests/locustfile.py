@@ -8,6 +8,9 @@ in users and time, e.g.::
 
 ``NDXP_LOAD_MODE=health`` makes every user hit ``GET /healthz`` instead: the
 gateway's HTTP baseline without Kafka, for comparison in the same run.
+``NDXP_LOAD_MODE=async`` sends the same mix as async exchanges: submit with
+``Prefer: respond-async`` (202), then long-poll ``GET /v1/exchanges/{id}``
+with ``Prefer: wait=30`` until it is finished (at most 20 polls).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class Agency(FastHttpUser):
             self.client.get("/healthz", name="healthz")
             return
         _, key, service, make = self.rng.choices(MIX, weights=[m[0] for m in MIX])[0]
+        if MODE == "async":
+            self.call_async(key, service, make(self.rng))
+            return
         with self.client.post(
             f"/v1/exchange/{service}",
             json=make(self.rng),
@@ -46,3 +52,31 @@ class Agency(FastHttpUser):
                 resp.success()
             else:
                 resp.failure(f"{resp.status_code}: {resp.text[:200]}")
+
+    def call_async(self, key: str, service: str, body: object) -> None:
+        auth = {"Authorization": f"Bearer {key}"}
+        with self.client.post(
+            f"/v1/exchange/{service}",
+            json=body,
+            headers={**auth, "Prefer": "respond-async"},
+            name=f"{service} (submit)",
+            catch_response=True,
+        ) as resp:
+            if resp.status_code != 202:
+                resp.failure(f"{resp.status_code}: {resp.text[:200]}")
+                return
+            resp.success()
+            location = resp.headers["Location"]
+        for _ in range(20):
+            with self.client.get(
+                location, headers={**auth, "Prefer": "wait=30"}, name="exchanges/{id}", catch_response=True
+            ) as poll:
+                doc = poll.json() if poll.status_code == 200 else {}
+                if doc.get("status") == "pending":
+                    poll.success()
+                    continue
+                if doc.get("http_status") in (200, 404):
+                    poll.success()
+                else:
+                    poll.failure(f"{poll.status_code}: {poll.text[:200]}")
+                return

@@ -1,0 +1,116 @@
+"""Stored exchanges without Kafka: documents, the claim rule, judging a reply, signatures, Prefer."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import orjson
+import pytest
+
+from broker.catalog import Catalog
+from broker.envelope import Reply, ReplyOutcome
+from broker.exchanges.docs import (
+    IDEMPOTENCY_WINDOW_MS,
+    Claims,
+    Final,
+    Pending,
+    decode,
+    fingerprint,
+    finish,
+    idempotency_hash,
+    partition_for,
+)
+from broker.exchanges.keeper import sign
+from broker.registry import Registry, RegistryError
+from tests.integration.exchange_fixtures import write_contracts, write_registry
+
+
+def pending(eid: str, t_in: float = 1_000_000.0, idem: str | None = "k", fp: str | None = "f") -> Pending:
+    return Pending(
+        exchange_id=eid, client="alice", provider="prov", service="echo", mode="async",
+        t_in=t_in, deadline_ms=int(t_in) + 5000, idempotency=idem, fingerprint=fp,
+    )  # fmt: skip
+
+
+def test_the_first_claim_on_a_key_wins_for_24_hours_then_a_new_one_may() -> None:
+    claims = Claims()
+    assert claims.apply(pending("a"))
+    assert not claims.apply(pending("b", t_in=1_000_500.0)), "a later claim within 24 h loses"
+    assert claims.apply(pending("a")), "the holder's own document read again still holds"
+    assert claims.holder("k", 1_000_600.0) == ("a", "f")
+    later = 1_000_000.0 + IDEMPOTENCY_WINDOW_MS
+    assert claims.holder("k", later) is None, "the key is free after 24 h"
+    assert claims.apply(pending("c", t_in=later)), "a claim 24 h after the first wins anew"
+    assert claims.holder("k", later + 1) == ("c", "f")
+    assert claims.apply(pending("d", idem=None)), "no key: no claim to lose"
+
+
+def test_keys_and_partitions_are_bound_to_the_caller_and_stable() -> None:
+    assert idempotency_hash("alice", "k1") != idempotency_hash("bob", "k1")
+    assert idempotency_hash("alice", "k1") == idempotency_hash("alice", "k1")
+    assert "k1" not in idempotency_hash("alice", "k1")
+    assert fingerprint("p", "s", b"{}") != fingerprint("p", "t", b"{}")
+    parts = {partition_for(f"key-{i}", 8) for i in range(200)}
+    assert parts == set(range(8)), "keys spread over every partition"
+    assert partition_for("x", 8) == partition_for("x", 8)
+
+
+def test_documents_round_trip_and_reject_what_is_not_one() -> None:
+    p = pending("a")
+    assert decode(p.encode()) == p
+    with pytest.raises(ValueError, match="not an exchange document"):
+        decode(b'{"kind": "final"}')
+    with pytest.raises(ValueError, match="not an exchange document"):
+        decode(b"[1, 2]")
+
+
+def test_finish_checks_the_reply_against_the_contract(tmp_path: Path) -> None:
+    catalog = Catalog.load(write_contracts(tmp_path, "prov"))
+    svc = catalog.get("prov", "echo")
+    assert svc is not None
+    p = pending("a")
+    ok = Reply(exchange_id="a", status=200, outcome=ReplyOutcome.OK, body=b'{"msg": "x", "via": "t"}')
+    done = finish(p, svc, ok, 2.0)
+    assert (done.status, done.http_status, done.outcome) == ("done", 200, "ok")
+    assert done.view()["result"] == {"msg": "x", "via": "t"}
+    bad = Reply(exchange_id="a", status=200, outcome=ReplyOutcome.OK, body=b'{"msg": 1}')
+    failed = finish(p, svc, bad, 2.0)
+    assert (failed.status, failed.http_status, failed.outcome) == ("failed", 502, "invalid_response")
+    assert failed.view()["problem"]["exchange_id"] == "a"
+    business = Reply(
+        exchange_id="a", status=404, outcome=ReplyOutcome.BUSINESS_ERROR, body=b'{"code": "not_found_here"}'
+    )
+    assert finish(p, svc, business, 2.0).view()["problem"] == {"code": "not_found_here"}
+    expired = finish(p, svc, None, 2.0)
+    assert (expired.status, expired.http_status, expired.outcome) == ("expired", 504, "timeout")
+    assert isinstance(decode(expired.encode()), Final)
+
+
+def test_callback_signature_is_hmac_of_timestamp_and_body() -> None:
+    body = orjson.dumps({"exchange_id": "a"})
+    sig = sign(b"secret-secret-secret", "1700000000", body)
+    expected = hmac.new(b"secret-secret-secret", b"1700000000." + body, "sha256").hexdigest()
+    assert sig == f"sha256={expected}"
+    assert sign(b"secret-secret-secret", "1700000001", body) != sig, "the timestamp is signed"
+
+
+def test_registry_callbacks_come_only_from_the_registry_and_are_checked(tmp_path: Path) -> None:
+    import yaml
+
+    catalog = Catalog.load(write_contracts(tmp_path, "prov"))
+    path = write_registry(tmp_path, "prov")
+    raw = yaml.safe_load(path.read_text())
+    raw["agencies"][1]["callback"] = {"url": "https://alice.example/cb", "secret": "0123456789abcdef"}
+    registry = Registry.from_dict(raw, catalog)
+    alice = registry.agencies["alice"]
+    assert alice.callback_url == "https://alice.example/cb"
+    assert "0123456789abcdef" not in repr(alice), "the secret never shows in repr"
+    for bad in (
+        {"url": "file:///etc/passwd", "secret": "0123456789abcdef"},
+        {"url": "https://x.example/cb", "secret": "short"},
+        {"url": "https://x.example/cb"},
+    ):
+        raw["agencies"][1]["callback"] = bad
+        with pytest.raises(RegistryError, match="callback"):
+            Registry.from_dict(raw, catalog)
