@@ -56,6 +56,7 @@ from broker.envelope import (
     request_topic,
 )
 from broker.errors import problem_body
+from broker.events import envelope, event_topic, event_topic_specs, published_record
 from broker.kafka import (
     Batch,
     KafkaService,
@@ -79,10 +80,12 @@ WRITE_BATCH = 256
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One change a write-effect service made to its provider's data."""
+    """One change a write-effect service made to its provider's data, or an event it publishes."""
 
     key: str
     value: Any
+    event: str | None = None
+    """The event type (of the provider's catalog) when this is an event to publish."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +102,13 @@ class Request:
         if self.changes is None:
             raise TypeError(f"{self.meta.service} is a lookup (effects: read); it cannot change data")
         self.changes.append(Change(key, value))
+
+    def publish_event(self, type_: str, key: str, data: Any) -> None:
+        """Publish an event of the provider's ``type_`` (``ndxp.events.<provider>.<type>``), keyed by
+        ``key``, in the same Kafka transaction as the reply: it exists if and only if the change does."""
+        if self.changes is None:
+            raise TypeError(f"{self.meta.service} is a lookup (effects: read); it cannot publish events")
+        self.changes.append(Change(key, data, event=type_))
 
 
 Handler = Callable[[Request], Awaitable[Any]]
@@ -196,6 +206,9 @@ class Adapter(KafkaService):
         specs.append(TopicSpec(name=dlq_topic(self.provider)))
         if self.writes:
             specs.append(TopicSpec(name=data_topic(self.provider), partitions=4))
+            events = event_topic_specs(self.settings, Catalog.load(self.settings.schemas_dir), self.provider)
+            if events:  # events published by writes are counted: their records go to the tx topic
+                specs.extend([*events, TopicSpec(name=self.settings.tx_topic, partitions=4)])
         await ensure_topics(self.settings, specs)
         if self._shared_producer is None:
             self._producer = make_producer(self.settings, client_id=f"ndxp-adapter-{self.provider}")
@@ -439,7 +452,17 @@ class Adapter(KafkaService):
         if recorded and reply.outcome is ReplyOutcome.OK:
             header = [(H_EXCHANGE_ID, meta.exchange_id.encode())]
             topic = data_topic(self.provider)
-            outs.extend(_Out(topic, orjson.dumps(c.value), c.key.encode(), header) for c in recorded)
+            for c in recorded:
+                if c.event is None:
+                    outs.append(_Out(topic, orjson.dumps(c.value), c.key.encode(), header))
+                    continue
+                event_id, value, t_ms = envelope(
+                    provider=self.provider, type_=c.event, key=c.key, data=c.value, user_id=meta.user_id,
+                    purpose=meta.purpose, exchange_id=meta.exchange_id,
+                )  # fmt: skip
+                outs.append(_Out(event_topic(self.provider, c.event), value, c.key.encode(), header))
+                record = published_record(event_id, self.provider, c.event, t_ms, len(value))
+                outs.append(_Out(self.settings.tx_topic, record.encode()))
         return outs
 
     def _reply_out(self, meta: RequestMeta, reply: Reply) -> _Out:

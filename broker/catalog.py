@@ -184,11 +184,85 @@ def load_service(path: Path, provider: str, service: str) -> Service:
     )
 
 
-class Catalog:
-    """Every service contract, by ``(provider, service)``."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventType:
+    """A data-change event a provider publishes: ``schemas/<provider>/events/<type>.json``.
 
-    def __init__(self, services: Mapping[tuple[str, str], Service]) -> None:
+    The file is the JSON Schema (2020-12) of the event's data, with ``title``,
+    ``description``, ``examples`` and ``x-ndxp-key``: the property whose value
+    keys the event in Kafka, so that events of one subject (a citizen, a
+    business) reach every subscriber in the order they were published.
+    """
+
+    provider: str
+    type: str
+    title: str
+    description: str
+    key: str
+    schema: Contract = field(repr=False)
+    examples: tuple[Any, ...]
+    source: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}/{self.type}"
+
+    def describe(self) -> dict[str, Any]:
+        """The public shape of ``/v1/events`` entries."""
+        return {
+            "provider": self.provider,
+            "type": self.type,
+            "title": self.title,
+            "description": self.description,
+            "key": self.key,
+            "schema": self.schema.schema,
+            "examples": list(self.examples),
+        }
+
+
+def load_event(path: Path, provider: str, type_: str) -> EventType:
+    """Load and check one event type: its schema compiles, its key is a required string, its examples pass."""
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise CatalogError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict) or not raw.get("title") or not isinstance(raw.get("examples"), list):
+        raise CatalogError(f"{path}: an event type is a JSON Schema with a title and examples")
+    key = raw.get("x-ndxp-key")
+    if not isinstance(key, str) or key not in raw.get("required", []):
+        raise CatalogError(f"{path}: x-ndxp-key must name a required property")
+    try:
+        contract = Contract(raw)
+    except (jsonschema_rs.ValidationError, ValueError, TypeError) as exc:
+        raise CatalogError(f"{path}: the schema does not compile: {exc}") from exc
+    for i, example in enumerate(raw["examples"]):
+        bad = contract.violations(example)
+        if bad:
+            raise CatalogError(f"{path}: example {i} fails its own schema: " + "; ".join(
+                f"{v.path}: {v.message}" for v in bad))  # fmt: skip
+    return EventType(
+        provider=provider,
+        type=type_,
+        title=str(raw["title"]),
+        description=str(raw.get("description", "")),
+        key=key,
+        schema=contract,
+        examples=tuple(raw["examples"]),
+        source=path,
+    )
+
+
+class Catalog:
+    """Every service contract, by ``(provider, service)``, and every event type."""
+
+    def __init__(
+        self,
+        services: Mapping[tuple[str, str], Service],
+        events: Mapping[tuple[str, str], EventType] | None = None,
+    ) -> None:
         self._services = dict(sorted(services.items()))
+        self.events: dict[tuple[str, str], EventType] = dict(sorted((events or {}).items()))
+        """Event types by ``(provider, type)``."""
 
     @classmethod
     def load(cls, directory: Path) -> Catalog:
@@ -200,7 +274,16 @@ class Catalog:
             if not (valid_name(provider) and valid_name(service)):
                 raise CatalogError(f"{path}: provider and service names must match [a-z0-9_-]+")
             services[(provider, service)] = load_service(path, provider, service)
-        return cls(services)
+        events: dict[tuple[str, str], EventType] = {}
+        for path in sorted(directory.glob("*/events/*.json")):
+            provider, type_ = path.parent.parent.name, path.stem
+            if not (valid_name(provider) and valid_name(type_)):
+                raise CatalogError(f"{path}: provider and event type names must match [a-z0-9_-]+")
+            events[(provider, type_)] = load_event(path, provider, type_)
+        return cls(services, events)
+
+    def event(self, provider: str, type_: str) -> EventType | None:
+        return self.events.get((provider, type_))
 
     def get(self, provider: str, service: str) -> Service | None:
         return self._services.get((provider, service))

@@ -161,6 +161,17 @@ def make_consumer(settings: Settings, *topics: str, **params: Unpack[ConsumerPar
     return AIOKafkaConsumer(*topics, **kw)
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic`` (refreshing the consumer's metadata for a topic it has not seen)."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        raise KafkaUnavailable(f"topic {topic} has no partitions (does it exist?)")
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
 async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
     """Create the topics that do not exist yet; return the names created.
 

@@ -85,6 +85,25 @@ class GatewayMetrics:
             ["client", "provider", "service"],
             registry=registry,
         )
+        self.events_published = Counter(
+            "ndxp_events_published_total",
+            "Events published through the gateway (acknowledged by Kafka)",
+            ["publisher", "type"],
+            registry=registry,
+        )
+        self.events_delivered = Counter(
+            "ndxp_events_delivered_total",
+            "Events streamed to subscribers (Server-Sent Events)",
+            ["subscriber", "publisher", "type"],
+            registry=registry,
+        )
+        self.event_lag = Gauge(
+            "ndxp_event_subscriber_lag",
+            "Events of a type not yet streamed to a connected subscriber",
+            ["subscriber", "publisher", "type"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.idempotent_replays = Counter(
             "ndxp_idempotent_replays_total",
             "Requests answered from an earlier exchange with the same Idempotency-Key",

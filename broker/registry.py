@@ -83,7 +83,12 @@ class Registry:
         rights: dict[str, frozenset[str]],
         expiry: dict[str, dt.datetime] | None = None,
         certs: dict[str, str] | None = None,
+        *,
+        publish: dict[str, frozenset[str]] | None = None,
+        subscribe: dict[str, frozenset[str]] | None = None,
     ) -> None:
+        self._publish = publish or {}
+        self._subscribe = subscribe or {}
         self.agencies = agencies
         self._by_cert = certs or {}
         self._by_hash = key_hashes
@@ -169,7 +174,11 @@ class Registry:
                 else:
                     allowed.add(f"{provider}/{service}")
             rights[str(client)] = frozenset(allowed)
-        return cls(agencies, hashes, rights, expiry, certs)
+        for provider, _ in catalog.events:
+            if provider not in agencies:
+                raise RegistryError(f"{source}: the catalog has events of {provider!r}, which is no agency")
+        publish, subscribe = _event_rights(raw.get("events"), agencies, catalog, source)
+        return cls(agencies, hashes, rights, expiry, certs, publish=publish, subscribe=subscribe)
 
     def authenticate(self, api_key: str) -> Agency | None:
         """The agency holding ``api_key``, or ``None``."""
@@ -194,6 +203,19 @@ class Registry:
     def allowed_services(self, client: str) -> list[str]:
         return sorted(self._rights.get(client, frozenset()))
 
+    def may_publish(self, client: str, provider: str, type_: str) -> bool:
+        return f"{provider}/{type_}" in self._publish.get(client, frozenset())
+
+    def may_subscribe(self, client: str, provider: str, type_: str) -> bool:
+        return f"{provider}/{type_}" in self._subscribe.get(client, frozenset())
+
+    def allowed_events(self, client: str) -> tuple[list[str], list[str]]:
+        """The event types ``client`` may publish, and those it may subscribe to."""
+        return sorted(self._publish.get(client, ())), sorted(self._subscribe.get(client, ()))
+
+    def subscribers(self, provider: str, type_: str) -> list[str]:
+        return sorted(c for c, types in self._subscribe.items() if f"{provider}/{type_}" in types)
+
     def __iter__(self) -> Iterator[Agency]:
         return iter(self.agencies.values())
 
@@ -211,3 +233,41 @@ def _callback(raw: Any, where: str) -> dict[str, Any]:
     if len(secret) < 16:
         raise RegistryError(f"{where}: a callback secret has at least 16 characters")
     return {"callback_url": url, "callback_secret": secret.encode()}
+
+
+def _event_rights(
+    raw: Any, agencies: dict[str, Agency], catalog: Catalog, source: str
+) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """``events: {publish: {agency: [provider/type…]}, subscribe: {agency: [provider/type | provider/*…]}}``.
+
+    Default deny, like services; only the provider that owns an event type may publish it.
+    """
+    raw = raw or {}
+    if not isinstance(raw, dict) or not set(raw) <= {"publish", "subscribe"}:
+        raise RegistryError(f"{source}: 'events' has 'publish' and 'subscribe' mappings only")
+    out: list[dict[str, frozenset[str]]] = []
+    for right in ("publish", "subscribe"):
+        granted: dict[str, frozenset[str]] = {}
+        table = raw.get(right) or {}
+        if not isinstance(table, dict):
+            raise RegistryError(f"{source}: events.{right} must map agency id to a list of event types")
+        for client, items in table.items():
+            if client not in agencies:
+                raise RegistryError(f"{source}: events.{right} names unknown agency {client!r}")
+            types: set[str] = set()
+            for item in items or []:
+                provider, _, type_ = str(item).partition("/")
+                if type_ == "*":
+                    names = [e.name for (p, _), e in catalog.events.items() if p == provider]
+                elif catalog.event(provider, type_) is not None:
+                    names = [f"{provider}/{type_}"]
+                else:
+                    raise RegistryError(f"{source}: events.{right} {client} → {item!r} names no event type")
+                if right == "publish" and provider != client:
+                    raise RegistryError(
+                        f"{source}: {client} may not publish {item!r}: only {provider} publishes its events"
+                    )
+                types.update(names)
+            granted[str(client)] = frozenset(types)
+        out.append(granted)
+    return out[0], out[1]

@@ -133,6 +133,8 @@ class Settings:
     exchanges_retention_hours: int = 96
     """``NDXP_EXCHANGES_RETENTION_HOURS``: how long stored exchanges stay readable (>= 50: the
     longest async wait, 48 h, plus a margin); also bounds what each gateway holds in memory."""
+    events_retention_hours: int = 168
+    """``NDXP_EVENTS_RETENTION_HOURS``: how far back subscribers can replay events (``?from=``)."""
     callback_attempts: int = 8
     """``NDXP_CALLBACK_ATTEMPTS``: deliveries tried before a callback is dead-lettered."""
     callback_backoff_s: float = 2.0
@@ -191,6 +193,7 @@ class Settings:
             ("DEDUPE_RETENTION_HOURS", "dedupe_retention_hours", 1),
             ("EXCHANGES_RETENTION_HOURS", "exchanges_retention_hours", 50),
             ("CALLBACK_ATTEMPTS", "callback_attempts", 1),
+            ("EVENTS_RETENTION_HOURS", "events_retention_hours", 1),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = _int(PREFIX + name, v, minimum=minimum)

@@ -55,6 +55,13 @@ def handlers(settings: Settings, resources: AsyncExitStack) -> dict[str, Handler
             {"registration_id": registration_id, "cccd": p.cccd, "permanent_address": address,
              "moved_on": req.body["moved_on"], "previous_address": p.address},
         )  # fmt: skip
+        # Subscribers (provinces, social insurance) learn of the move: same transaction, exactly once.
+        req.publish_event(
+            "address_changed",
+            p.cccd,
+            {"cccd": p.cccd, "address": dict(a), "moved_on": req.body["moved_on"],
+             "registration_id": registration_id},
+        )  # fmt: skip
         return {
             "registration_id": registration_id,
             "cccd": p.cccd,

@@ -42,7 +42,9 @@ class TxRecord:
     unauthenticated rejections (one record a second, not one per failed login)."""
 
     mode: str = "sync"
-    """``sync``, or ``async`` for an exchange accepted with ``Prefer: respond-async``."""
+    """``sync``, or ``async`` for an exchange accepted with ``Prefer: respond-async``; ``event`` for an
+    event published (client = provider = publisher, service = event type), ``delivery`` for ``count``
+    events streamed to a subscriber (client)."""
 
     def count_fields(self) -> tuple[str, str, str, str]:
         """What a count row is keyed by, besides the day and the mode."""
@@ -67,13 +69,15 @@ class TxRecord:
             raise ValueError(f"not a transaction record: count {rec.count}")
         if any("|" in v for v in (rec.count_fields())):
             raise ValueError("not a transaction record: '|' in a counted name")
-        if rec.mode not in ("sync", "async"):
+        if rec.mode not in MODES:
             raise ValueError(f"not a transaction record: mode {rec.mode!r}")
         if not rec.t_in == rec.t_in or abs(rec.t_in) > 1e15:  # NaN or absurd times
             raise ValueError("not a transaction record: t_in is not a time")
         return rec
 
 
+MODES = frozenset({"sync", "async", "event", "delivery"})
+EXCHANGE_MODES = frozenset({"sync", "async"})
 _NUMBER = (int, float)
 _TEXT_OR_NONE = (str, type(None))
 _NUMBER_OR_NONE = (int, float, type(None))

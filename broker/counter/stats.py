@@ -51,13 +51,21 @@ def stats_topic_spec(settings: Settings) -> TopicSpec:
 
 
 def summarise(counts: dict[StatKey, int], day: str) -> dict[str, Any]:
-    """The public shape of ``/v1/stats`` for one day."""
+    """The public shape of ``/v1/stats`` for one day: exchanges, and events published and delivered."""
     by: dict[str, dict[str, int]] = {
         k: defaultdict(int) for k in ("by_outcome", "by_client", "by_provider", "by_service", "by_mode")
     }
+    published: dict[str, int] = defaultdict(int)
+    delivered: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     total = 0
     for key, n in counts.items():
         if key.day != day or n == 0:
+            continue
+        if key.mode == "event":
+            published[f"{key.provider}/{key.service}"] += n
+            continue
+        if key.mode == "delivery":
+            delivered[key.client][f"{key.provider}/{key.service}"] += n
             continue
         total += n
         by["by_outcome"][key.outcome] += n
@@ -65,7 +73,16 @@ def summarise(counts: dict[StatKey, int], day: str) -> dict[str, Any]:
         by["by_provider"][key.provider] += n
         by["by_service"][f"{key.provider}/{key.service}"] += n
         by["by_mode"][key.mode] += n
-    return {"day": day, "total": total, **{k: dict(sorted(v.items())) for k, v in by.items()}}
+    events = {
+        "published": dict(sorted(published.items())),
+        "delivered": {c: dict(sorted(v.items())) for c, v in sorted(delivered.items())},
+    }
+    return {
+        "day": day,
+        "total": total,
+        **{k: dict(sorted(v.items())) for k, v in by.items()},
+        "events": events,
+    }
 
 
 async def read_to_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> list[Any]:

@@ -35,8 +35,9 @@ from broker.catalog import Catalog
 from broker.counter.recorder import TxRecorder
 from broker.counter.stats import StatsView
 from broker.envelope import REQUEST_PARTITIONS, reply_topic, request_topic
+from broker.events import event_topic_specs
 from broker.exchanges.view import ExchangeView
-from broker.gateway import meta
+from broker.gateway import events, meta
 from broker.gateway.exchange import exchange
 from broker.gateway.limits import Limits
 from broker.gateway.problems import problems, server_header
@@ -132,7 +133,8 @@ def create_app(
             TopicSpec(name=request_topic(s.provider, s.service), partitions=REQUEST_PARTITIONS)
             for s in catalog
         ]
-        await ensure_topics(settings, [TopicSpec(name=settings.tx_topic, partitions=4), *requests])
+        events_ = event_topic_specs(settings, catalog)
+        await ensure_topics(settings, [TopicSpec(name=settings.tx_topic, partitions=4), *requests, *events_])
         gw.recorder.start(gw.producer)
         yield
         await _bounded(gw.recorder.stop(settings.shutdown_grace_s), settings.shutdown_grace_s, "recorder")
@@ -155,6 +157,15 @@ def create_app(
     app.cleanup_ctx.extend([kafka_producer, tx_recorder, reply_router, stats_view, exchange_view])
     app.router.add_post("/v1/exchange/{provider}/{service}", exchange)
     app.router.add_get("/v1/exchanges/{exchange_id}", get_exchange)
+    app.router.add_get("/v1/events", events.list_events)
+    app.router.add_post("/v1/events/{provider}/{type}", events.publish)
+    app.router.add_get("/v1/events/{provider}/{type}", events.subscribe)
+
+    async def end_streams(app: web.Application) -> None:
+        for stream in list(gw.streams):
+            stream.stopping.set()  # each ends within a poll (1 s), committing its position
+
+    app.on_shutdown.append(end_streams)
     app.router.add_get("/v1/agencies", meta.agencies)
     app.router.add_get("/v1/services", meta.services)
     app.router.add_get("/v1/services/{provider}/{service}", meta.service)

@@ -114,7 +114,7 @@ async def _exchange(gw: Gateway, request: web.Request, rec: TxRecord) -> web.Res
         raise PayloadTooLarge(f"the body limit is {limit} bytes")
     # The body is read before an in-flight slot is taken, within a time limit:
     # slow uploads cannot hold the slots that other callers need.
-    body = await _read_body(request, limit, gw.settings.body_timeout_s)
+    body = await read_body(request, limit, gw.settings.body_timeout_s)
     rec.request_bytes = len(body)
     _validate_request(svc, body)
     if not gw.kafka.ok:  # fail fast: waiting for the timeout would help nobody
@@ -182,7 +182,7 @@ async def _round_trip(
     return reply
 
 
-async def _read_body(request: web.Request, limit: int, within_s: float) -> bytes:
+async def read_body(request: web.Request, limit: int, within_s: float) -> bytes:
     try:
         if request.content.is_eof():  # the whole body came with the headers: no timer needed
             body = await request.read()

@@ -48,7 +48,14 @@ async def service(request: web.Request) -> web.Response:
 async def allowed(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     agency = authenticate(gw, request)
-    return json_response({"client": agency.id, "services": gw.registry.allowed_services(agency.id)})
+    publish, subscribe = gw.registry.allowed_events(agency.id)
+    return json_response(
+        {
+            "client": agency.id,
+            "services": gw.registry.allowed_services(agency.id),
+            "events": {"publish": publish, "subscribe": subscribe},
+        }
+    )
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -158,7 +165,38 @@ def openapi_document(catalog: Catalog) -> dict[str, Any]:
                 "x-ndxp-version": svc.version,
             }
         }
+    for ev in catalog.events.values():
+        paths[f"/v1/events/{ev.provider}/{ev.type}"] = {
+            "post": {
+                "operationId": f"publish__{ev.provider}__{ev.type}".replace("-", "_"),
+                "summary": f"Publish: {ev.title}",
+                "description": ev.description,
+                "tags": ["events", ev.provider],
+                "security": [{"apiKey": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ev.schema.schema}},
+                },
+                "responses": {"202": {"description": "Durable in Kafka: {event_id}"}, "default": problem},
+            },
+            "get": {
+                "operationId": f"subscribe__{ev.provider}__{ev.type}".replace("-", "_"),
+                "summary": f"Subscribe (Server-Sent Events): {ev.title}",
+                "tags": ["events", ev.provider],
+                "security": [{"apiKey": []}],
+                "parameters": [
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                ],
+                "responses": {
+                    "200": {"description": "A stream of events", "content": {"text/event-stream": {}}},
+                    "default": problem,
+                },
+                "x-ndxp-key": ev.key,
+            },
+        }
     for path, summary in (
+        ("/v1/events", "Event types: schema, key and examples"),
         ("/v1/agencies", "Registered agencies"),
         ("/v1/services", "Service catalog"),
         ("/v1/allowed", "Services the caller may call"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
@@ -34,6 +35,8 @@ class Gateway:
     exchanges: ExchangeView
     """Stored exchanges (async, idempotent), as read from the exchanges topic."""
     worker: int = 0
+    streams: set[Any] = field(default_factory=set)
+    """Open event streams (Server-Sent Events); told to end when the worker stops."""
     producer: AIOKafkaProducer = field(init=False)
     """Set when the app starts (it needs the running loop)."""
     kafka: Reachability = field(init=False)

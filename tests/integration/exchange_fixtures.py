@@ -60,7 +60,27 @@ def write_contracts(root: Path, provider: str, echo_timeout_ms: int = 5000) -> P
                 }
             )
         )
+    events = d / "events"
+    events.mkdir()
+    (events / "changed.json").write_text(json.dumps(CHANGED_EVENT))
     return root / "schemas"
+
+
+CHANGED_EVENT = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Test record changed",
+    "description": "test event",
+    "x-ndxp-key": "subject",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["subject", "seq"],
+    "properties": {
+        "subject": {"type": "string", "minLength": 1},
+        "seq": {"type": "integer", "minimum": 0},
+        "exchange": {"type": "string"},
+    },
+    "examples": [{"subject": "s1", "seq": 0}],
+}
 
 
 def key_hash(key: str) -> str:
@@ -68,10 +88,14 @@ def key_hash(key: str) -> str:
 
 
 def write_registry(root: Path, provider: str) -> Path:
-    """alice may call everything of the provider; bob nothing; slowpoke is rate limited."""
+    """alice may call everything of the provider; bob nothing; slowpoke is rate limited.
+
+    Events: the provider (key ``key-provider``) publishes ``changed``; alice and slowpoke may subscribe.
+    """
     raw = {
         "agencies": [
-            {"id": provider, "code": "T.PROV", "name": "Test provider", "keys_sha256": []},
+            {"id": provider, "code": "T.PROV", "name": "Test provider",
+             "keys_sha256": [key_hash("key-provider")]},
             {"id": "alice", "code": "T.A", "name": "Alice", "keys_sha256": [key_hash("key-alice")],
              "rate_limit": 100000},
             {"id": "bob", "code": "T.B", "name": "Bob", "keys_sha256": [key_hash("key-bob")]},
@@ -79,6 +103,8 @@ def write_registry(root: Path, provider: str) -> Path:
              "keys_sha256": [key_hash("key-slowpoke")], "rate_limit": 0.1},
         ],
         "rights": {"alice": [f"{provider}/*"], "slowpoke": [f"{provider}/echo"], "bob": []},
+        "events": {"publish": {provider: [f"{provider}/changed"]},
+                   "subscribe": {"alice": [f"{provider}/*"], "slowpoke": [f"{provider}/changed"]}},
     }  # fmt: skip
     path = root / "registry.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -115,6 +141,8 @@ class EchoHandlers:
         if req.body.get("sleep_ms"):
             await asyncio.sleep(req.body["sleep_ms"] / 1000)
         req.record_change(req.body["msg"], {"msg": req.body["msg"], "exchange": req.meta.exchange_id})
+        req.publish_event("changed", req.body["msg"], {"subject": req.body["msg"], "seq": 0,
+                                                       "exchange": req.meta.exchange_id})  # fmt: skip
         return {"msg": req.body["msg"], "via": req.meta.reply_to}
 
     def handlers(self) -> dict[str, Handler]:

@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
 from broker.envelope import Reply, RequestMeta, data_topic, now_ms, request_topic
+from broker.events import event_topic
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.localkafka import free_port
 from broker.metrics import CounterMetrics
@@ -292,20 +294,8 @@ async def test_write_service_is_processed_exactly_once_across_an_adapter_sigkill
         second.terminate()
         assert await asyncio.to_thread(second.wait, 30) == 0, log.read_text()
         seen = await _replies_per_exchange(settings, replies)
-        changes: Counter[str] = Counter()
-        consumer = make_consumer(settings, isolation_level="read_committed")
-        await consumer.start()
-        tps = [TopicPartition(data_topic(provider), p) for p in range(4)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        try:
-            async with asyncio.timeout(30):
-                while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-                    for msgs in (await consumer.getmany(timeout_ms=200)).values():
-                        changes.update(orjson.loads(m.value)["msg"] for m in msgs)
-        finally:
-            await consumer.stop()
+        changes = await _committed(settings, data_topic(provider), lambda v: v["msg"])
+        events = await _committed(settings, event_topic(provider, "changed"), lambda v: v["data"]["subject"])
     finally:
         _stop(first, second)
     expected = {f"w-{i}" for i in range(total)}
@@ -313,6 +303,27 @@ async def test_write_service_is_processed_exactly_once_across_an_adapter_sigkill
     assert max(seen.values()) == 1, [k for k, v in seen.items() if v > 1][:5]
     assert set(changes) == expected
     assert max(changes.values()) == 1, [k for k, v in changes.items() if v > 1][:5]
+    assert set(events) == expected, "every write published its event"
+    assert max(events.values()) == 1, f"events published twice: {[k for k, v in events.items() if v > 1][:5]}"
+
+
+async def _committed(settings: Settings, topic: str, what: Callable[[Any], str]) -> Counter[str]:
+    """How often each value (``what`` of a message) is on ``topic``, committed transactions only."""
+    found: Counter[str] = Counter()
+    consumer = make_consumer(settings, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(4)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        async with asyncio.timeout(30):
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                for msgs in (await consumer.getmany(timeout_ms=200)).values():
+                    found.update(what(orjson.loads(m.value)) for m in msgs)
+    finally:
+        await consumer.stop()
+    return found
 
 
 def _workers(pid: int) -> list[int]:

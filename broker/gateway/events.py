@@ -1,0 +1,270 @@
+"""Events at the gateway: ``GET /v1/events``, publish (``POST``) and subscribe (``GET``, Server-Sent Events).
+
+- **Publish**: the owning provider's key, the event type's rights, its JSON
+  Schema; the event is acknowledged by Kafka (acks=all) before ``202
+  {"event_id"}``, and counted (a transaction record of mode ``event``).
+- **Subscribe**: an allowed client, ``Accept: text/event-stream``. Each
+  stream has its own Kafka consumer, assigned every partition of the type's
+  topic and reading ``read_committed`` (events a write-effect service
+  published in an aborted transaction never show). It starts from
+  ``Last-Event-ID`` when given, else from ``?from=<RFC 3339 time>``, else
+  from the subscriber's durable position (its own consumer group, committed
+  every second and when the stream ends), else from the start of the
+  topic's retention. A comment line every ``HEARTBEAT_S`` keeps proxies from
+  cutting an idle stream. A slow subscriber only slows its own stream (the
+  writes wait for its socket; nobody else waits for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from broker.catalog import EventType
+from broker.counter.recorder import RECORD_WITHIN_S
+from broker.errors import AccessDenied, InvalidRequest, NotFound, PayloadTooLarge, Unavailable
+from broker.events import (
+    decode_positions,
+    delivered_record,
+    encode_positions,
+    envelope,
+    event_topic,
+    parse_time,
+    published_record,
+    sse,
+    subscriber_group,
+)
+from broker.gateway.auth import authenticate
+from broker.gateway.exchange import read_body
+from broker.gateway.problems import header
+from broker.gateway.state import GATEWAY, Gateway
+from broker.kafka import make_consumer, topic_partitions
+from broker.registry import Agency
+
+log = logging.getLogger(__name__)
+SEND_WITHIN_S = 3.0
+HEARTBEAT_S = 15.0
+COMMIT_EVERY_S = 1.0
+BATCH = 500
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """``GET /v1/events``: every event type with its schema, key and examples."""
+    gw = request.app[GATEWAY]
+    events = [e.describe() for e in gw.catalog.events.values()]
+    return web.Response(body=orjson.dumps({"events": events}), content_type="application/json")
+
+
+def _event_type(gw: Gateway, request: web.Request) -> EventType:
+    provider, type_ = request.match_info["provider"], request.match_info["type"]
+    ev = gw.catalog.event(provider, type_)
+    if ev is None:
+        raise NotFound(f"no event type {provider}/{type_}; see GET /v1/events")
+    return ev
+
+
+async def publish(request: web.Request) -> web.Response:
+    """``POST /v1/events/{provider}/{type}``: publish one event (the provider only)."""
+    gw = request.app[GATEWAY]
+    agency = authenticate(gw, request)
+    ev = _event_type(gw, request)
+    if not gw.registry.may_publish(agency.id, ev.provider, ev.type):
+        raise AccessDenied(f"{agency.id} may not publish {ev.name}")
+    limit = gw.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body limit is {limit} bytes")
+    with gw.limits.admit(agency):
+        body = await read_body(request, limit, gw.settings.body_timeout_s)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(
+                f"the body is not valid JSON: {exc}",
+                extra={"errors": [{"path": "/", "schema_path": "/", "message": "invalid JSON"}]},
+            ) from exc
+        bad = ev.schema.violations(data)
+        if bad:
+            raise InvalidRequest(
+                "; ".join(f"{v.path}: {v.message}" for v in bad[:3]),
+                extra={"errors": [v.as_dict() for v in bad]},
+            )
+        key = str(data[ev.key])
+        event_id, value, t_ms = envelope(
+            provider=ev.provider, type_=ev.type, key=key, data=data,
+            user_id=header(request, "X-NDXP-User-Id"), purpose=header(request, "X-NDXP-Purpose"),
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(SEND_WITHIN_S):
+                delivery = await gw.producer.send(event_topic(ev.provider, ev.type), value, key=key.encode())
+                await delivery
+        except (TimeoutError, KafkaError) as exc:
+            raise Unavailable("the event could not be handed to Kafka; retry shortly", retry_after=1) from exc
+    gw.kafka.saw_success()
+    gw.metrics.events_published.labels(ev.provider, ev.type).inc()
+    # The event is durable: a record that cannot be written is counted lost (and alerted on), not undone.
+    await gw.recorder.write(
+        published_record(event_id, ev.provider, ev.type, t_ms, len(body)), RECORD_WITHIN_S
+    )
+    return web.Response(
+        status=202, body=orjson.dumps({"event_id": event_id}), content_type="application/json"
+    )
+
+
+async def subscribe(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/events/{provider}/{type}`` with ``Accept: text/event-stream``: a live stream."""
+    gw = request.app[GATEWAY]
+    agency = authenticate(gw, request)
+    ev = _event_type(gw, request)
+    if not gw.registry.may_subscribe(agency.id, ev.provider, ev.type):
+        raise AccessDenied(f"{agency.id} may not subscribe to {ev.name}")
+    if "text/event-stream" not in (header(request, "Accept") or ""):
+        raise InvalidRequest("subscribe with 'Accept: text/event-stream' (Server-Sent Events)")
+    last = header(request, "Last-Event-ID")
+    try:
+        resume = decode_positions(last) if last else None
+        since = parse_time(request.query["from"]) if "from" in request.query else None
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    consumer = make_consumer(
+        gw.settings,
+        group_id=subscriber_group(agency.id, ev.provider, ev.type),
+        client_id=f"ndxp-sse-{agency.id}",
+        isolation_level="read_committed",
+        fetch_max_wait_ms=100,
+        max_poll_records=BATCH,
+    )
+    try:
+        await consumer.start()
+        tps = await topic_partitions(consumer, event_topic(ev.provider, ev.type))
+        consumer.assign(tps)
+        await _position(consumer, tps, resume, since)
+        positions = {tp.partition: await consumer.position(tp) for tp in tps}
+    except KafkaError as exc:
+        await consumer.stop()
+        raise Unavailable(f"the event stream could not be opened: {exc}", retry_after=1) from exc
+    except BaseException:
+        await consumer.stop()
+        raise
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    stream = _Stream(gw, agency, ev, consumer, positions)
+    gw.streams.add(stream)
+    try:
+        await resp.prepare(request)
+        await resp.write(b"retry: 1000\n: subscribed to " + ev.name.encode() + b"\n\n")
+        await stream.run(resp)
+    except (ConnectionError, asyncio.CancelledError):
+        pass  # the subscriber went away, or the gateway is stopping
+    finally:
+        gw.streams.discard(stream)
+        await stream.close()
+    return resp
+
+
+async def _position(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], resume: dict[int, int] | None, since: float | None
+) -> None:
+    if resume is not None:
+        unknown = set(resume) - {tp.partition for tp in tps}
+        if unknown:
+            raise InvalidRequest("Last-Event-ID names partitions this stream does not have")
+        for tp in tps:
+            if tp.partition in resume:
+                consumer.seek(tp, resume[tp.partition])
+            else:
+                await consumer.seek_to_beginning(tp)
+        return
+    if since is not None:
+        found = await consumer.offsets_for_times({tp: int(since) for tp in tps})
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            hit = found.get(tp)
+            consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+        return
+    for tp in tps:
+        committed = await consumer.committed(tp)
+        if committed is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+
+
+class _Stream:
+    """One subscriber's live stream: read, write, commit its position, count what it delivered."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        agency: Agency,
+        ev: EventType,
+        consumer: AIOKafkaConsumer,
+        positions: dict[int, int],
+    ) -> None:
+        self.gw, self.agency, self.ev, self.consumer = gw, agency, ev, consumer
+        self.positions = positions
+        self.committed = dict(positions)
+        self.delivered = 0
+        """Events written since the last record of deliveries."""
+        self.stopping = asyncio.Event()
+        self.topic = event_topic(ev.provider, ev.type)
+
+    async def run(self, resp: web.StreamResponse) -> None:
+        metrics = self.gw.metrics
+        labels = (self.agency.id, self.ev.provider, self.ev.type)
+        last_write = commit_at = time.monotonic()
+        while not self.stopping.is_set():
+            batch = await self.consumer.getmany(timeout_ms=1000, max_records=BATCH)
+            now = time.monotonic()
+            chunks: list[bytes] = []
+            for tp, messages in batch.items():
+                for msg in messages:
+                    self.positions[tp.partition] = msg.offset + 1
+                    chunks.append(sse(encode_positions(self.positions), self.ev.name, msg.value or b"{}"))
+            if chunks:
+                await resp.write(b"".join(chunks))  # waits for this subscriber's socket only
+                self.delivered += len(chunks)
+                metrics.events_delivered.labels(*labels).inc(len(chunks))
+                last_write = now
+            elif now - last_write >= HEARTBEAT_S:
+                await resp.write(b": keep-alive\n\n")
+                last_write = now
+            if now - commit_at >= COMMIT_EVERY_S:
+                commit_at = now
+                await self.commit()
+                lag = sum(
+                    max(0, (self.consumer.highwater(TopicPartition(self.topic, p)) or 0) - o)
+                    for p, o in self.positions.items()
+                )
+                metrics.event_lag.labels(*labels).set(lag)
+
+    async def commit(self) -> None:
+        """Store the position (the subscriber's group) and record the deliveries since the last time."""
+        if self.positions != self.committed:
+            offsets = {
+                TopicPartition(self.topic, p): OffsetAndMetadata(o, "") for p, o in self.positions.items()
+            }
+            try:
+                await self.consumer.commit(offsets)
+                self.committed = dict(self.positions)
+            except KafkaError as exc:
+                log.warning("event stream of %s: position not committed: %s", self.agency.id, exc)
+        if self.delivered:
+            n, self.delivered = self.delivered, 0
+            rec = delivered_record(self.agency.id, self.ev.provider, self.ev.type, n, time.time() * 1000)
+            await self.gw.recorder.write(rec, RECORD_WITHIN_S)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self.commit()
+        self.gw.metrics.event_lag.labels(self.agency.id, self.ev.provider, self.ev.type).set(0)
+        await self.consumer.stop()

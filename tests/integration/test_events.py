@@ -1,0 +1,184 @@
+"""Data-change events: publish, subscribe (Server-Sent Events), resume, replay, rights (issue 12)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import ClientResponse, ClientSession
+
+from broker.events import rfc3339
+from broker.settings import Settings
+from tests.integration.exchange_fixtures import running_gateway
+from tests.integration.test_async import counted, running_counter
+
+pytestmark = pytest.mark.kafka
+
+PROVIDER = {"Authorization": "Bearer key-provider"}
+ALICE = {"Authorization": "Bearer key-alice"}
+SLOWPOKE = {"Authorization": "Bearer key-slowpoke"}
+BOB = {"Authorization": "Bearer key-bob"}
+SSE = {"Accept": "text/event-stream"}
+
+
+async def publish_all(
+    http: ClientSession, provider: str, subjects: int, per_subject: int
+) -> list[dict[str, Any]]:
+    """Publish ``subjects * per_subject`` events: each subject's in sequence, subjects concurrently."""
+    published: list[dict[str, Any]] = []
+
+    async def one_subject(s: int) -> None:
+        for seq in range(per_subject):
+            data = {"subject": f"s{s}", "seq": seq}
+            resp = await http.post(f"/v1/events/{provider}/changed", json=data, headers=PROVIDER)
+            assert resp.status == 202, await resp.text()
+            published.append({"event_id": (await resp.json())["event_id"], "data": data})
+
+    await asyncio.gather(*(one_subject(s) for s in range(subjects)))
+    return published
+
+
+async def read_events(resp: ClientResponse, n: int, within_s: float = 60) -> list[tuple[str, dict[str, Any]]]:
+    """The next ``n`` events of a stream as (id, envelope)."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(within_s):
+        while len(events) < n:
+            line = (await resp.content.readline()).decode().rstrip("\n")
+            if line == "":
+                if "data" in fields:
+                    events.append((fields["id"], orjson.loads(fields["data"])))
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+    return events
+
+
+async def subscribe(
+    http: ClientSession, provider: str, headers: dict[str, str], **extra: str
+) -> ClientResponse:
+    query = f"?from={extra.pop('since')}" if "since" in extra else ""
+    return await http.get(f"/v1/events/{provider}/changed{query}", headers={**headers, **SSE, **extra})
+
+
+def check_order(events: list[tuple[str, dict[str, Any]]]) -> None:
+    last: dict[str, int] = defaultdict(lambda: -1)
+    for _, ev in events:
+        subject, seq = ev["data"]["subject"], ev["data"]["seq"]
+        assert seq > last[subject], f"{subject}: event {seq} after {last[subject]}: out of order"
+        last[subject] = seq
+
+
+async def test_two_subscribers_get_every_event_in_order_and_others_are_refused(
+    exchange_settings: Settings, provider: str
+) -> None:
+    async with running_gateway(exchange_settings) as (http, _), running_counter(exchange_settings):
+        published = await publish_all(http, provider, subjects=20, per_subject=50)
+        assert len(published) == 1000
+        by_id = {p["event_id"]: p["data"] for p in published}
+        for who in (ALICE, SLOWPOKE):
+            resp = await subscribe(http, provider, who)
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            events = await read_events(resp, 1000)
+            resp.close()
+            assert [e["event_id"] for _, e in events if e["event_id"] not in by_id] == []
+            assert len({e["event_id"] for _, e in events}) == 1000, "every event once"
+            assert all(e["data"] == by_id[e["event_id"]] for _, e in events), "exactly the published bodies"
+            assert all(e["producer"] == provider and e["type"] == f"{provider}/changed" for _, e in events)
+            check_order(events)
+        refused = await subscribe(http, provider, BOB)
+        assert refused.status == 403
+        assert (await refused.json())["code"] == "access_denied"
+        allowed = await (await http.get("/v1/allowed", headers=ALICE)).json()
+        assert allowed["events"] == {"publish": [], "subscribe": [f"{provider}/changed"]}
+        stats = await counted(http, exchange_settings, 0, within_s=5)
+        async with asyncio.timeout(30):
+            while stats["events"]["published"].get(f"{provider}/changed", 0) < 1000:
+                stats = await counted(http, exchange_settings, 0, within_s=1)
+    assert stats["events"]["published"] == {f"{provider}/changed": 1000}, stats
+    assert stats["total"] == 0, "events are not exchanges"
+
+
+async def test_a_subscriber_resumes_after_last_event_id_with_nothing_twice_or_missed(
+    exchange_settings: Settings, provider: str
+) -> None:
+    async with running_gateway(exchange_settings) as (http, _):
+        published = await publish_all(http, provider, subjects=10, per_subject=100)
+        resp = await subscribe(http, provider, ALICE)
+        first = await read_events(resp, 300)
+        resp.close()
+        last_id = first[-1][0]
+        resp = await subscribe(http, provider, ALICE, **{"Last-Event-ID": last_id})
+        rest = await read_events(resp, 700)
+        # Nothing more is waiting: a heartbeat-free second of silence, then the stream is closed.
+        extra = await _more(resp)
+        resp.close()
+        bad = await subscribe(http, provider, ALICE, **{"Last-Event-ID": "not-an-id"})
+        assert bad.status == 400
+    ids = [e["event_id"] for _, e in first + rest]
+    assert len(ids) == len(set(ids)) == 1000, "nothing twice"
+    assert set(ids) == {p["event_id"] for p in published}, "nothing missed"
+    assert extra == []
+    check_order(first + rest)
+
+
+async def _more(resp: ClientResponse) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        return await read_events(resp, 1, within_s=1.5)
+    except TimeoutError:
+        return []
+
+
+async def test_replay_from_a_time_and_the_durable_position(
+    exchange_settings: Settings, provider: str
+) -> None:
+    async with running_gateway(exchange_settings) as (http, _):
+        await publish_all(http, provider, subjects=5, per_subject=10)
+        await asyncio.sleep(0.1)
+        since = rfc3339(time.time() * 1000)
+        await asyncio.sleep(0.1)
+        later = await publish_all(http, provider, subjects=5, per_subject=4)
+        resp = await subscribe(http, provider, SLOWPOKE, since=since.replace("+00:00", "Z"))
+        assert resp.status == 200, await resp.text()
+        replayed = await read_events(resp, 20)
+        assert await _more(resp) == []
+        resp.close()
+        assert {e["event_id"] for _, e in replayed} == {p["event_id"] for p in later}
+        # Without Last-Event-ID or ?from, the subscriber resumes at its own committed position.
+        resp = await subscribe(http, provider, SLOWPOKE)
+        await asyncio.sleep(2.5)  # the stream commits its position every second
+        resp.close()
+        newest = await publish_all(http, provider, subjects=1, per_subject=3)
+        resp = await subscribe(http, provider, SLOWPOKE)
+        got = await read_events(resp, 3)
+        resp.close()
+        assert [e["event_id"] for _, e in got] == [p["event_id"] for p in newest]
+        assert (await subscribe(http, provider, SLOWPOKE, since="yesterday")).status == 400
+
+
+async def test_publishing_is_for_the_provider_and_its_schema(
+    exchange_settings: Settings, provider: str
+) -> None:
+    url = f"/v1/events/{provider}/changed"
+    async with running_gateway(exchange_settings) as (http, _):
+        denied = await http.post(url, json={"subject": "a", "seq": 1}, headers=ALICE)
+        assert (denied.status, (await denied.json())["code"]) == (403, "access_denied")
+        bad = await http.post(url, json={"subject": "", "seq": -1, "x": 1}, headers=PROVIDER)
+        problem = await bad.json()
+        assert (bad.status, problem["code"]) == (400, "invalid_request")
+        assert {e["path"] for e in problem["errors"]} >= {"/subject", "/seq"}
+        unknown = await http.post(f"/v1/events/{provider}/nothing", json={}, headers=PROVIDER)
+        assert unknown.status == 404
+        no_accept = await http.get(url, headers=ALICE)
+        assert no_accept.status == 400
+        catalog = await (await http.get("/v1/events")).json()
+        types = {f"{e['provider']}/{e['type']}": e for e in catalog["events"]}
+        assert types[f"{provider}/changed"]["key"] == "subject"
+        openapi = await (await http.get("/openapi.json")).json()
+        assert set(openapi["paths"][url]) == {"get", "post"}
