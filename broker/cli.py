@@ -151,7 +151,23 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     from broker.platform import run_platform
 
     settings = settings.replace(port=args.port if args.port is not None else settings.port)
-    return run_platform(settings, data_dir=args.data_dir, progress=_progress)
+    return run_platform(settings, data_dir=args.data_dir, changes=args.changes, progress=_progress)
+
+
+def _changes(settings: Settings, args: argparse.Namespace) -> int:
+    import uvloop
+
+    from adapters.changes import run_changes
+
+    uvloop.run(run_changes(args.url, args.rate, _progress))
+    return 0
+
+
+def _positive_rate(raw: str) -> float:
+    rate = float(raw.removesuffix("/s"))
+    if not 0 < rate <= 10_000:
+        raise argparse.ArgumentTypeError("a rate from 0 (exclusive) to 10000 events/s")
+    return rate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="the whole platform on this machine; Ctrl-C stops all")
     up.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
     up.add_argument("--data-dir", type=Path, default=None, help="keep Kafka data here")
+    up.add_argument(
+        "--changes", type=_positive_rate, default=None, metavar="N/s",
+        help="also run a simulated change feed publishing N events a second (off by default)",
+    )  # fmt: skip
     up.set_defaults(func=_up)
+    changes = sub.add_parser("changes", help="a simulated change feed: agencies publish events")
+    changes.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    changes.add_argument("--rate", type=_positive_rate, default=5.0, metavar="N/s")
+    changes.set_defaults(func=_changes)
 
     gateway = sub.add_parser("gateway", help="the REST gateway (N processes on one port)")
     gateway.add_argument("--port", type=int, default=None)

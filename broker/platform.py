@@ -113,9 +113,19 @@ def demo_text(settings: Settings, base_url: str) -> str:
         if registry.authenticate(key) is None:
             continue
         allowed = registry.allowed_services(agency.id)
-        if not allowed:
+        publish, subscribe = registry.allowed_events(agency.id)
+        rights = [
+            f"{what} {len(names)} {noun}"
+            for what, names, noun in (
+                ("may call", allowed, "service(s)"),
+                ("publishes", publish, "event type(s)"),
+                ("subscribes to", subscribe, "event type(s)"),
+            )
+            if names
+        ]
+        if not rights:
             continue
-        lines.append(f"  {agency.id:10} {key:18} may call {len(allowed)} service(s)")
+        lines.append(f"  {agency.id:10} {key:18} " + ", ".join(rights))
         for name in allowed:
             svc = catalog.get(*name.split("/", 1))
             if example is None and svc is not None and svc.examples:
@@ -127,6 +137,12 @@ def demo_text(settings: Settings, base_url: str) -> str:
             f"  curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
             f"-d '{orjson.dumps(body).decode()}' {base_url}/v1/exchange/{name}"
         )
+    if catalog.events:
+        lines.append("live events (start with --changes 5 to see some flow):")
+        lines.append(
+            "  curl -N -H 'Authorization: Bearer demo-hanoi' -H 'Accept: text/event-stream' "
+            f"{base_url}/v1/events/bca/address_changed"
+        )
     return "\n".join(lines)
 
 
@@ -134,6 +150,7 @@ def run_platform(
     settings: Settings,
     *,
     data_dir: Path | None = None,
+    changes: float | None = None,
     progress: Callable[[str], Any] = print,
 ) -> int:
     """Run everything until SIGINT/SIGTERM; return the exit code."""
@@ -185,6 +202,8 @@ def run_platform(
         procs = start("gateway", "gateway", "--port", str(settings.port), "--workers", str(settings.workers))
         base = f"http://{settings.host}:{settings.port}"
         _wait_ready(base + "/readyz", procs, within_s=60)
+        if changes:
+            start("changes", "changes", "--url", base, "--rate", f"{changes:g}")
         progress(demo_text(settings, base))
         progress(
             f"metrics: gateway {base}/metrics, adapters http://127.0.0.1:{adapter_metrics}/metrics, "

@@ -114,3 +114,19 @@ def test_registry_callbacks_come_only_from_the_registry_and_are_checked(tmp_path
         raw["agencies"][1]["callback"] = bad
         with pytest.raises(RegistryError, match="callback"):
             Registry.from_dict(raw, catalog)
+
+
+def test_the_change_feed_makes_events_that_pass_their_schemas() -> None:
+    import datetime as dt
+    import random
+
+    from adapters.changes import FEED
+
+    catalog = Catalog.load(Path(__file__).resolve().parents[2] / "schemas")
+    r = random.Random(1)
+    for _, provider, type_, make in FEED:
+        ev = catalog.event(provider, type_)
+        assert ev is not None, f"{provider}/{type_} is not in the catalog"
+        for _ in range(50):
+            data = make(r, dt.date(2026, 12, 1))
+            assert ev.schema.violations(data) == [], (provider, type_, data)

@@ -165,15 +165,22 @@ def test_a_fixed_documented_share_of_identifiers_does_not_exist() -> None:
     assert abs(missing - synthetic.MISSING_PERCENT / 100) < 0.015
 
 
-def test_a_lookup_cannot_record_a_change_and_a_write_records_one() -> None:
+def test_a_lookup_cannot_record_a_change_and_a_write_records_one_and_its_event() -> None:
     with pytest.raises(TypeError, match="lookup"):
         asyncio.run(HANDLERS["bca/register_address"](Request(meta=META, body=_REGISTRATION)))
     changes: list[Change] = []
     answer = asyncio.run(
         HANDLERS["bca/register_address"](Request(meta=META, body=_REGISTRATION, changes=changes))
     )
-    assert [c.key for c in changes] == [_REGISTRATION["cccd"]]
+    assert [(c.key, c.event) for c in changes] == [
+        (_REGISTRATION["cccd"], None),
+        (_REGISTRATION["cccd"], "address_changed"),
+    ]
     assert changes[0].value["registration_id"] == answer["registration_id"]
+    event_type = CATALOG.event("bca", "address_changed")
+    assert event_type is not None
+    assert event_type.schema.violations(changes[1].value) == [], "the event passes its own schema"
+    assert changes[1].value["registration_id"] == answer["registration_id"]
 
 
 _REGISTRATION = CATALOG.get("bca", "register_address").examples[0]  # type: ignore[union-attr]
