@@ -151,7 +151,7 @@ def settled_total(base: str, within_s: float = 60, quiet_s: float = 2.0) -> int:
 
 
 @contextmanager
-def _kafka(tmp: Path) -> Iterator[str]:
+def kafka_bootstrap(tmp: Path) -> Iterator[str]:
     given = os.environ.get("NDXP_KAFKA_BOOTSTRAP")
     if given:
         yield given
@@ -175,9 +175,8 @@ def running_platform(
     # The demo registry's per-client rate limits would answer 429 long before
     # the platform's own limits show: measure with them raised 1000-fold.
     registry = yaml.safe_load((ROOT / "deploy" / "registry.yaml").read_text())
-    for agency in registry["agencies"]:
-        if "rate_limit" in agency:
-            agency["rate_limit"] *= 1000
+    for agency in registry["agencies"]:  # providers too: they publish events (default 1000/s)
+        agency["rate_limit"] = agency.get("rate_limit", 1000) * 1000
     (tmp / "registry.yaml").write_text(yaml.safe_dump(registry, allow_unicode=True))
     port = free_port()
     env = {
@@ -351,7 +350,7 @@ def main() -> int:
     sweep = [int(u) for u in args.users.split(",")]
     with (
         tempfile.TemporaryDirectory(prefix="ndxp-bench-") as tmp,
-        _kafka(Path(tmp)) as bootstrap,
+        kafka_bootstrap(Path(tmp)) as bootstrap,
         running_platform(Path(tmp), bootstrap, args.workers) as (base, up),
     ):
         print(f"platform up at {base} ({args.workers} gateway worker(s)) on Kafka {bootstrap}", flush=True)
