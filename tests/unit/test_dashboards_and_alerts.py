@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from broker.metrics import AdapterMetrics, CounterMetrics, GatewayMetrics
+from broker.metrics import AdapterMetrics, CounterMetrics, GatewayMetrics, KeeperMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMQL_WORDS = {
@@ -24,7 +24,7 @@ PROMQL_WORDS = {
 def exposed_names() -> set[str]:
     """Series names the platform's metric definitions produce, plus Prometheus' own `up`."""
     registry = CollectorRegistry()
-    for metrics in (GatewayMetrics, AdapterMetrics, CounterMetrics):
+    for metrics in (GatewayMetrics, AdapterMetrics, CounterMetrics, KeeperMetrics):
         metrics(registry)
     names = {"up"}
     for family in registry.collect():
