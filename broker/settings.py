@@ -133,6 +133,8 @@ class Settings:
     exchanges_retention_hours: int = 96
     """``NDXP_EXCHANGES_RETENTION_HOURS``: how long stored exchanges stay readable (>= 50: the
     longest async wait, 48 h, plus a margin); also bounds what each gateway holds in memory."""
+    max_streams: int = 10
+    """``NDXP_MAX_STREAMS``: event streams (SSE) one client may hold open per gateway worker."""
     events_retention_hours: int = 168
     """``NDXP_EVENTS_RETENTION_HOURS``: how far back subscribers can replay events (``?from=``)."""
     callback_attempts: int = 8
@@ -194,6 +196,7 @@ class Settings:
             ("EXCHANGES_RETENTION_HOURS", "exchanges_retention_hours", 50),
             ("CALLBACK_ATTEMPTS", "callback_attempts", 1),
             ("EVENTS_RETENTION_HOURS", "events_retention_hours", 1),
+            ("MAX_STREAMS", "max_streams", 1),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = _int(PREFIX + name, v, minimum=minimum)

@@ -128,6 +128,7 @@ class ExchangeKeeper(KafkaService):
         self._committed: dict[TopicPartition, int] = {}
         self._last_read: dict[TopicPartition, int] = {}
         self._commit_at = 0.0
+        self._gauges_at = 0.0
 
     async def _open(self) -> None:
         await ensure_topics(
@@ -259,7 +260,9 @@ class ExchangeKeeper(KafkaService):
                 self._deliver(tp, o)
             elif o.final is None and o.pending is not None and now >= o.pending.deadline_ms + GRACE_MS:
                 to_finish.append((tp, o))
-        self._gauges()
+        if time.monotonic() >= self._gauges_at:  # a walk over every open exchange: once a second
+            self._gauges_at = time.monotonic() + 1.0
+            self._gauges()
         if to_finish or self._results or time.monotonic() >= self._commit_at:
             await self._write(to_finish)
 

@@ -99,6 +99,7 @@ def create_app(
             max_in_flight=settings.max_in_flight,
             workers=settings.workers,
             auth_failure_rate=settings.auth_failure_rate,
+            max_streams=settings.max_streams,
         ),
         replies=ReplyRouter(settings, worker_reply_topic(settings, worker), metrics),
         recorder=TxRecorder(settings.tx_topic, metrics),

@@ -133,6 +133,18 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         since = parse_time(request.query["from"]) if "from" in request.query else None
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc
+    with gw.limits.stream(agency):
+        return await _serve(gw, request, agency, ev, resume, since)
+
+
+async def _serve(
+    gw: Gateway,
+    request: web.Request,
+    agency: Agency,
+    ev: EventType,
+    resume: dict[int, int] | None,
+    since: float | None,
+) -> web.StreamResponse:
     consumer = make_consumer(
         gw.settings,
         group_id=subscriber_group(agency.id, ev.provider, ev.type),
@@ -161,7 +173,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     try:
         await resp.prepare(request)
         await resp.write(b"retry: 1000\n: subscribed to " + ev.name.encode() + b"\n\n")
-        await stream.run(resp)
+        await stream.run(request, resp)
     except (ConnectionError, asyncio.CancelledError):
         pass  # the subscriber went away, or the gateway is stopping
     finally:
@@ -217,11 +229,13 @@ class _Stream:
         self.stopping = asyncio.Event()
         self.topic = event_topic(ev.provider, ev.type)
 
-    async def run(self, resp: web.StreamResponse) -> None:
+    async def run(self, request: web.Request, resp: web.StreamResponse) -> None:
         metrics = self.gw.metrics
         labels = (self.agency.id, self.ev.provider, self.ev.type)
         last_write = commit_at = time.monotonic()
         while not self.stopping.is_set():
+            if request.transport is None or request.transport.is_closing():
+                return  # the subscriber hung up: free its stream now, not at the next heartbeat
             batch = await self.consumer.getmany(timeout_ms=1000, max_records=BATCH)
             now = time.monotonic()
             chunks: list[bytes] = []

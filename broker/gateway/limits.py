@@ -55,8 +55,11 @@ class Limits:
         max_in_flight: int,
         workers: int = 1,
         auth_failure_rate: float = 5.0,
+        max_streams: int = 10,
     ) -> None:
         self.default_rate = default_rate
+        self.max_streams = max_streams
+        self._streams: dict[str, int] = {}
         self.max_in_flight = max_in_flight
         self.workers = max(1, workers)
         self.auth_failure_rate = auth_failure_rate / self.workers
@@ -94,6 +97,25 @@ class Limits:
         finally:
             self._in_flight[agency.id] -= 1
             self.total_in_flight -= 1
+
+    @contextmanager
+    def stream(self, agency: Agency) -> Iterator[None]:
+        """Hold one event stream of ``agency`` open (a Kafka consumer each): at most ``max_streams``
+        per client and worker, else 429; opening one costs a request of the client's rate."""
+        wait = self._bucket(agency).take()
+        if wait > 0:
+            raise RateLimited(f"{agency.id} exceeds its rate limit", retry_after=wait)
+        mine = self._streams.get(agency.id, 0)
+        if mine >= self.max_streams:
+            raise RateLimited(
+                f"{agency.id} has {mine} event streams open here, the most allowed; close one first",
+                retry_after=5,
+            )
+        self._streams[agency.id] = mine + 1
+        try:
+            yield
+        finally:
+            self._streams[agency.id] -= 1
 
     def reset_rates(self) -> None:
         """Forget the per-client buckets: rates from a reloaded registry apply from now on."""

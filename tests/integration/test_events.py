@@ -182,3 +182,28 @@ async def test_publishing_is_for_the_provider_and_its_schema(
         assert types[f"{provider}/changed"]["key"] == "subject"
         openapi = await (await http.get("/openapi.json")).json()
         assert set(openapi["paths"][url]) == {"get", "post"}
+
+
+async def test_a_client_holds_a_bounded_number_of_streams(exchange_settings: Settings, provider: str) -> None:
+    settings = exchange_settings.replace(max_streams=2)
+    async with running_gateway(settings) as (http, gw):
+        first = await subscribe(http, provider, ALICE)
+        second = await subscribe(http, provider, ALICE)
+        assert (first.status, second.status) == (200, 200)
+        third = await subscribe(http, provider, ALICE)
+        assert (third.status, (await third.json())["code"]) == (429, "rate_limited")
+        assert "Retry-After" in third.headers
+        other = await subscribe(http, provider, SLOWPOKE)
+        assert other.status == 200, "one client's streams do not use up another's"
+        first.close()
+        async with asyncio.timeout(15):  # the closed stream's slot is freed within a poll
+            while True:
+                again = await subscribe(http, provider, ALICE)
+                if again.status == 200:
+                    break
+                await asyncio.sleep(0.3)
+        for resp in (second, other, again):
+            resp.close()
+        async with asyncio.timeout(15):
+            while gw.streams:
+                await asyncio.sleep(0.2)
