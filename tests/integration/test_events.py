@@ -44,11 +44,14 @@ async def publish_all(
 
 async def read_events(resp: ClientResponse, n: int, within_s: float = 60) -> list[tuple[str, dict[str, Any]]]:
     """The next ``n`` events of a stream as (id, envelope)."""
+    assert resp.status == 200, f"not a stream: {resp.status} {await resp.text()}"
     events: list[tuple[str, dict[str, Any]]] = []
     fields: dict[str, str] = {}
     async with asyncio.timeout(within_s):
         while len(events) < n:
-            line = (await resp.content.readline()).decode().rstrip("\n")
+            raw = await resp.content.readline()
+            assert raw, f"the stream ended after {len(events)} of {n} events"
+            line = raw.decode().rstrip("\n")
             if line == "":
                 if "data" in fields:
                     events.append((fields["id"], orjson.loads(fields["data"])))
@@ -144,22 +147,22 @@ async def test_replay_from_a_time_and_the_durable_position(
         since = rfc3339(time.time() * 1000)
         await asyncio.sleep(0.1)
         later = await publish_all(http, provider, subjects=5, per_subject=4)
-        resp = await subscribe(http, provider, SLOWPOKE, since=since.replace("+00:00", "Z"))
+        resp = await subscribe(http, provider, ALICE, since=since.replace("+00:00", "Z"))
         assert resp.status == 200, await resp.text()
         replayed = await read_events(resp, 20)
         assert await _more(resp) == []
         resp.close()
         assert {e["event_id"] for _, e in replayed} == {p["event_id"] for p in later}
         # Without Last-Event-ID or ?from, the subscriber resumes at its own committed position.
-        resp = await subscribe(http, provider, SLOWPOKE)
+        resp = await subscribe(http, provider, ALICE)
         await asyncio.sleep(2.5)  # the stream commits its position every second
         resp.close()
         newest = await publish_all(http, provider, subjects=1, per_subject=3)
-        resp = await subscribe(http, provider, SLOWPOKE)
+        resp = await subscribe(http, provider, ALICE)
         got = await read_events(resp, 3)
         resp.close()
         assert [e["event_id"] for _, e in got] == [p["event_id"] for p in newest]
-        assert (await subscribe(http, provider, SLOWPOKE, since="yesterday")).status == 400
+        assert (await subscribe(http, provider, ALICE, since="yesterday")).status == 400
 
 
 async def test_publishing_is_for_the_provider_and_its_schema(
