@@ -137,6 +137,9 @@ class Settings:
     """``NDXP_MAX_STREAMS``: event streams (SSE) one client may hold open per gateway worker."""
     events_retention_hours: int = 168
     """``NDXP_EVENTS_RETENTION_HOURS``: how far back subscribers can replay events (``?from=``)."""
+    exchange_view_mb: int = 256
+    """``NDXP_EXCHANGE_VIEW_MB``: finished stored exchanges each gateway worker holds in memory
+    (the oldest beyond it are read back from Kafka when asked for)."""
     callback_attempts: int = 8
     """``NDXP_CALLBACK_ATTEMPTS``: deliveries tried before a callback is dead-lettered."""
     callback_backoff_s: float = 2.0
@@ -197,6 +200,7 @@ class Settings:
             ("CALLBACK_ATTEMPTS", "callback_attempts", 1),
             ("EVENTS_RETENTION_HOURS", "events_retention_hours", 1),
             ("MAX_STREAMS", "max_streams", 1),
+            ("EXCHANGE_VIEW_MB", "exchange_view_mb", 1),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = _int(PREFIX + name, v, minimum=minimum)

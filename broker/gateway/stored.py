@@ -180,7 +180,7 @@ async def _replay(
     if held_fp != fp:
         raise IdempotencyKeyReused("this Idempotency-Key was used for another request (service or body)")
     view = gw.exchanges
-    doc = view.docs.get(eid)
+    doc = await view.get(eid)
     if mode != "async" and isinstance(doc, Pending):
         left = (doc.deadline_ms + GRACE_MS - time.time() * 1000) / 1000 + KEEPER_MARGIN_S
         if left <= svc.timeout_ms / 1000 + KEEPER_MARGIN_S + GRACE_MS / 1000:  # a sync one: wait for it
@@ -235,7 +235,7 @@ async def get_exchange(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     agency = authenticate(gw, request)
     eid = request.match_info["exchange_id"]
-    doc = gw.exchanges.get(eid, agency.id) if _EXCHANGE_ID.match(eid) else None
+    doc = await gw.exchanges.get(eid, agency.id) if _EXCHANGE_ID.match(eid) else None
     if doc is None:  # unknown, or another caller's: the same answer
         raise NotFound(f"no exchange {eid[:64]} of {agency.id}")
     prefs = preferences(request)

@@ -22,6 +22,7 @@ from broker.catalog import Catalog
 from broker.counter.counter import TxCounter
 from broker.counter.records import day_of
 from broker.exchanges.keeper import ExchangeKeeper
+from broker.exchanges.view import Evicted
 from broker.metrics import CounterMetrics, KeeperMetrics
 from broker.registry import Registry
 from broker.settings import Settings
@@ -343,3 +344,28 @@ async def test_results_survive_a_gateway_restart_and_are_counted_once(
     assert stats["total"] == 5, stats
     assert stats["by_mode"] == {"async": 5}, stats
     assert sum(handlers.calls.values()) == 5
+
+
+async def test_results_beyond_the_memory_budget_are_read_back_from_kafka(
+    exchange_settings: Settings, provider: str
+) -> None:
+    url = f"/v1/exchange/{provider}/echo"
+    async with (
+        running_adapter(exchange_settings, provider, EchoHandlers()),
+        running_gateway(exchange_settings) as (http, gw),
+        running_keeper(exchange_settings),
+    ):
+        gw.exchanges.budget = 1  # hold only the newest final document
+        ids = []
+        for i in range(5):
+            resp = await http.post(url, json={"msg": f"m{i}"}, headers=ASYNC)
+            ids.append((await resp.json())["exchange_id"])
+        for eid in ids:
+            await until_status(http, eid, "done")
+        held = [eid for eid in ids if not isinstance(gw.exchanges.docs[eid], Evicted)]
+        assert len(held) == 1, "all but the newest final document are evicted"
+        for i, eid in enumerate(ids):
+            code, doc = await status(http, eid, ALICE)
+            assert (code, doc["status"], doc["result"]["msg"]) == (200, "done", f"m{i}")
+        code, _ = await status(http, ids[0], BOB)
+        assert code == 404, "read back or not, another caller gets nothing"
