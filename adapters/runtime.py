@@ -67,6 +67,7 @@ from broker.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    send_all,
 )
 from broker.metrics import AdapterMetrics
 from broker.settings import Settings
@@ -384,14 +385,7 @@ class Adapter(KafkaService):
         while True:
             try:
                 async with producer.transaction():
-                    for out in outs:
-                        await producer.send(
-                            out.topic,
-                            out.value,
-                            key=out.key,
-                            headers=out.headers or None,
-                            partition=out.partition,
-                        )
+                    await send_all(producer, outs)
                     await producer.send_offsets_to_transaction(offsets, self.group_id)
                 break
             except ProducerFenced:

@@ -281,6 +281,14 @@ class Outgoing:
     partition: int | None = None
 
 
+async def send_all(producer: AIOKafkaProducer, outgoing: Iterable[Outgoing]) -> None:
+    """Hand every record to the producer (inside a transaction: part of it)."""
+    for out in outgoing:
+        await producer.send(
+            out.topic, out.value, key=out.key, headers=out.headers or None, partition=out.partition
+        )
+
+
 async def produce_and_commit(
     producer: AIOKafkaProducer,
     consumer: AIOKafkaConsumer,
@@ -298,10 +306,7 @@ async def produce_and_commit(
     offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
     try:
         async with producer.transaction():
-            for out in outgoing:
-                await producer.send(
-                    out.topic, out.value, key=out.key, headers=out.headers or None, partition=out.partition
-                )
+            await send_all(producer, outgoing)
             await producer.send_offsets_to_transaction(offsets, group_id)
     except Exception:
         log.exception("%s: transaction failed; the batch will be processed again", what)

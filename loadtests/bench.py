@@ -231,21 +231,33 @@ def measure(
     if args.warmup:
         print(f"[{users} users] exchange warm-up for {args.warmup}s ...", flush=True)
         _run_measured([*gen, "--seconds", str(args.warmup), "--seed", "1"], timeout=args.warmup + 60)
+    m = _measured(
+        base, up, f"[{users} users] exchanges", [*gen, "--seconds", str(args.seconds)], args.seconds + 60
+    )
+    return {
+        "users": users,
+        "raw": raw,
+        "ratio": m["exchange"]["rps"] / raw["rps"] if raw["rps"] else 0.0,
+        **m,
+    }
+
+
+def _measured(
+    base: str, up: subprocess.Popen[bytes], what: str, gen: list[str], timeout: int
+) -> dict[str, Any]:
+    """Run the generator once: its figures, CPU per part over the window, and exactness."""
     before = settled_total(base)
     parts = _parts(up.pid)
     cpu0 = _snapshot(parts)
-    print(f"[{users} users] exchanges for {args.seconds}s ...", flush=True)
-    ex, gen_cpu = _run_measured([*gen, "--seconds", str(args.seconds)], timeout=args.seconds + 60)
+    print(f"{what} for {gen[-1]}s ...", flush=True)
+    ex, gen_cpu = _run_measured(gen, timeout=timeout)
     cpu1 = _snapshot(parts)
     after = settled_total(base)
     responses = sum(ex["statuses"].values())
     cpu = {part: cpu1[part] - cpu0[part] for part in PARTS}
     cpu["generator"] = gen_cpu
     return {
-        "users": users,
-        "raw": raw,
         "exchange": ex,
-        "ratio": ex["rps"] / raw["rps"] if raw["rps"] else 0.0,
         "cpu_ms_per_exchange": {p: 1000 * s / max(1, responses) for p, s in cpu.items()},
         "cpu_s": cpu,
         "counted": after - before,
@@ -259,26 +271,9 @@ def measure_async(
 ) -> dict[str, Any]:
     """Async exchanges from the light generator: submit, then long-poll until finished."""
     gen = [sys.executable, "-m", "loadtests.gen", "--url", base, "--users", str(users), "--async"]
-    before = settled_total(base)
-    parts = _parts(up.pid)
-    cpu0 = _snapshot(parts)
-    print(f"[{users} users] async exchanges for {args.seconds}s ...", flush=True)
-    ex, gen_cpu = _run_measured([*gen, "--seconds", str(args.seconds)], timeout=args.seconds + 120)
-    cpu1 = _snapshot(parts)
-    after = settled_total(base)
-    responses = sum(ex["statuses"].values())
-    cpu = {part: cpu1[part] - cpu0[part] for part in PARTS}
-    cpu["generator"] = gen_cpu
-    return {
-        "users": users,
-        "mode": "async",
-        "exchange": ex,
-        "ratio_to_sync": 0.0,
-        "cpu_ms_per_exchange": {p: 1000 * s / max(1, responses) for p, s in cpu.items()},
-        "counted": after - before,
-        "responses": responses,
-        "exact": after - before == responses,
-    }
+    m = _measured(base, up, f"[{users} users] async exchanges", [*gen, "--seconds", str(args.seconds)],
+                  args.seconds + 120)  # fmt: skip
+    return {"users": users, "mode": "async", "ratio_to_sync": 0.0, **m}
 
 
 def report(results: list[dict[str, Any]]) -> None:

@@ -47,7 +47,16 @@ from broker.counter.records import TxRecord
 from broker.envelope import Reply
 from broker.exchanges.docs import H_DOC, Claims, Final, Pending, decode, doc_kind, finish
 from broker.exchanges.view import exchanges_topic_spec
-from broker.kafka import Batch, KafkaService, Outgoing, TopicSpec, ensure_topics, make_consumer, make_producer
+from broker.kafka import (
+    Batch,
+    KafkaService,
+    Outgoing,
+    TopicSpec,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    send_all,
+)
 from broker.metrics import KeeperMetrics
 from broker.registry import Registry
 from broker.settings import Settings
@@ -309,14 +318,7 @@ class ExchangeKeeper(KafkaService):
             return
         try:
             async with producer.transaction():
-                for out in outgoing:
-                    await producer.send(
-                        out.topic,
-                        out.value,
-                        key=out.key,
-                        headers=out.headers or None,
-                        partition=out.partition,
-                    )
+                await send_all(producer, outgoing)
                 if offsets:
                     await producer.send_offsets_to_transaction(offsets, self.group_id)
         except Exception:

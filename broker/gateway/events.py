@@ -43,7 +43,7 @@ from broker.events import (
     subscriber_group,
 )
 from broker.gateway.auth import authenticate
-from broker.gateway.exchange import read_body
+from broker.gateway.exchange import read_body, validated
 from broker.gateway.problems import header
 from broker.gateway.state import GATEWAY, Gateway
 from broker.kafka import make_consumer, topic_partitions
@@ -83,19 +83,7 @@ async def publish(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"the body limit is {limit} bytes")
     with gw.limits.admit(agency):
         body = await read_body(request, limit, gw.settings.body_timeout_s)
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(
-                f"the body is not valid JSON: {exc}",
-                extra={"errors": [{"path": "/", "schema_path": "/", "message": "invalid JSON"}]},
-            ) from exc
-        bad = ev.schema.violations(data)
-        if bad:
-            raise InvalidRequest(
-                "; ".join(f"{v.path}: {v.message}" for v in bad[:3]),
-                extra={"errors": [v.as_dict() for v in bad]},
-            )
+        data = validated(ev.schema, body)
         key = str(data[ev.key])
         event_id, value, t_ms = envelope(
             provider=ev.provider, type_=ev.type, key=key, data=data,

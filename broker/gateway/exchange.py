@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from broker.catalog import Service
+from broker.catalog import Contract, Service
 from broker.counter.recorder import RECORD_WITHIN_S
 from broker.counter.records import TxRecord
 from broker.envelope import Reply, RequestMeta, now_ms, request_topic
@@ -201,6 +202,11 @@ async def read_body(request: web.Request, limit: int, within_s: float) -> bytes:
 
 
 def _validate_request(svc: Service, body: bytes) -> None:
+    validated(svc.request, body)
+
+
+def validated(contract: Contract, body: bytes) -> Any:
+    """The body parsed and checked against ``contract``; InvalidRequest (400, with paths) if it is not."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -208,9 +214,10 @@ def _validate_request(svc: Service, body: bytes) -> None:
             f"the body is not valid JSON: {exc}",
             extra={"errors": [{"path": "/", "schema_path": "/", "message": "invalid JSON"}]},
         ) from exc
-    bad = svc.request.violations(doc)
+    bad = contract.violations(doc)
     if bad:
         raise InvalidRequest(
             "; ".join(f"{v.path}: {v.message}" for v in bad[:3]),
             extra={"errors": [v.as_dict() for v in bad]},
         )
+    return doc
