@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from aiokafka.errors import KafkaError
 
 from broker.kafka import KafkaUnavailable
 from broker.localkafka import LocalKafka, LocalKafkaError, state_file
+from broker.logs import setup_logging
 from broker.settings import Settings, SettingsError
 
 
@@ -235,12 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         _progress(f"ndxp: configuration error: {exc}")
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # aiokafka narrates every rebalance and coordinator look-up at INFO.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    setup_logging(settings.log_level)
     try:
         return int(args.func(settings, args))
     except (LocalKafkaError, ValueError, KafkaUnavailable, KafkaError) as exc:

@@ -17,7 +17,7 @@ from typing import Any, TypedDict, Unpack
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -204,6 +204,19 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
     if created:
         await wait_for_topics(settings, created)
     return created
+
+
+async def delete_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Delete topics (a gateway worker's own reply topic when it stops: instances that are gone
+    leave none behind). One that does not exist is no error."""
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(names), timeout_ms=10_000)
+    except UnknownTopicOrPartitionError:
+        pass
+    finally:
+        await admin.close()
 
 
 async def wait_for_topics(settings: Settings, names: Iterable[str], within_s: float = 30.0) -> None:

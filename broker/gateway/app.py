@@ -44,8 +44,16 @@ from broker.gateway.problems import problems, server_header
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.state import GATEWAY, Gateway
 from broker.gateway.stored import get_exchange
-from broker.kafka import Reachability, StickyPartitioner, TopicSpec, ensure_topics, make_producer
+from broker.kafka import (
+    Reachability,
+    StickyPartitioner,
+    TopicSpec,
+    delete_topics,
+    ensure_topics,
+    make_producer,
+)
 from broker.lifecycle import PartFailed, run_until_stopped
+from broker.logs import setup_logging
 from broker.metrics import GatewayMetrics
 from broker.registry import Registry, RegistryError
 from broker.settings import Settings
@@ -144,6 +152,9 @@ def create_app(
         await gw.replies.start()
         yield
         await _bounded(gw.replies.stop(), settings.shutdown_grace_s, "reply router")
+        # Every exchange of this worker is over: its reply topic goes with it (a worker that is
+        # killed leaves its topic, empty after an hour's retention, until it is restarted).
+        await _bounded(delete_topics(settings, [gw.replies.topic]), 10.0, "reply topic removal")
 
     async def stats_view(app: web.Application) -> AsyncIterator[None]:
         await gw.stats.start()
@@ -249,11 +260,7 @@ def reload_registry(gw: Gateway) -> bool:
 
 
 def _worker_main(settings: Settings, worker: int, ready: Queue[int]) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s gateway[{worker}] %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    setup_logging(settings.log_level, f"%(asctime)s %(levelname)s gateway[{worker}] %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() handles it: reload, never die
     try:

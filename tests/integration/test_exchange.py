@@ -211,3 +211,24 @@ async def test_a_reused_request_id_never_gives_one_caller_another_callers_answer
     assert [b["msg"] for b in bodies] == ["hanoi's citizen", "danang's citizen", "other"]
     assert len(ids) == 3, "every exchange gets its own id, whatever X-Request-Id says"
     assert handlers.calls == {"hanoi's citizen": 1, "danang's citizen": 1, "other": 1}
+
+
+async def test_a_worker_that_stops_removes_its_reply_topic(exchange_settings: Settings) -> None:
+    from broker.kafka import admin_client
+
+    async with running_gateway(exchange_settings) as (_, gw):
+        topic = gw.replies.topic
+        admin = admin_client(exchange_settings)
+        await admin.start()
+        try:
+            assert topic in await admin.list_topics()
+        finally:
+            await admin.close()
+    admin = admin_client(exchange_settings)
+    await admin.start()
+    try:
+        async with asyncio.timeout(20):
+            while topic in await admin.list_topics():
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
