@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -163,6 +164,28 @@ def _changes(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    from broker.status import run_status, state_path
+
+    gateway = args.url.rstrip("/")
+    port = urllib.parse.urlsplit(gateway).port or 80
+    parts = {"gateway": f"{gateway}/metrics"}
+    saved = state_path(settings.cache_dir, port)
+    if saved.exists():  # written by `ndxp up`: where its parts' metrics are
+        parts.update(json.loads(saved.read_text()).get("metrics", {}))
+    else:
+        parts.update({p: f"http://127.0.0.1:{n}/metrics" for p, n in (("adapters", 9101), ("counter", 9102),
+                                                                      ("keeper", 9103))})  # fmt: skip
+    for item in args.part or []:
+        name, _, url = item.partition("=")
+        if not url:
+            raise ValueError(f"--part {item!r}: expected name=url")
+        parts[name] = url
+    return run_status(gateway, parts, prometheus=args.prometheus, once=args.once, interval_s=args.interval)
+
+
 def _positive_rate(raw: str) -> float:
     rate = float(raw.removesuffix("/s"))
     if not 0 < rate <= 10_000:
@@ -201,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     changes.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     changes.add_argument("--rate", type=_positive_rate, default=5.0, metavar="N/s")
     changes.set_defaults(func=_changes)
+    status = sub.add_parser(
+        "status", help="a live view of a running platform (parts, rates, latency, errors)"
+    )
+    status.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    status.add_argument("--part", action="append", metavar="NAME=URL", help="another part's /metrics")
+    status.add_argument("--prometheus", metavar="URL", help="ask this Prometheus instead of the parts")
+    status.add_argument("--once", action="store_true", help="print one frame and exit")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    status.set_defaults(func=_status)
 
     gateway = sub.add_parser("gateway", help="the REST gateway (N processes on one port)")
     gateway.add_argument("--port", type=int, default=None)

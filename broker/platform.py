@@ -8,6 +8,7 @@ part as its own process; prints the URL, demo keys and a curl example.
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from broker.catalog import Catalog
 from broker.localkafka import LocalKafka, free_port, port_is_free
 from broker.registry import Registry
 from broker.settings import Settings, child_environment
+from broker.status import state_path
 
 STOP_GRACE_S = 20.0
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
@@ -204,13 +206,18 @@ def run_platform(
         _wait_ready(base + "/readyz", procs, within_s=60)
         if changes:
             start("changes", "changes", "--url", base, "--rate", f"{changes:g}")
+        metrics = {"adapters": adapter_metrics, "counter": counter_metrics, "keeper": keeper_metrics}
+        state = state_path(settings.cache_dir, settings.port)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps({"gateway": base, "metrics": {
+            name: f"http://127.0.0.1:{port}/metrics" for name, port in metrics.items()}}))  # fmt: skip
         progress(demo_text(settings, base))
         progress(
             f"metrics: gateway {base}/metrics, adapters http://127.0.0.1:{adapter_metrics}/metrics, "
             f"counter http://127.0.0.1:{counter_metrics}/metrics, "
             f"keeper http://127.0.0.1:{keeper_metrics}/metrics"
         )
-        progress("platform up; Ctrl-C stops everything")
+        progress(f"platform up; Ctrl-C stops everything; an operator's view: ndxp status --url {base}")
         while True:  # supervise: a part that dies is restarted, with backoff
             for part in parts:
                 part.check(progress)
@@ -228,6 +235,7 @@ def run_platform(
             part.stop()
         if kafka is not None:
             kafka.stop()
+        state_path(settings.cache_dir, settings.port).unlink(missing_ok=True)
         for s, handler in old.items():
             signal.signal(s, handler)
         progress("stopped" if not stopping else "all parts stopped")

@@ -85,6 +85,15 @@ def test_ndxp_up_serves_the_printed_curl_restarts_a_dead_part_and_ctrl_c_stops_e
             time.sleep(0.3)
         assert stats["total"] == 1
         assert stats["by_outcome"] == {"ok": 1}
+        # The operator's view finds every part by itself (ndxp up's state file) and shows the count.
+        status = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "status", "--once", "--url", base],
+            env={**env, "COLUMNS": "160"}, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout + status.stderr
+        for part in ("gateway", "adapters", "counter", "keeper"):
+            assert re.search(rf"{part}\s+│ up", status.stdout), status.stdout
+        assert "today 1" in status.stdout, status.stdout
 
         # A part that dies is restarted by `ndxp up`, and service comes back.
         (adapters,) = [p for p in _descendants(proc.pid) if b"broker.cli adapter" in _cmdline(p)]

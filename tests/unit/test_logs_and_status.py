@@ -34,3 +34,13 @@ def test_transient_states_are_held_back_then_reported_once_per_period(
     assert not quiet.filter(record(coordinator)), "at most one line per period"
     now[0] += 100  # quiet for long: the next occurrence starts a new episode
     assert not quiet.filter(record(coordinator))
+
+
+def test_status_quantiles_interpolate_within_a_bucket() -> None:
+    from broker.status import quantile
+
+    buckets = {0.01: 50.0, 0.1: 90.0, 1.0: 100.0, float("inf"): 100.0}
+    assert quantile(buckets, 0.5) == pytest.approx(0.01)
+    assert quantile(buckets, 0.7) == pytest.approx(0.055)
+    assert quantile(buckets, 0.99) == pytest.approx(0.91)
+    assert quantile({float("inf"): 0.0}, 0.5) is None
