@@ -170,7 +170,7 @@ def kafka_bootstrap(tmp: Path) -> Iterator[str]:
 
 @contextmanager
 def running_platform(
-    tmp: Path, bootstrap: str, workers: int
+    tmp: Path, bootstrap: str, workers: int, *up_args: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     # The demo registry's per-client rate limits would answer 429 long before
     # the platform's own limits show: measure with them raised 1000-fold.
@@ -185,11 +185,12 @@ def running_platform(
         "NDXP_WORKERS": str(workers),
         "NDXP_LOG_LEVEL": "WARNING",
         "NDXP_REGISTRY": str(tmp / "registry.yaml"),
+        "NDXP_CACHE_DIR": str(tmp / "cache"),  # its own state file (ndxp status), beside no other
     }
     log_path = tmp / "up.log"
     with log_path.open("wb") as log:
         up = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "up", "--port", str(port)],
+            [sys.executable, "-m", "broker.cli", "up", "--port", str(port), *up_args],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:

@@ -79,3 +79,20 @@ async def test_prometheus_counts_exactly_the_exchanges_made(
             proc.wait(30)
             log.close()
     assert value == made
+
+
+def test_every_dashboard_panel_shows_data_from_a_real_prometheus(settings: Settings, tmp_path: Path) -> None:
+    """loadtests/dashboard.py: the platform under load, scraped by Debian's prometheus, every
+    panel of the Grafana dashboard asked of Prometheus and drawn; it exits 1 on an empty panel."""
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "NDXP_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap)}
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtests.dashboard", "--seconds", "20", "--out", str(tmp_path)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "NO DATA" not in done.stdout
+    assert (tmp_path / "dashboard.png").stat().st_size > 50_000
