@@ -52,8 +52,13 @@ def request_topic(provider: str, service: str) -> str:
     return f"ndxp.req.{provider}.{service}"
 
 
+REPLY_PREFIX = "ndxp.reply."
+H_HEARTBEAT = "ndxp-heartbeat"
+"""On a message a gateway worker writes to its own reply topic now and then: "still here"."""
+
+
 def reply_topic(instance: str) -> str:
-    return f"ndxp.reply.{instance}"
+    return f"{REPLY_PREFIX}{instance}"
 
 
 def dlq_topic(provider: str) -> str:

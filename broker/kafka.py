@@ -219,6 +219,34 @@ async def delete_topics(settings: Settings, names: Iterable[str]) -> None:
         await admin.close()
 
 
+async def sweep_idle_topics(settings: Settings, prefix: str, idle_hours: float) -> list[str]:
+    """Delete the topics named ``prefix…`` with no message written in ``idle_hours`` (reply topics
+    of gateway workers that are gone: a live worker writes a heartbeat to its own every 10 minutes)."""
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        names = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+    finally:
+        await admin.close()
+    if not names:
+        return []
+    since = int((time.time() - idle_hours * 3600) * 1000)
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    idle: list[str] = []
+    try:
+        for name in names:
+            tps = await topic_partitions(consumer, name)
+            found = await consumer.offsets_for_times(dict.fromkeys(tps, since))
+            if all(hit is None for hit in found.values()):  # nothing written since
+                idle.append(name)
+    finally:
+        await consumer.stop()
+    if idle:
+        await delete_topics(settings, idle)
+    return idle
+
+
 async def wait_for_topics(settings: Settings, names: Iterable[str], within_s: float = 30.0) -> None:
     """Wait until every partition of ``names`` has a leader (topic is usable)."""
     wanted = set(names)

@@ -133,6 +133,9 @@ class Settings:
     exchanges_retention_hours: int = 96
     """``NDXP_EXCHANGES_RETENTION_HOURS``: how long stored exchanges stay readable (>= 50: the
     longest async wait, 48 h, plus a margin); also bounds what each gateway holds in memory."""
+    reply_topic_idle_hours: int = 24
+    """``NDXP_REPLY_TOPIC_IDLE_HOURS``: the keeper deletes reply topics with no message for this long
+    (a live gateway worker writes a heartbeat every 10 minutes; a killed one's topic goes)."""
     max_streams: int = 10
     """``NDXP_MAX_STREAMS``: event streams (SSE) one client may hold open per gateway worker."""
     events_retention_hours: int = 168
@@ -200,6 +203,7 @@ class Settings:
             ("CALLBACK_ATTEMPTS", "callback_attempts", 1),
             ("EVENTS_RETENTION_HOURS", "events_retention_hours", 1),
             ("MAX_STREAMS", "max_streams", 1),
+            ("REPLY_TOPIC_IDLE_HOURS", "reply_topic_idle_hours", 1),
             ("EXCHANGE_VIEW_MB", "exchange_view_mb", 1),
         ):
             if (v := get(name)) is not None:

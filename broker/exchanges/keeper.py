@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from broker.catalog import Catalog
 from broker.counter.records import TxRecord
-from broker.envelope import Reply
+from broker.envelope import REPLY_PREFIX, Reply
 from broker.exchanges.docs import H_DOC, Claims, Final, Pending, decode, doc_kind, finish
 from broker.exchanges.view import exchanges_topic_spec
 from broker.kafka import (
@@ -56,6 +56,7 @@ from broker.kafka import (
     make_consumer,
     make_producer,
     send_all,
+    sweep_idle_topics,
 )
 from broker.metrics import KeeperMetrics
 from broker.registry import Registry
@@ -67,6 +68,8 @@ GRACE_MS = 1000
 COMMIT_EVERY_S = 2.0
 """Offsets move on at least this often when nothing else is written."""
 MAX_BACKOFF_S = 600.0
+SWEEP_EVERY_S = 3600.0
+"""How often the keeper looks for reply topics of gateway workers that are gone."""
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -138,6 +141,8 @@ class ExchangeKeeper(KafkaService):
         self._last_read: dict[TopicPartition, int] = {}
         self._commit_at = 0.0
         self._gauges_at = 0.0
+        self._sweep_at = time.monotonic() + 60.0
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def _open(self) -> None:
         await ensure_topics(
@@ -165,6 +170,8 @@ class ExchangeKeeper(KafkaService):
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
 
     async def _close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in list(self._deliveries):
             task.cancel()
         if self._deliveries:
@@ -269,6 +276,9 @@ class ExchangeKeeper(KafkaService):
                 self._deliver(tp, o)
             elif o.final is None and o.pending is not None and now >= o.pending.deadline_ms + GRACE_MS:
                 to_finish.append((tp, o))
+        if time.monotonic() >= self._sweep_at and (self._sweeper is None or self._sweeper.done()):
+            self._sweep_at = time.monotonic() + SWEEP_EVERY_S
+            self._sweeper = asyncio.create_task(self._sweep(), name="reply topic sweep")
         if time.monotonic() >= self._gauges_at:  # a walk over every open exchange: once a second
             self._gauges_at = time.monotonic() + 1.0
             self._gauges()
@@ -350,6 +360,17 @@ class ExchangeKeeper(KafkaService):
             oldest = min((o.first_offset for o in opens.values()), default=last + 1)
             offsets[tp] = min(oldest, last + 1)
         return offsets
+
+    async def _sweep(self) -> None:
+        """Delete the reply topics of gateway workers that are gone (no heartbeat for long)."""
+        try:
+            gone = await sweep_idle_topics(self.settings, REPLY_PREFIX, self.settings.reply_topic_idle_hours)
+        except Exception as exc:  # a sweep that fails is tried again at the next round
+            log.warning("keeper: reply topic sweep failed: %s", exc)
+            return
+        for topic in gone:
+            log.warning("keeper: deleted reply topic %s (no gateway worker wrote to it for %dh)", topic,
+                        self.settings.reply_topic_idle_hours)  # fmt: skip
 
     # -- callbacks --------------------------------------------------------------
 

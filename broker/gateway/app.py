@@ -34,7 +34,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from broker.catalog import Catalog
 from broker.counter.recorder import TxRecorder
 from broker.counter.stats import StatsView
-from broker.envelope import REQUEST_PARTITIONS, reply_topic, request_topic
+from broker.envelope import H_HEARTBEAT, REQUEST_PARTITIONS, reply_topic, request_topic
 from broker.events import event_topic_specs
 from broker.exchanges.view import ExchangeView
 from broker.gateway import events, meta
@@ -82,6 +82,20 @@ async def _bounded(stopping: Awaitable[None], within_s: float, what: str) -> Non
         log.warning("the %s stopped by cancellation", what)
     elif task.exception() is not None:
         log.error("the %s failed to stop: %r", what, task.exception())
+
+
+HEARTBEAT_S = 600.0
+"""How often a worker writes "still here" to its reply topic (the keeper deletes reply topics idle
+for ``NDXP_REPLY_TOPIC_IDLE_HOURS``: those of workers that were killed and never came back)."""
+
+
+async def _heartbeat(gw: Gateway) -> None:
+    while True:
+        try:
+            await gw.producer.send(gw.replies.topic, b"", headers=[(H_HEARTBEAT, b"1")])
+        except KafkaError as exc:
+            log.warning("reply topic heartbeat not sent: %s", exc)
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 def create_app(
@@ -150,7 +164,9 @@ def create_app(
 
     async def reply_router(app: web.Application) -> AsyncIterator[None]:
         await gw.replies.start()
+        beat = asyncio.create_task(_heartbeat(gw), name="reply topic heartbeat")
         yield
+        beat.cancel()
         await _bounded(gw.replies.stop(), settings.shutdown_grace_s, "reply router")
         # Every exchange of this worker is over: its reply topic goes with it (a worker that is
         # killed leaves its topic, empty after an hour's retention, until it is restarted).

@@ -14,7 +14,7 @@ import logging
 
 from aiokafka import TopicPartition
 
-from broker.envelope import Reply
+from broker.envelope import H_HEARTBEAT, Reply
 from broker.kafka import Batch, KafkaService, TopicSpec, ensure_topics, make_consumer
 from broker.metrics import GatewayMetrics
 from broker.settings import Settings
@@ -83,6 +83,8 @@ class ReplyRouter(KafkaService):
     async def _on_batch(self, batch: Batch) -> None:
         for messages in batch.values():
             for msg in messages:
+                if msg.headers and msg.headers[0][0] == H_HEARTBEAT:
+                    continue  # this worker's own "still here"
                 try:
                     reply = Reply.from_message(msg.headers or (), msg.value)
                 except ValueError as exc:

@@ -152,3 +152,32 @@ async def test_data_survives_restart_with_data_dir(
     finally:
         await asyncio.to_thread(second.stop)
     assert data_dir.exists()
+
+
+async def test_reply_topics_with_no_heartbeat_for_long_are_swept(settings: Settings) -> None:
+    import time
+    import uuid
+
+    from broker.kafka import admin_client, sweep_idle_topics
+
+    prefix = f"ndxp.reply.sweep-{uuid.uuid4().hex[:8]}-"
+    gone, alive = f"{prefix}killed-w0", f"{prefix}live-w0"
+    await ensure_topics(settings, [TopicSpec(name=gone), TopicSpec(name=alive)])
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        two_days_ago = int((time.time() - 48 * 3600) * 1000)
+        await (await producer.send(gone, b"", timestamp_ms=two_days_ago))
+        await (await producer.send(alive, b""))
+    finally:
+        await producer.stop()
+    assert await sweep_idle_topics(settings, prefix, idle_hours=24) == [gone]
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        async with asyncio.timeout(20):
+            while gone in (topics := await admin.list_topics()):
+                await asyncio.sleep(0.2)
+        assert alive in topics, "a topic written to recently stays"
+    finally:
+        await admin.close()
