@@ -40,12 +40,19 @@ def _kafka_start(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _kafka_stop(settings: Settings, _: argparse.Namespace) -> int:
+def _kafka_stop(settings: Settings, args: argparse.Namespace) -> int:
     path = state_file(settings)
     if not path.exists():
         _progress("no local Kafka recorded as running (nothing to stop)")
         return 0
     kafka = LocalKafka.from_state(settings, path)
+    given = getattr(args, "data_dir", None)
+    if given is not None and given.resolve() != kafka.data_dir.resolve():
+        _progress(
+            f"the local Kafka at {kafka.bootstrap} keeps its data in {kafka.data_dir}, not {given}; "
+            "nothing stopped (run `ndxp kafka stop` to stop it)"
+        )
+        return 1
     _progress(f"stopping local Kafka at {kafka.bootstrap} ({len(kafka.pids)} node process(es))")
     kafka.stop()
     path.unlink(missing_ok=True)
@@ -207,9 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep data here across restarts (default: a temporary directory removed on stop)",
     )  # fmt: skip
     start.set_defaults(func=_kafka_start)
-    ksub.add_parser("stop", help="stop the local Kafka started by `ndxp kafka start`").set_defaults(
-        func=_kafka_stop
-    )
+    stop = ksub.add_parser("stop", help="stop the local Kafka started by `ndxp kafka start`")
+    stop.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="the directory given to start (checked: the Kafka with data there is the one stopped)",
+    )  # fmt: skip
+    stop.set_defaults(func=_kafka_stop)
     ksub.add_parser("status", help="is the local Kafka running?").set_defaults(func=_kafka_status)
 
     up = sub.add_parser("up", help="the whole platform on this machine; Ctrl-C stops all")

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-PROBLEM_JSON = "application/problem+json"
-
 
 def problem_body(status: int, code: str, title: str, detail: str, exchange_id: str | None) -> dict[str, Any]:
     """An RFC 9457 problem with the platform's ``code`` and ``exchange_id`` members."""

@@ -1,7 +1,7 @@
 """Settings: the one reader of ``NDXP_*`` environment variables.
 
 Every part of the platform takes a :class:`Settings`; nothing else reads
-``os.environ``. Values are cast explicitly, booleans are strict, and secrets
+``os.environ``. Values are cast explicitly and checked, and secrets
 hide themselves in ``repr``.
 """
 
@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "NDXP_"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 class SettingsError(ValueError):
@@ -25,15 +23,6 @@ class SettingsError(ValueError):
 
 def _project_root() -> Path:
     return Path(__file__).resolve().parent.parent
-
-
-def _bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise SettingsError(f"{name}={raw!r}: expected one of {sorted(_TRUE | _FALSE)}")
 
 
 def _int(name: str, raw: str, *, minimum: int = 0) -> int:

@@ -48,6 +48,7 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
         MAX_BODY_BYTES=str(settings.max_body_bytes),
         TX_TOPIC=settings.tx_topic,
         STATS_TOPIC=settings.stats_topic,
+        EXCHANGES_TOPIC=settings.exchanges_topic,
         **extra,
     )
 

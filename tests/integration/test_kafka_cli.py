@@ -47,8 +47,13 @@ async def test_kafka_start_status_stop_from_the_command_line(base_settings: Sett
         again = _ndxp(env, "kafka", "start")
         assert again.returncode == 1
         assert "already running" in again.stderr
+        elsewhere = _ndxp(env, "kafka", "stop", "--data-dir", str(tmp_path / "elsewhere"))
+        assert elsewhere.returncode == 1, "another directory's Kafka is not this one"
+        assert "nothing stopped" in elsewhere.stderr
+        assert _ndxp(env, "kafka", "status").returncode == 0
     finally:
-        stopped = _ndxp(env, "kafka", "stop")
+        # The same --data-dir as `start` is accepted (a newcomer types it; it must not leave Kafka running).
+        stopped = _ndxp(env, "kafka", "stop", "--data-dir", state["data_dir"])
     assert stopped.returncode == 0, stopped.stderr
     assert not any(_pid_alive(p) for p in pids)
     assert not Path(state["data_dir"]).exists()
