@@ -265,6 +265,19 @@ class Settings:
             raise SettingsError(f"{PREFIX}COUNTER_BATCH must be at most 20000")
         return cls(**kw)  # type: ignore[arg-type]
 
+    @classmethod
+    def env_names(cls) -> frozenset[str]:
+        """Every environment variable ``from_env`` reads (it asks for each one, set or not)."""
+        asked: set[str] = set()
+
+        class Recorder(dict[str, str]):
+            def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+                asked.add(key)
+                return super().get(key, default)
+
+        cls.from_env(Recorder())
+        return frozenset(asked)
+
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied (settings are frozen)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
