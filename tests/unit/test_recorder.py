@@ -88,3 +88,38 @@ def test_sticky_partitioner_keeps_keyless_records_together_and_keyed_ones_by_has
     assert sticky(b"k", parts, parts) == sticky(b"k", parts, [])  # by key hash, as Kafka's own
     moving = StickyPartitioner(interval_s=0)
     assert len({moving(None, parts, parts) for _ in range(200)}) > 1
+
+
+async def test_stop_writes_what_is_tallied_and_counts_lost_what_it_cannot() -> None:
+    """Mutation once missed: a stop() that never flushes the tally of unauthenticated rejections."""
+    for mode, sent, lost in (("ok", 1, 0), ("fail", 0, 7)):
+        metrics = GatewayMetrics(CollectorRegistry())
+        recorder = TxRecorder("ndxp.tx", metrics)
+        producer = FakeProducer(mode)
+        recorder.start(producer)  # type: ignore[arg-type]
+        for _ in range(7):
+            recorder.tally(_rec(0))
+        await recorder.stop(within_s=0.5)
+        assert len(producer.sent) == sent, f"{mode}: one record for the 7 tallied rejections"
+        assert _value(metrics.tx_lost) == lost, f"{mode}: what could not be written is counted lost"
+        if mode == "ok":
+            assert _value(metrics.tx_sent) == 1
+
+
+def test_rate_limits_are_split_across_gateway_workers() -> None:
+    """Mutation once missed: each of N workers allowing the whole rate lets a client send N times it."""
+    from broker.errors import RateLimited
+    from broker.gateway.limits import Limits
+    from broker.registry import Agency
+
+    agency = Agency(id="a", code="A", name="A", rate_limit=10.0)
+    for workers, allowed in ((1, 10), (2, 5), (5, 2)):
+        limits = Limits(default_rate=1000, max_in_flight=100, workers=workers)
+        granted = 0
+        for _ in range(50):  # within one instant: the burst is the per-worker rate
+            try:
+                with limits.admit(agency):
+                    granted += 1
+            except RateLimited:
+                continue
+        assert granted == allowed, f"{workers} worker(s): {granted} admitted at once, want {allowed}"
