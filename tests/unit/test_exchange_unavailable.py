@@ -36,6 +36,17 @@ class SilentProducer:
         return asyncio.get_running_loop().create_future()
 
 
+class RecordingProducer(SilentProducer):
+    """Keeps the headers of what it was given."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[str, bytes]] = []
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        self.headers = list(kwargs.get("headers") or [])
+        return await super().send(*args, **kwargs)
+
+
 @pytest.mark.parametrize("producer", [DeadProducer(), SilentProducer()], ids=["refused", "never-acked"])
 async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_flight(
     tmp_path: Path, producer: Any, monkeypatch: pytest.MonkeyPatch
@@ -71,3 +82,39 @@ async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_f
     assert info.value.retry_after == 1
     assert gw.replies.in_flight == 0
     assert metrics.in_flight._value.get() == 0
+
+
+async def test_the_deadline_the_provider_sees_is_now_plus_the_service_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutation once missed: a deadline header off by a factor (the provider would work for nobody)."""
+    import time
+
+    from broker.envelope import RequestMeta
+
+    monkeypatch.setattr("broker.gateway.exchange.SEND_WITHIN_S", 0.2)
+    settings = Settings(kafka_bootstrap="127.0.0.1:1")
+    catalog = Catalog.load(write_contracts(tmp_path, "prov", echo_timeout_ms=4000))
+    registry = Registry.load(write_registry(tmp_path, "prov"), catalog)
+    metrics = GatewayMetrics(CollectorRegistry())
+    gw = Gateway(
+        settings=settings, catalog=catalog, registry=registry, metrics=metrics,
+        limits=Limits(default_rate=10, max_in_flight=10),
+        replies=ReplyRouter(settings, "ndxp.reply.t", metrics),
+        recorder=None, stats=None, exchanges=None,  # type: ignore[arg-type]
+    )  # fmt: skip
+    producer = RecordingProducer()
+    gw.producer = producer  # type: ignore[assignment]
+    svc, agency = catalog.get("prov", "echo"), registry.authenticate("key-alice")
+    assert svc is not None
+    assert agency is not None
+    rec = TxRecord(
+        exchange_id="x2", client="alice", provider="prov", service="echo", outcome="-", status=0, t_in=0
+    )
+    before = time.time() * 1000
+    with pytest.raises(Unavailable):
+        await _round_trip(gw, SimpleNamespace(headers={}), svc, agency, b'{"msg": "a"}', rec)  # type: ignore[arg-type]
+    meta = RequestMeta.from_headers(producer.headers)
+    assert before + 4000 - 50 <= meta.deadline_ms <= time.time() * 1000 + 4000, (
+        f"deadline {meta.deadline_ms - before:.0f} ms ahead, want the service's 4000 ms"
+    )
