@@ -35,7 +35,7 @@ async def test_stats_count_every_exchange_by_outcome_client_and_service(
     handlers = EchoHandlers()
     echo, slow = f"/v1/exchange/{provider}/echo", f"/v1/exchange/{provider}/slow"
     alice, bob = {"Authorization": "Bearer key-alice"}, {"Authorization": "Bearer key-bob"}
-    plan: list[tuple[str, dict[str, str], dict[str, Any] | bytes]] = (
+    plan: list[tuple[str, dict[str, str], Any]] = (
         [(echo, alice, {"msg": f"ok{i}"}) for i in range(20)]
         + [(echo, alice, {"msg": f"m{i}", "mode": "missing"}) for i in range(5)]
         + [(echo, alice, {"msg": f"c{i}", "mode": "crash"}) for i in range(3)]

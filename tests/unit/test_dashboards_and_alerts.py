@@ -56,7 +56,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def dashboard_exprs() -> list[str]:
-    exprs = []
+    exprs: list[str] = []
     for path in (DEPLOY / "grafana" / "dashboards").glob("*.json"):
         for panel in json.loads(path.read_text())["panels"]:
             exprs.extend(t["expr"] for t in panel["targets"])

@@ -112,7 +112,7 @@ def test_strimzi_resources_fit_strimzis_own_model(rendered_overlay: Path, tmp_pa
 def test_topics_yaml_is_what_the_code_makes() -> None:
     sys.path.insert(0, str(DEPLOY / "k8s"))
     try:
-        import topics  # type: ignore[import-not-found]
+        import topics
     finally:
         sys.path.pop(0)
     assert (DEPLOY / "k8s" / "base" / "topics.yaml").read_text() == topics.render(), (

@@ -104,7 +104,7 @@ async def test_the_deadline_the_provider_sees_is_now_plus_the_service_timeout(
         recorder=None, stats=None, exchanges=None,  # type: ignore[arg-type]
     )  # fmt: skip
     producer = RecordingProducer()
-    gw.producer = producer  # type: ignore[assignment]
+    gw.producer = producer
     svc, agency = catalog.get("prov", "echo"), registry.authenticate("key-alice")
     assert svc is not None
     assert agency is not None

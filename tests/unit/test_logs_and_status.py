@@ -6,7 +6,6 @@ import logging
 
 import pytest
 
-from broker import logs
 from broker.logs import TransientKafkaErrors
 
 
@@ -18,7 +17,7 @@ def test_transient_states_are_held_back_then_reported_once_per_period(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr("broker.logs.time.monotonic", lambda: now[0])
     quiet = TransientKafkaErrors(persist_s=30)
     coordinator = "Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError"
     assert not quiet.filter(record(coordinator)), "a state Kafka is settling is no error yet"

@@ -43,7 +43,7 @@ async def test_write_returns_only_once_kafka_acknowledged_the_record() -> None:
     metrics = GatewayMetrics(CollectorRegistry())
     recorder = TxRecorder("ndxp.tx", metrics)
     producer = FakeProducer("ok")
-    recorder.start(producer)  # type: ignore[arg-type]
+    recorder.start(producer)
     assert all([await recorder.write(_rec(i), within_s=1) for i in range(5)])
     assert producer.sent == [f"x{i}".encode() for i in range(5)]
     assert _value(metrics.tx_sent) == 5
@@ -54,7 +54,7 @@ async def test_write_returns_only_once_kafka_acknowledged_the_record() -> None:
 async def test_a_failed_send_is_reported_logged_and_counted_lost() -> None:
     metrics = GatewayMetrics(CollectorRegistry())
     recorder = TxRecorder("ndxp.tx", metrics)
-    recorder.start(FakeProducer("fail"))  # type: ignore[arg-type]
+    recorder.start(FakeProducer("fail"))
     assert await recorder.write(_rec(1), within_s=1) is False
     assert _value(metrics.tx_lost) == 1
     assert _value(metrics.tx_sent) == 0
@@ -63,7 +63,7 @@ async def test_a_failed_send_is_reported_logged_and_counted_lost() -> None:
 async def test_an_unacknowledged_record_gives_up_within_the_bound() -> None:
     metrics = GatewayMetrics(CollectorRegistry())
     recorder = TxRecorder("ndxp.tx", metrics)
-    recorder.start(FakeProducer("hang"))  # type: ignore[arg-type]
+    recorder.start(FakeProducer("hang"))
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert await recorder.write(_rec(1), within_s=0.2) is False
@@ -96,7 +96,7 @@ async def test_stop_writes_what_is_tallied_and_counts_lost_what_it_cannot() -> N
         metrics = GatewayMetrics(CollectorRegistry())
         recorder = TxRecorder("ndxp.tx", metrics)
         producer = FakeProducer(mode)
-        recorder.start(producer)  # type: ignore[arg-type]
+        recorder.start(producer)
         for _ in range(7):
             recorder.tally(_rec(0))
         await recorder.stop(within_s=0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_keys_rotate_with_an_expiry_date_or_time(tmp_path: Path) -> None:
 
     catalog = Catalog.load(write_contracts(tmp_path, "prov"))
     today = dt.datetime.now(dt.UTC).date()
-    raw = {
+    raw: dict[str, Any] = {
         "agencies": [
             {"id": "prov", "keys_sha256": []},
             {"id": "alice", "keys_sha256": [

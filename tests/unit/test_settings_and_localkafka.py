@@ -27,13 +27,13 @@ def test_kafka_home_falls_back_to_plain_kafka_home() -> None:
 
 
 def test_missing_java_gives_an_actionable_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(localkafka.shutil, "which", lambda _: None)
+    monkeypatch.setattr("broker.localkafka.shutil.which", lambda _: None)
     with pytest.raises(LocalKafkaError, match="apt-get install openjdk"):
         localkafka.check_java()
 
 
 def test_missing_maven_gives_an_actionable_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(localkafka.shutil, "which", lambda _: None)
+    monkeypatch.setattr("broker.localkafka.shutil.which", lambda _: None)
     with pytest.raises(LocalKafkaError, match="apt-get install maven"):
         localkafka.resolve_classpath(Settings(cache_dir=tmp_path))
 
