@@ -21,7 +21,7 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
-from broker.envelope import Reply, RequestMeta, data_topic, now_ms, request_topic
+from broker.envelope import H_HEARTBEAT, Reply, RequestMeta, data_topic, now_ms, request_topic
 from broker.events import event_topic
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.localkafka import free_port
@@ -196,7 +196,11 @@ async def _replies_per_exchange(settings: Settings, topic: str) -> Counter[str]:
         async with asyncio.timeout(30):
             while await consumer.position(tp) < end:
                 for msgs in (await consumer.getmany(timeout_ms=200)).values():
-                    seen.update(Reply.from_message(m.headers, m.value).exchange_id for m in msgs)
+                    seen.update(
+                        Reply.from_message(m.headers, m.value).exchange_id
+                        for m in msgs
+                        if not (m.headers and m.headers[0][0] == H_HEARTBEAT)  # a worker's "still here"
+                    )
     finally:
         await consumer.stop()
     return seen
