@@ -63,21 +63,23 @@ async def list_events(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps({"events": events}), content_type="application/json")
 
 
-def _event_type(gw: Gateway, request: web.Request) -> EventType:
+def _allowed(request: web.Request, right: str) -> tuple[Gateway, Agency, EventType]:
+    """The gateway, the authenticated caller and the event type, once the caller may ``right`` it."""
+    gw = request.app[GATEWAY]
+    agency = authenticate(gw, request)
     provider, type_ = request.match_info["provider"], request.match_info["type"]
     ev = gw.catalog.event(provider, type_)
     if ev is None:
         raise NotFound(f"no event type {provider}/{type_}; see GET /v1/events")
-    return ev
+    allowed = gw.registry.may_publish if right == "publish" else gw.registry.may_subscribe
+    if not allowed(agency.id, ev.provider, ev.type):
+        raise AccessDenied(f"{agency.id} may not {right} {'to ' if right == 'subscribe' else ''}{ev.name}")
+    return gw, agency, ev
 
 
 async def publish(request: web.Request) -> web.Response:
     """``POST /v1/events/{provider}/{type}``: publish one event (the provider only)."""
-    gw = request.app[GATEWAY]
-    agency = authenticate(gw, request)
-    ev = _event_type(gw, request)
-    if not gw.registry.may_publish(agency.id, ev.provider, ev.type):
-        raise AccessDenied(f"{agency.id} may not publish {ev.name}")
+    gw, agency, ev = _allowed(request, "publish")
     limit = gw.settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body limit is {limit} bytes")
@@ -108,11 +110,7 @@ async def publish(request: web.Request) -> web.Response:
 
 async def subscribe(request: web.Request) -> web.StreamResponse:
     """``GET /v1/events/{provider}/{type}`` with ``Accept: text/event-stream``: a live stream."""
-    gw = request.app[GATEWAY]
-    agency = authenticate(gw, request)
-    ev = _event_type(gw, request)
-    if not gw.registry.may_subscribe(agency.id, ev.provider, ev.type):
-        raise AccessDenied(f"{agency.id} may not subscribe to {ev.name}")
+    gw, agency, ev = _allowed(request, "subscribe")
     if "text/event-stream" not in (header(request, "Accept") or ""):
         raise InvalidRequest("subscribe with 'Accept: text/event-stream' (Server-Sent Events)")
     last = header(request, "Last-Event-ID")

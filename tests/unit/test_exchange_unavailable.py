@@ -11,7 +11,7 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
-from broker.catalog import Catalog
+from broker.catalog import Catalog, Service
 from broker.counter.records import TxRecord
 from broker.errors import Unavailable
 from broker.gateway.exchange import _round_trip
@@ -19,7 +19,7 @@ from broker.gateway.limits import Limits
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.state import Gateway
 from broker.metrics import GatewayMetrics
-from broker.registry import Registry
+from broker.registry import Agency, Registry
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import write_contracts, write_registry
 
@@ -47,28 +47,34 @@ class RecordingProducer(SilentProducer):
         return await super().send(*args, **kwargs)
 
 
-@pytest.mark.parametrize("producer", [DeadProducer(), SilentProducer()], ids=["refused", "never-acked"])
-async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_flight(
-    tmp_path: Path, producer: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("broker.gateway.exchange.SEND_WITHIN_S", 0.3)
+def fake_gateway(
+    tmp_path: Path, producer: Any, echo_timeout_ms: int = 5000
+) -> tuple[Gateway, Service, Agency]:
+    """A gateway worker's parts around ``producer``, with no Kafka; the test provider's echo service."""
     settings = Settings(kafka_bootstrap="127.0.0.1:1")
-    catalog = Catalog.load(write_contracts(tmp_path, "prov"))
+    catalog = Catalog.load(write_contracts(tmp_path, "prov", echo_timeout_ms=echo_timeout_ms))
     registry = Registry.load(write_registry(tmp_path, "prov"), catalog)
     metrics = GatewayMetrics(CollectorRegistry())
     gw = Gateway(
         settings=settings, catalog=catalog, registry=registry, metrics=metrics,
         limits=Limits(default_rate=10, max_in_flight=10),
         replies=ReplyRouter(settings, "ndxp.reply.t", metrics),
-        recorder=None,  # type: ignore[arg-type]
-        stats=None,  # type: ignore[arg-type]
-        exchanges=None,  # type: ignore[arg-type]
+        recorder=None, stats=None, exchanges=None,  # type: ignore[arg-type]
     )  # fmt: skip
     gw.producer = producer
-    svc = catalog.get("prov", "echo")
-    agency = registry.authenticate("key-alice")
+    svc, agency = catalog.get("prov", "echo"), registry.authenticate("key-alice")
     assert svc is not None
     assert agency is not None
+    return gw, svc, agency
+
+
+@pytest.mark.parametrize("producer", [DeadProducer(), SilentProducer()], ids=["refused", "never-acked"])
+async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_flight(
+    tmp_path: Path, producer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("broker.gateway.exchange.SEND_WITHIN_S", 0.3)
+    gw, svc, agency = fake_gateway(tmp_path, producer)
+    metrics = gw.metrics
     rec = TxRecord(
         exchange_id="x1", client="alice", provider="prov", service="echo", outcome="-", status=0, t_in=0
     )
@@ -93,21 +99,8 @@ async def test_the_deadline_the_provider_sees_is_now_plus_the_service_timeout(
     from broker.envelope import RequestMeta
 
     monkeypatch.setattr("broker.gateway.exchange.SEND_WITHIN_S", 0.2)
-    settings = Settings(kafka_bootstrap="127.0.0.1:1")
-    catalog = Catalog.load(write_contracts(tmp_path, "prov", echo_timeout_ms=4000))
-    registry = Registry.load(write_registry(tmp_path, "prov"), catalog)
-    metrics = GatewayMetrics(CollectorRegistry())
-    gw = Gateway(
-        settings=settings, catalog=catalog, registry=registry, metrics=metrics,
-        limits=Limits(default_rate=10, max_in_flight=10),
-        replies=ReplyRouter(settings, "ndxp.reply.t", metrics),
-        recorder=None, stats=None, exchanges=None,  # type: ignore[arg-type]
-    )  # fmt: skip
     producer = RecordingProducer()
-    gw.producer = producer
-    svc, agency = catalog.get("prov", "echo"), registry.authenticate("key-alice")
-    assert svc is not None
-    assert agency is not None
+    gw, svc, agency = fake_gateway(tmp_path, producer, echo_timeout_ms=4000)
     rec = TxRecord(
         exchange_id="x2", client="alice", provider="prov", service="echo", outcome="-", status=0, t_in=0
     )
