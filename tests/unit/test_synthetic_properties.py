@@ -23,7 +23,7 @@ from broker.settings import Settings
 
 SETTINGS = Settings()
 CATALOG = Catalog.load(SETTINGS.schemas_dir)
-LOCAL = sorted(a for a in AGENCIES if a != "tnmt")  # tnmt needs its backend: see integration tests
+LOCAL = sorted(a for a in AGENCIES if a != "tnmt")  # tnmt needs its backend: see test_contracts.py
 
 
 def _handlers() -> dict[str, Any]:
