@@ -105,3 +105,41 @@ async def test_undecodable_messages_go_to_the_dead_letter_topic(
     assert answer.exchange_id == "bad-json"
     assert answer.outcome is ReplyOutcome.PROVIDER_ERROR
     assert not handlers.calls
+
+
+async def test_a_stopping_adapter_finishes_and_commits_what_it_holds(
+    exchange_settings: Settings, provider: str
+) -> None:
+    """Mutation once missed: an adapter that cancels the requests in hand on SIGTERM instead of
+    answering and committing them. Then a second adapter would serve them again (or nobody would)."""
+    settings = exchange_settings
+    replies = f"ndxp.reply.{settings.instance_id}-stop"
+    await ensure_topics(
+        settings, [TopicSpec(name=replies), TopicSpec(name=request_topic(provider, "echo"), partitions=4)]
+    )
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for i in range(20):
+            meta = _meta(provider, f"s-{i}", replies, now_ms() + 120_000)
+            body = f'{{"msg": "s-{i}", "sleep_ms": 400}}'.encode()
+            await producer.send(request_topic(provider, "echo"), body, headers=meta.headers())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    first, second = EchoHandlers(), EchoHandlers()
+    async with running_adapter(settings, provider, first):
+        async with asyncio.timeout(30):
+            while not first.calls:  # requests in hand, handlers sleeping
+                await asyncio.sleep(0.02)
+    # Stopped (as on SIGTERM) while holding requests: each one it started is answered and committed.
+    held = set(first.calls)
+    assert held, "the first adapter was stopped before it started any request"
+    async with running_adapter(settings, provider, second):
+        got = await _read(settings, replies, 20, within_s=60)
+    answered = [Reply.from_message(h, v).exchange_id for h, v in got]
+    assert sorted(answered) == sorted(f"s-{i}" for i in range(20)), "every request answered"
+    assert len(answered) == len(set(answered)), "none answered twice"
+    served_again = held & set(second.calls)
+    assert not served_again, f"served again after a clean stop (not committed): {sorted(served_again)[:5]}"
+    assert set(first.calls) | set(second.calls) == {f"s-{i}" for i in range(20)}
