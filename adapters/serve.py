@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from adapters.agencies import AGENCIES, handlers_for
 from adapters.runtime import Adapter
 from broker.catalog import Catalog, Effects
+from broker.errors import StartupError
 from broker.kafka import make_producer
 from broker.lifecycle import run_until_stopped
 from broker.metrics import AdapterMetrics, serve_metrics
@@ -22,7 +23,7 @@ from broker.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class AdapterSetupError(ValueError):
+class AdapterSetupError(StartupError, ValueError):
     """An agency cannot be served (unknown, or its handlers do not match the catalog)."""
 
 

@@ -17,13 +17,15 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
+from broker.errors import StartupError
+
 DEFAULT_ASYNC_TTL_S = 24 * 3600
 MAX_ASYNC_TTL_S = 48 * 3600
 """An async exchange's wait is bounded: its documents outlive it in the exchanges topic."""
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-class CatalogError(ValueError):
+class CatalogError(StartupError, ValueError):
     """A service contract cannot be used; the message names the file and the fault."""
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from broker.kafka import KafkaUnavailable
-from broker.localkafka import LocalKafka, LocalKafkaError, state_file
+from broker.errors import StartupError
+from broker.localkafka import LocalKafka, state_file
 from broker.logs import setup_logging
 from broker.settings import Settings, SettingsError
 
@@ -188,7 +188,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     for item in args.part or []:
         name, _, url = item.partition("=")
         if not url:
-            raise ValueError(f"--part {item!r}: expected name=url")
+            raise StartupError(f"--part {item!r}: expected name=url")
         parts[name] = url
     return run_status(gateway, parts, prometheus=args.prometheus, once=args.once, interval_s=args.interval)
 
@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level)
     try:
         return int(args.func(settings, args))
-    except (LocalKafkaError, ValueError, KafkaUnavailable, KafkaError) as exc:
+    except (StartupError, KafkaError) as exc:  # aiokafka's own: Kafka refused or went away at start
         _progress(f"ndxp: {exc}")
         return 1
     except KeyboardInterrupt:

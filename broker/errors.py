@@ -1,26 +1,36 @@
-"""Errors of the platform and their problem+json form (RFC 9457).
+"""Errors of the platform: the HTTP branch (problem+json, RFC 9457) and the start-up branch.
 
 The tree (HTTP status, stable ``code``)::
 
-    NdxpError
-    ├── Unauthorized            401 unauthorized
-    ├── AccessDenied            403 access_denied
-    ├── UnknownService          404 unknown_service
-    ├── NotFound                404 not_found          (no such path)
-    ├── MethodNotAllowed        405 method_not_allowed
-    ├── InvalidRequest          400 invalid_request    (with failing schema paths)
-    │   └── InvalidHeader       400 invalid_header     (header bytes that are not UTF-8)
-    ├── RequestTimeout          408 request_timeout    (body not received in time)
-    ├── PayloadTooLarge         413 payload_too_large
-    ├── RateLimited             429 rate_limited       (Retry-After)
-    ├── Overloaded              503 overloaded         (Retry-After)
-    ├── Timeout                 504 timeout            (also a TimeoutError)
-    ├── ProviderError           502 provider_error
-    ├── InvalidResponse         502 invalid_response   (provider broke its contract)
-    ├── Unavailable             503 unavailable        (not ready, or Kafka unreachable)
-    ├── IdempotencyKeyReused    422 idempotency_key_reused    (same key, another request)
-    ├── IdempotencyKeyInFlight  409 idempotency_key_in_flight (Retry-After)
-    └── ClientClosed            499 client_closed      (the caller went away; recorded, never sent)
+    NdxpException                               everything the platform raises on purpose
+    ├── StartupError                            a part cannot start: `ndxp` prints one line, exits 1
+    │   ├── SettingsError       (settings.py)   an NDXP_ variable that cannot be used (exit 2)
+    │   ├── CatalogError        (catalog.py)    a contract or event type that does not load
+    │   ├── RegistryError       (registry.py)   a registry that does not load
+    │   ├── KafkaUnavailable    (kafka.py)      Kafka cannot be reached or used
+    │   ├── LocalKafkaError     (localkafka.py) a local Kafka that cannot start (Java, Maven, ports)
+    │   ├── PlatformError       (platform.py)   `ndxp up`: a part that does not come up
+    │   └── AdapterSetupError   (adapters/serve.py) an agency that cannot be served
+    ├── PartFailed              (lifecycle.py)  a running part's Kafka loop died: exit 1, restarted
+    └── NdxpError                               one HTTP answer each (status, code)
+        ├── Unauthorized            401 unauthorized
+        ├── AccessDenied            403 access_denied
+        ├── UnknownService          404 unknown_service
+        ├── NotFound                404 not_found          (no such path)
+        ├── MethodNotAllowed        405 method_not_allowed
+        ├── InvalidRequest          400 invalid_request    (with failing schema paths)
+        │   └── InvalidHeader       400 invalid_header     (header bytes that are not UTF-8)
+        ├── RequestTimeout          408 request_timeout    (body not received in time)
+        ├── PayloadTooLarge         413 payload_too_large
+        ├── RateLimited             429 rate_limited       (Retry-After)
+        ├── Overloaded              503 overloaded         (Retry-After)
+        ├── Timeout                 504 timeout            (also a TimeoutError)
+        ├── ProviderError           502 provider_error
+        ├── InvalidResponse         502 invalid_response   (provider broke its contract)
+        ├── Unavailable             503 unavailable        (not ready, or Kafka unreachable)
+        ├── IdempotencyKeyReused    422 idempotency_key_reused    (same key, another request)
+        ├── IdempotencyKeyInFlight  409 idempotency_key_in_flight (Retry-After)
+        └── ClientClosed            499 client_closed      (the caller went away; recorded, never sent)
 
 A provider's own business errors are not raised: they pass through with the
 provider's status and problem body.
@@ -43,7 +53,19 @@ def problem_body(status: int, code: str, title: str, detail: str, exchange_id: s
     }
 
 
-class NdxpError(Exception):
+class NdxpException(Exception):
+    """Root of everything the platform raises on purpose."""
+
+
+class StartupError(NdxpException):
+    """A part cannot start (configuration, contracts, registry, Kafka, local processes).
+
+    The message names what is wrong and where; the ``ndxp`` command prints it
+    as one line and exits non-zero.
+    """
+
+
+class NdxpError(NdxpException):
     """Root of the platform's errors; each maps to one problem+json response."""
 
     status: ClassVar[int] = 500

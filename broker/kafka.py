@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
+from broker.errors import StartupError
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ _TOPIC_ALREADY_EXISTS = 36
 _DEFAULT_PARTITIONER = DefaultPartitioner()
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(StartupError, RuntimeError):
     """No Kafka bootstrap address is configured or the cluster cannot be reached."""
 
 

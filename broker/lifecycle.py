@@ -16,6 +16,8 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from broker.errors import NdxpException
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from broker.settings import Settings
 
 
-class PartFailed(RuntimeError):
+class PartFailed(NdxpException, RuntimeError):
     """A part's Kafka loop died while serving; its process exits non-zero."""
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from broker.errors import StartupError
 from broker.kafka import cluster_brokers
 from broker.settings import Settings
 
@@ -47,7 +48,7 @@ STOP_GRACE_S = 30.0
 Progress = Callable[[str], None]
 
 
-class LocalKafkaError(RuntimeError):
+class LocalKafkaError(StartupError, RuntimeError):
     """The local Kafka could not be resolved, started or stopped."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from broker.catalog import Catalog
+from broker.errors import StartupError
 from broker.localkafka import LocalKafka, free_port, port_is_free
 from broker.registry import Registry
 from broker.settings import Settings, child_environment
@@ -34,7 +35,7 @@ STABLE_AFTER_S = 60.0
 """A part up this long counts as healthy again: its next restart waits the shortest time."""
 
 
-class PlatformError(RuntimeError):
+class PlatformError(StartupError, RuntimeError):
     """A part of the platform failed to start."""
 
 

@@ -29,9 +29,10 @@ from typing import Any
 import yaml
 
 from broker.catalog import Catalog, valid_name
+from broker.errors import StartupError
 
 
-class RegistryError(ValueError):
+class RegistryError(StartupError, ValueError):
     """The registry cannot be used; the message names the file and the fault."""
 
 

@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.errors import StartupError
+
 PREFIX = "NDXP_"
 
 
-class SettingsError(ValueError):
+class SettingsError(StartupError, ValueError):
     """An environment variable holds a value that cannot be used."""
 
 

@@ -35,6 +35,7 @@ from broker.catalog import Catalog
 from broker.counter.recorder import TxRecorder
 from broker.counter.stats import StatsView
 from broker.envelope import H_HEARTBEAT, REQUEST_PARTITIONS, reply_topic, request_topic
+from broker.errors import StartupError
 from broker.events import event_topic_specs
 from broker.exchanges.view import ExchangeView
 from broker.gateway import events, meta
@@ -301,7 +302,7 @@ def _worker_main(settings: Settings, worker: int, ready: Queue[int]) -> None:
 def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> int:
     """Run ``settings.workers`` worker processes on one port; return the exit code."""
     if settings.port == 0 and settings.workers > 1:
-        raise ValueError("several workers need a fixed --port (SO_REUSEPORT)")
+        raise StartupError("several workers need a fixed --port (SO_REUSEPORT)")
     # Check the catalog and registry here, so that a fault stops start-up with
     # one clear message (CatalogError/RegistryError name the file and the fault).
     Registry.load(settings.registry_path, Catalog.load(settings.schemas_dir))

@@ -101,3 +101,31 @@ def test_tls_settings_come_in_pairs() -> None:
         Settings.from_env({"NDXP_TLS_CERT": "c.pem"})
     with pytest.raises(SettingsError, match="CLIENT_CA"):
         Settings.from_env({"NDXP_TLS_CLIENT_CA": "ca.pem"})
+
+
+def test_start_up_errors_are_one_branch_and_one_line_from_the_cli() -> None:
+    import subprocess
+    import sys
+
+    from adapters.serve import AdapterSetupError
+    from broker.catalog import CatalogError
+    from broker.errors import NdxpError, StartupError
+    from broker.kafka import KafkaUnavailable
+    from broker.platform import PlatformError
+    from broker.registry import RegistryError
+
+    for cls in (SettingsError, CatalogError, RegistryError, KafkaUnavailable, LocalKafkaError, PlatformError,
+                AdapterSetupError):  # fmt: skip
+        assert issubclass(cls, StartupError), cls
+        assert not issubclass(cls, NdxpError), f"{cls.__name__} is no HTTP answer"
+    root = Path(__file__).resolve().parents[2]
+    for env, code, says in (
+        ({"NDXP_PORT": "abc"}, 2, "configuration error: NDXP_PORT='abc': expected an integer"),
+        ({"NDXP_SCHEMAS_DIR": "/nonexistent"}, 1, "/nonexistent: schemas directory not found"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "gateway", "--port", "18999"],
+            env={"PATH": "/usr/bin:/bin", **env}, cwd=root, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == code, done.stderr
+        assert done.stderr.strip().splitlines() == [f"ndxp: {says}"], done.stderr
