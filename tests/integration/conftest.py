@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from broker.settings import Settings
-from tests.integration.exchange_fixtures import write_contracts, write_registry
+from tests.fixtures import write_contracts, write_registry
 
 
 @pytest.fixture

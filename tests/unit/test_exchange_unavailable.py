@@ -21,7 +21,7 @@ from broker.gateway.state import Gateway
 from broker.metrics import GatewayMetrics
 from broker.registry import Agency, Registry
 from broker.settings import Settings
-from tests.integration.exchange_fixtures import write_contracts, write_registry
+from tests.fixtures import write_contracts, write_registry
 
 
 class DeadProducer:

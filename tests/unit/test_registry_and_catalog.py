@@ -13,7 +13,7 @@ from broker.errors import RateLimited
 from broker.gateway.limits import Limits
 from broker.registry import Agency, Registry, RegistryError, hash_key
 from broker.settings import Settings
-from tests.integration.exchange_fixtures import write_contracts, write_registry
+from tests.fixtures import write_contracts, write_registry
 
 
 def test_demo_catalog_and_registry_load_and_demo_keys_work() -> None:

@@ -23,7 +23,7 @@ from broker.exchanges.docs import (
 )
 from broker.exchanges.keeper import sign
 from broker.registry import Registry, RegistryError
-from tests.integration.exchange_fixtures import write_contracts, write_registry
+from tests.fixtures import write_contracts, write_registry
 
 
 def pending(eid: str, t_in: float = 1_000_000.0, idem: str | None = "k", fp: str | None = "f") -> Pending:

@@ -1,0 +1,143 @@
+"""The test provider, shared by unit and integration tests: its contracts (with an event type),
+its registry (keys, rights, event rights) and its handlers. Nothing here needs Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adapters.runtime import BusinessError, Handler, Request
+
+ECHO_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["msg"],
+    "properties": {
+        "msg": {"type": "string", "maxLength": 2000000},
+        "mode": {"enum": ["ok", "bad", "crash", "missing"]},
+        "sleep_ms": {"type": "integer", "minimum": 0, "maximum": 5000},
+    },
+}
+ECHO_RESPONSE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["msg", "via"],
+    "properties": {"msg": {"type": "string"}, "via": {"type": "string"}},
+}
+
+
+def write_contracts(root: Path, provider: str, echo_timeout_ms: int = 5000) -> Path:
+    """schemas/<provider>/{echo,slow,store}.json for the test provider (store has write effects)."""
+    d = root / "schemas" / provider
+    d.mkdir(parents=True)
+    for name, timeout, effects in (
+        ("echo", echo_timeout_ms, "read"),
+        ("slow", 300, "read"),
+        ("store", 30000, "write"),
+    ):
+        (d / f"{name}.json").write_text(
+            json.dumps(
+                {
+                    "title": f"Test {name}",
+                    "description": "test service",
+                    "timeout_ms": timeout,
+                    "effects": effects,
+                    "request": ECHO_REQUEST,
+                    "response": ECHO_RESPONSE,
+                    "examples": [{"msg": "hello"}],
+                }
+            )
+        )
+    events = d / "events"
+    events.mkdir()
+    (events / "changed.json").write_text(json.dumps(CHANGED_EVENT))
+    return root / "schemas"
+
+
+CHANGED_EVENT = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Test record changed",
+    "description": "test event",
+    "x-ndxp-key": "subject",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["subject", "seq"],
+    "properties": {
+        "subject": {"type": "string", "minLength": 1},
+        "seq": {"type": "integer", "minimum": 0},
+        "exchange": {"type": "string"},
+    },
+    "examples": [{"subject": "s1", "seq": 0}],
+}
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def write_registry(root: Path, provider: str) -> Path:
+    """alice may call everything of the provider; bob nothing; slowpoke is rate limited.
+
+    Events: the provider (key ``key-provider``) publishes ``changed``; alice and slowpoke may subscribe.
+    """
+    raw = {
+        "agencies": [
+            {"id": provider, "code": "T.PROV", "name": "Test provider",
+             "keys_sha256": [key_hash("key-provider")]},
+            {"id": "alice", "code": "T.A", "name": "Alice", "keys_sha256": [key_hash("key-alice")],
+             "rate_limit": 100000},
+            {"id": "bob", "code": "T.B", "name": "Bob", "keys_sha256": [key_hash("key-bob")]},
+            {"id": "slowpoke", "code": "T.S", "name": "Slowpoke",
+             "keys_sha256": [key_hash("key-slowpoke")], "rate_limit": 0.1},
+        ],
+        "rights": {"alice": [f"{provider}/*"], "slowpoke": [f"{provider}/echo"], "bob": []},
+        "events": {"publish": {provider: [f"{provider}/changed"]},
+                   "subscribe": {"alice": [f"{provider}/*"], "slowpoke": [f"{provider}/changed"]}},
+    }  # fmt: skip
+    path = root / "registry.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+class EchoHandlers:
+    """Handlers whose behaviour the request chooses; counts calls per message."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def echo(self, req: Request) -> Any:
+        self.calls[req.body["msg"]] += 1
+        if req.body.get("sleep_ms"):
+            await asyncio.sleep(req.body["sleep_ms"] / 1000)
+        mode = req.body.get("mode", "ok")
+        if mode == "bad":
+            return {"msg": 42, "via": req.meta.reply_to}
+        if mode == "crash":
+            raise RuntimeError("boom")
+        if mode == "missing":
+            raise BusinessError(404, "record_not_found", f"no record {req.body['msg']}")
+        return {"msg": req.body["msg"], "via": req.meta.reply_to}
+
+    async def slow(self, req: Request) -> Any:
+        self.calls[req.body["msg"]] += 1
+        await asyncio.sleep(1.0)
+        return {"msg": req.body["msg"], "via": req.meta.reply_to}
+
+    async def store(self, req: Request) -> Any:
+        """A write: records one change per request, committed with the reply."""
+        self.calls[req.body["msg"]] += 1
+        if req.body.get("sleep_ms"):
+            await asyncio.sleep(req.body["sleep_ms"] / 1000)
+        req.record_change(req.body["msg"], {"msg": req.body["msg"], "exchange": req.meta.exchange_id})
+        req.publish_event("changed", req.body["msg"], {"subject": req.body["msg"], "seq": 0,
+                                                       "exchange": req.meta.exchange_id})  # fmt: skip
+        return {"msg": req.body["msg"], "via": req.meta.reply_to}
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"echo": self.echo, "slow": self.slow, "store": self.store}
