@@ -108,6 +108,14 @@ def _buckets(samples: Samples | None) -> dict[float, float]:
     return dict(out)
 
 
+def _exchanges(samples: Samples | None) -> dict[tuple[str, str, str], float]:
+    """``ndxp_exchanges_total`` by (provider, service, outcome), summed over clients."""
+    out: dict[tuple[str, str, str], float] = defaultdict(float)
+    for labels, value in (samples or {}).get("ndxp_exchanges_total", []):
+        out[(labels.get("provider", "-"), labels.get("service", "-"), labels.get("outcome", ""))] += value
+    return out
+
+
 def from_metrics(parts: dict[str, str], gateway: str, interval_s: float = 1.0) -> Figures:
     """Two reads of every part's metrics ``interval_s`` apart: rates, latency, errors, backlogs."""
     first = {name: scrape(url) for name, url in parts.items()}
@@ -116,19 +124,10 @@ def from_metrics(parts: dict[str, str], gateway: str, interval_s: float = 1.0) -
     f = Figures(parts={name: s is not None for name, s in second.items()})
     g0, g1 = first.get("gateway"), second.get("gateway")
     if g1 is not None:
-        by_key: dict[tuple[str, str, str], float] = defaultdict(float)
-        for labels, value in g1.get("ndxp_exchanges_total", []):
-            by_key[(labels.get("provider", "-"), labels.get("service", "-"), labels.get("outcome", ""))] += (
-                value
-            )
-        prior: dict[tuple[str, str, str], float] = defaultdict(float)
-        for labels, value in (g0 or {}).get("ndxp_exchanges_total", []):
-            prior[(labels.get("provider", "-"), labels.get("service", "-"), labels.get("outcome", ""))] += (
-                value
-            )
+        by_key, prior = _exchanges(g1), _exchanges(g0)
         rates: dict[str, float] = defaultdict(float)
         for (provider, service, outcome), value in by_key.items():
-            delta = (value - prior[(provider, service, outcome)]) / interval_s
+            delta = (value - prior.get((provider, service, outcome), 0.0)) / interval_s
             if provider != "-":
                 rates[f"{provider}/{service}"] += delta
             if outcome not in OK_OUTCOMES and delta > 0:

@@ -66,8 +66,8 @@ def _iso(t_ms: float | None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Pending:
-    """An accepted stored exchange (written by the gateway before the request)."""
+class _Stored:
+    """What every document of a stored exchange says: which exchange, whose, of what, since when."""
 
     exchange_id: str
     client: str
@@ -75,9 +75,28 @@ class Pending:
     service: str
     mode: Mode
     t_in: float
-    deadline_ms: int
     idempotency: str | None = None
+    """The claim: SHA-256 of the caller's agency id and Idempotency-Key."""
     fingerprint: str | None = None
+    """Service and body of the claiming request (a reused key with another one is refused)."""
+
+    def _public(self, status: Status, http_status: int | None) -> dict[str, Any]:
+        return {
+            "exchange_id": self.exchange_id,
+            "status": status,
+            "http_status": http_status,
+            "mode": self.mode,
+            "provider": self.provider,
+            "service": self.service,
+            "accepted_at": _iso(self.t_in),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pending(_Stored):
+    """An accepted stored exchange (written by the gateway before the request)."""
+
+    deadline_ms: int
     request_id: str | None = None
     user_id: str | None = None
     purpose: str | None = None
@@ -89,28 +108,13 @@ class Pending:
 
     def view(self) -> dict[str, Any]:
         """The public status document while it waits."""
-        return {
-            "exchange_id": self.exchange_id,
-            "status": "pending",
-            "http_status": None,
-            "mode": self.mode,
-            "provider": self.provider,
-            "service": self.service,
-            "accepted_at": _iso(self.t_in),
-            "expires_at": _iso(self.deadline_ms),
-        }
+        return {**self._public("pending", None), "expires_at": _iso(self.deadline_ms)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Final:
+class Final(_Stored):
     """The outcome of a stored exchange (written by the keeper; again for each callback attempt)."""
 
-    exchange_id: str
-    client: str
-    provider: str
-    service: str
-    mode: Mode
-    t_in: float
     t_out: float
     status: Status
     http_status: int
@@ -118,8 +122,6 @@ class Final:
     """For counting: ``ok``, ``business_error`` or an error code."""
     body: Any
     """The result (``done``) or the problem document (otherwise), as JSON."""
-    idempotency: str | None = None
-    fingerprint: str | None = None
     callback: dict[str, Any] | None = field(default=None)
     """``{"state": "pending"|"delivered"|"failed", "attempts": n, "error": …, "next_at": ms}``, or
     None when the caller has no callback (or the exchange is synchronous)."""
@@ -133,15 +135,9 @@ class Final:
 
     def view(self) -> dict[str, Any]:
         """The public status document (also the callback's body)."""
-        doc: dict[str, Any] = {
-            "exchange_id": self.exchange_id,
-            "status": self.status,
-            "http_status": self.http_status,
+        doc = {
+            **self._public(self.status, self.http_status),
             "result" if self.status == "done" else "problem": self.body,
-            "mode": self.mode,
-            "provider": self.provider,
-            "service": self.service,
-            "accepted_at": _iso(self.t_in),
             "finished_at": _iso(self.t_out),
         }
         if self.callback is not None:
@@ -152,7 +148,7 @@ class Final:
 Doc = Pending | Final
 
 
-def _fields(doc: Pending | Final) -> dict[str, Any]:
+def _fields(doc: _Stored) -> dict[str, Any]:
     return {name: getattr(doc, name) for name in doc.__dataclass_fields__}
 
 

@@ -70,8 +70,6 @@ async def exchange(request: web.Request) -> web.StreamResponse:
     except NdxpError as exc:
         rec.outcome = exc.code
         resp = problem_response(exc, rec.exchange_id)
-        if getattr(exc, "recorded_by_keeper", False):
-            resp[RECORDED_BY_KEEPER] = True
     except Exception:
         log.exception("exchange %s failed unexpectedly", rec.exchange_id)
         resp = problem_response(NdxpError("unexpected error; see the gateway log"), rec.exchange_id)

@@ -51,7 +51,7 @@ from broker.exchanges.docs import (
 )
 from broker.exchanges.keeper import GRACE_MS
 from broker.gateway.auth import authenticate
-from broker.gateway.problems import header
+from broker.gateway.problems import header, problem_response
 from broker.gateway.state import GATEWAY, Gateway
 from broker.registry import Agency
 
@@ -145,7 +145,11 @@ async def stored_exchange(
         doc = await view.final(eid, within)
     rec.t_reply = time.time() * 1000
     if not isinstance(doc, Final):
-        raise _stored(Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms"))
+        # The keeper will finish and count it (expired): answered here, recorded there.
+        rec.outcome = Timeout.code
+        resp = problem_response(Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms"), eid)
+        resp[RECORDED_BY_KEEPER] = True
+        return resp
     rec.outcome = doc.outcome
     return _answer(doc, replayed=False)
 
@@ -196,11 +200,6 @@ async def _replay(
         return _accepted(eid, replayed=True, doc=doc)
     assert isinstance(doc, Final)
     return _answer(doc, replayed=True)
-
-
-def _stored(exc: Exception) -> Exception:
-    exc.recorded_by_keeper = True  # type: ignore[attr-defined]
-    return exc
 
 
 def _accepted(eid: str, *, replayed: bool, doc: Doc | None = None) -> web.Response:
