@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ProducerFenced
 from prometheus_client import CollectorRegistry
 
@@ -62,6 +62,8 @@ from broker.kafka import (
     KafkaService,
     OffsetTracker,
     Outgoing,
+    Producer,
+    Record,
     TopicSpec,
     consumer_lag,
     ensure_topics,
@@ -164,7 +166,7 @@ class Adapter(KafkaService):
         *,
         writes: Collection[str] | None = None,
         metrics: AdapterMetrics | None = None,
-        producer: AIOKafkaProducer | None = None,
+        producer: Producer | None = None,
     ) -> None:
         """``writes``: the services with side effects (default: as the catalog declares them).
         ``producer``: a started producer to share for lookup replies (default: one of its own).
@@ -183,8 +185,8 @@ class Adapter(KafkaService):
         self._write_topics = {request_topic(provider, s) for s in self.writes}
         self._memory: OrderedDict[str, Reply] = OrderedDict()
         self._shared_producer = producer
-        self._producer: AIOKafkaProducer | None = None
-        self._txn_producer: AIOKafkaProducer | None = None
+        self._producer: Producer | None = None
+        self._txn_producer: Producer | None = None
         self._offsets = OffsetTracker()
         self._in_flight = 0
         self._room = asyncio.Event()
@@ -299,7 +301,7 @@ class Adapter(KafkaService):
 
     # -- lookups: at least once ---------------------------------------------
 
-    async def _serve_lookup(self, tp: TopicPartition, msg: Any) -> None:
+    async def _serve_lookup(self, tp: TopicPartition, msg: Record) -> None:
         producer = self._shared_producer or self._producer
         assert producer is not None
         try:
@@ -371,7 +373,7 @@ class Adapter(KafkaService):
                 if self._write_queue.empty():
                     self._write_idle.set()
 
-    async def _write_batch(self, batch: list[Any]) -> None:
+    async def _write_batch(self, batch: list[Record]) -> None:
         producer, consumer = self._txn_producer, self.consumer
         assert producer is not None
         assert consumer is not None
@@ -408,14 +410,14 @@ class Adapter(KafkaService):
         while len(self._memory) > self.settings.adapter_dedupe_size:
             self._memory.popitem(last=False)
 
-    def _dead_letter(self, msg: Any, reason: str) -> _Out:
+    def _dead_letter(self, msg: Record, reason: str) -> _Out:
         self.metrics.dead_letters.labels(self.provider).inc()
         log.warning("%s: dead letter from %s@%s: %s", self.provider, msg.topic, msg.offset, reason)
         headers = [(k, v) for k, v in (msg.headers or ()) if isinstance(v, bytes)]
         headers.append((H_ERROR, reason.encode()))
         return _Out(dlq_topic(self.provider), msg.value or b"", msg.key, headers)
 
-    async def _handle(self, msg: Any, *, changes: bool) -> list[_Out]:
+    async def _handle(self, msg: Record, *, changes: bool) -> list[_Out]:
         try:
             meta = RequestMeta.from_headers(msg.headers or ())
         except ValueError as exc:

@@ -8,14 +8,13 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from adapters.agencies import AGENCIES, handlers_for
 from adapters.runtime import Adapter
 from broker.catalog import Catalog, Effects
 from broker.errors import StartupError
-from broker.kafka import make_producer
+from broker.kafka import Producer, make_producer
 from broker.lifecycle import run_until_stopped
 from broker.metrics import AdapterMetrics, serve_metrics
 from broker.settings import Settings
@@ -32,7 +31,7 @@ def build_adapters(
     agencies: Sequence[str],
     metrics: AdapterMetrics,
     resources: AsyncExitStack,
-    producer: AIOKafkaProducer | None = None,
+    producer: Producer | None = None,
 ) -> list[Adapter]:
     """One adapter per agency; ``producer``: a started producer all of them share for lookup replies."""
     catalog = Catalog.load(settings.schemas_dir)

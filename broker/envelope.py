@@ -128,12 +128,9 @@ class RequestMeta:
         return h
 
     @classmethod
-    def from_headers(cls, headers: Iterable[tuple[str, bytes]]) -> RequestMeta:
-        """Parse request headers; ``ValueError`` when one is missing or not UTF-8 text."""
-        try:
-            h = {k: v.decode() for k, v in headers}
-        except (AttributeError, UnicodeDecodeError) as exc:  # a null or binary header value
-            raise ValueError(f"undecodable header value: {exc}") from exc
+    def from_headers(cls, headers: Iterable[tuple[str, bytes | None]]) -> RequestMeta:
+        """Parse request headers; ``ValueError`` when one is missing, null or not UTF-8 text."""
+        h = _texts(headers)
         try:
             return cls(
                 exchange_id=h[H_EXCHANGE_ID],
@@ -172,14 +169,29 @@ class Reply:
         ]
 
     @classmethod
-    def from_message(cls, headers: Iterable[tuple[str, bytes]], body: bytes) -> Reply:
-        h = {k: v for k, v in headers}
+    def from_message(cls, headers: Iterable[tuple[str, bytes | None]], body: bytes) -> Reply:
+        """Parse a reply; ``ValueError`` when a header is missing, null, not text or out of range."""
+        mine = (H_EXCHANGE_ID, H_STATUS, H_OUTCOME)  # others (a trace, a partition) are not ours to judge
         try:
+            h = _texts((k, v) for k, v in headers if k in mine)
             return cls(
-                exchange_id=h[H_EXCHANGE_ID].decode(),
+                exchange_id=h[H_EXCHANGE_ID],
                 status=int(h[H_STATUS]),
-                outcome=ReplyOutcome(h[H_OUTCOME].decode()),
-                body=body if body is not None else b"",
+                outcome=ReplyOutcome(h[H_OUTCOME]),
+                body=body,
             )
-        except (KeyError, ValueError, AttributeError, TypeError) as exc:
+        except (KeyError, ValueError) as exc:
             raise ValueError(f"malformed reply headers: {exc}") from exc
+
+
+def _texts(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
+    """Kafka headers as text; ``ValueError`` on a null or non-UTF-8 value (hostile or broken senders)."""
+    h: dict[str, str] = {}
+    for k, v in headers:
+        if v is None:
+            raise ValueError(f"header {k} has no value")
+        try:
+            h[k] = v.decode()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"header {k} is not UTF-8 text: {exc}") from exc
+    return h

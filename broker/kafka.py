@@ -1,4 +1,9 @@
-"""Kafka helpers used by every part: producer/consumer factories, topic admin.
+"""Kafka helpers used by every part: the typed boundary, producer/consumer factories, topic admin.
+
+aiokafka ships no type information. What the platform uses of it is written
+down here as small Protocols (:class:`Producer`, :class:`Consumer`,
+:class:`Record`): the factories return them, every part is typed against
+them, and a test's fake is checked against them like the real client is.
 
 Our defaults: producers use ``acks=all`` with idempotence and a small linger;
 consumers never auto-commit unless asked. Topic creation is idempotent.
@@ -11,9 +16,10 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, Unpack
+from typing import Any, Protocol, TypedDict, Unpack, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -31,6 +37,119 @@ _DEFAULT_PARTITIONER = DefaultPartitioner()
 
 class KafkaUnavailable(StartupError, RuntimeError):
     """No Kafka bootstrap address is configured or the cluster cannot be reached."""
+
+
+# -- The typed boundary: what the platform uses of aiokafka ------------------
+
+
+class Record(Protocol):
+    """A consumed record (aiokafka's ``ConsumerRecord``), as the platform reads it."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes | None]]:
+        """As sent: Kafka allows a header without a value, and hostile senders use it."""
+        ...
+
+
+class Written(Protocol):
+    """Where Kafka stored a produced record (aiokafka's ``RecordMetadata``)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+Batch = dict[TopicPartition, list[Record]]
+"""One poll's records, by partition, each partition's in offset order."""
+
+
+class Metadata(Protocol):
+    """The part of aiokafka's client that asks the cluster for its metadata."""
+
+    async def fetch_all_metadata(self) -> object: ...
+
+
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+class Sender(Protocol):
+    """The one thing most of the platform does with a producer (the transaction recorder: only this)."""
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Headers | None = None,
+    ) -> asyncio.Future[Written]:
+        """Hand the record to the producer; the future resolves once Kafka has acknowledged it."""
+        ...
+
+
+class Producer(Sender, Protocol):
+    """What the platform uses of :class:`aiokafka.AIOKafkaProducer`."""
+
+    @property
+    def client(self) -> Metadata: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Headers | None = None,
+    ) -> Written: ...
+    async def flush(self) -> None: ...
+    async def partitions_for(self, topic: str) -> set[int]: ...
+    def transaction(self) -> AbstractAsyncContextManager[object]: ...
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None: ...
+
+
+class Consumer(Protocol):
+    """What the platform uses of :class:`aiokafka.AIOKafkaConsumer`."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def subscribe(self, topics: Sequence[str] = (), *, listener: Any = None) -> None: ...
+    def assign(self, partitions: Sequence[TopicPartition]) -> None: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    def partitions_for_topic(self, topic: str) -> set[int] | None: ...
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Batch: ...
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> bool: ...
+    async def seek_to_end(self, *partitions: TopicPartition) -> bool: ...
+    async def position(self, partition: TopicPartition) -> int: ...
+    def highwater(self, partition: TopicPartition) -> int | None: ...
+    async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]: ...
+    async def offsets_for_times(
+        self, timestamps: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, Any]: ...
+    async def committed(self, partition: TopicPartition) -> int | None: ...
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None: ...
 
 
 class ProducerParams(TypedDict, total=False):
@@ -133,7 +252,7 @@ def admin_client(settings: Settings, **params: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings), **security(settings), **params)
 
 
-def make_producer(settings: Settings, **params: Unpack[ProducerParams]) -> AIOKafkaProducer:
+def make_producer(settings: Settings, **params: Unpack[ProducerParams]) -> Producer:
     """A producer with our defaults (acks=all, idempotent, small linger); not started."""
     kw: dict[str, Any] = {
         "bootstrap_servers": bootstrap(settings),
@@ -145,10 +264,11 @@ def make_producer(settings: Settings, **params: Unpack[ProducerParams]) -> AIOKa
         **security(settings),
     }
     kw.update(params)
-    return AIOKafkaProducer(**kw)
+    producer: Producer = AIOKafkaProducer(**kw)
+    return producer
 
 
-def make_consumer(settings: Settings, *topics: str, **params: Unpack[ConsumerParams]) -> AIOKafkaConsumer:
+def make_consumer(settings: Settings, *topics: str, **params: Unpack[ConsumerParams]) -> Consumer:
     """A consumer with our defaults (manual commits, earliest reset); not started."""
     kw: dict[str, Any] = {
         "bootstrap_servers": bootstrap(settings),
@@ -159,14 +279,16 @@ def make_consumer(settings: Settings, *topics: str, **params: Unpack[ConsumerPar
         **security(settings),
     }
     kw.update(params)
-    return AIOKafkaConsumer(*topics, **kw)
+    consumer: Consumer = AIOKafkaConsumer(*topics, **kw)
+    return consumer
 
 
-async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+async def topic_partitions(consumer: Consumer, topic: str) -> list[TopicPartition]:
     """Every partition of ``topic`` (refreshing the consumer's metadata for a topic it has not seen)."""
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        await consumer._client.force_metadata_update()
+        # aiokafka's public API has no metadata refresh: its client's is the one private call we make.
+        await cast(Any, consumer)._client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
     if not parts:
         raise KafkaUnavailable(f"topic {topic} has no partitions (does it exist?)")
@@ -282,7 +404,7 @@ async def cluster_brokers(settings: Settings) -> int:
         await admin.close()
 
 
-async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
+async def consumer_lag(consumer: Consumer) -> int:
     """Records not yet consumed over the consumer's assignment (high watermark - position)."""
     lag = 0
     for tp in consumer.assignment():
@@ -294,12 +416,7 @@ async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
     return lag
 
 
-Batch = dict[TopicPartition, list[Any]]
-
-
-async def poll(
-    consumer: AIOKafkaConsumer, what: str, timeout_ms: int, max_records: int | None = None
-) -> Batch:
+async def poll(consumer: Consumer, what: str, timeout_ms: int, max_records: int | None = None) -> Batch:
     """One ``getmany``; a failure is logged and yields an empty batch after a pause."""
     try:
         batch: Batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
@@ -323,7 +440,7 @@ class Outgoing:
     partition: int | None = None
 
 
-async def send_all(producer: AIOKafkaProducer, outgoing: Iterable[Outgoing]) -> None:
+async def send_all(producer: Producer, outgoing: Iterable[Outgoing]) -> None:
     """Hand every record to the producer (inside a transaction: part of it)."""
     for out in outgoing:
         await producer.send(
@@ -332,8 +449,8 @@ async def send_all(producer: AIOKafkaProducer, outgoing: Iterable[Outgoing]) -> 
 
 
 async def produce_and_commit(
-    producer: AIOKafkaProducer,
-    consumer: AIOKafkaConsumer,
+    producer: Producer,
+    consumer: Consumer,
     group_id: str,
     batch: Batch,
     outgoing: Iterable[Outgoing],
@@ -438,7 +555,7 @@ class KafkaService:
 
     def __init__(self, what: str) -> None:
         self.what = what
-        self.consumer: AIOKafkaConsumer | None = None
+        self.consumer: Consumer | None = None
         self.failed: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -532,9 +649,7 @@ class Reachability:
     callers wait for a timeout, and for ``/readyz``.
     """
 
-    def __init__(
-        self, producer: AIOKafkaProducer, *, interval_s: float = 1.0, timeout_s: float = 2.0
-    ) -> None:
+    def __init__(self, producer: Producer, *, interval_s: float = 1.0, timeout_s: float = 2.0) -> None:
         self.producer = producer
         self.interval_s = interval_s
         self.timeout_s = timeout_s

@@ -29,6 +29,20 @@ class PartFailed(NdxpException, RuntimeError):
     """A part's Kafka loop died while serving; its process exits non-zero."""
 
 
+def sigterm_as_exit() -> None:
+    """Make SIGTERM unwind a synchronous script like Ctrl-C does (its ``finally`` blocks run).
+
+    For the scripts that start Kafka and the platform themselves (benchmarks,
+    the fault suite): stopped by an operator or a CI timeout, they stop what
+    they started instead of leaving it running.
+    """
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 async def run_until_stopped(failure: Callable[[], str | None], check_every_s: float = 1.0) -> None:
     """Return on SIGTERM or SIGINT; raise PartFailed as soon as ``failure()`` names one."""
     stop = asyncio.Event()

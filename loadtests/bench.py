@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from broker.lifecycle import sigterm_as_exit
 from broker.localkafka import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,6 +332,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> int:
+    sigterm_as_exit()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from broker.lifecycle import sigterm_as_exit
 from broker.localkafka import free_port
 from loadtests.bench import ROOT, kafka_bootstrap, running_platform
 
@@ -164,6 +165,7 @@ def render(base: str, start: float, end: float, out: Path) -> dict[str, int]:
 
 
 def main() -> int:
+    sigterm_as_exit()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -38,6 +38,7 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from broker.events import event_topic, rfc3339
+from broker.lifecycle import sigterm_as_exit
 from loadtests.bench import kafka_bootstrap, running_platform
 
 SUBSCRIBERS = ("hanoi", "danang", "bhxh")
@@ -159,6 +160,7 @@ async def run(base: str, bootstrap: str, args: argparse.Namespace) -> dict[str, 
 
 
 def main() -> int:
+    sigterm_as_exit()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -6,7 +6,8 @@ each fault: steady bounded load of unique exchanges from ``--users``
 keep-alive connections, the fault after ``--before`` seconds, the fault's
 end (restart, SIGCONT), and ``--after`` seconds more. Per fault it prints:
 calls answered (the provider's answer: 200, or its own 404), answered but
-not counted (must be 0), counted twice (must be 0), failed calls (any other
+not counted (must be 0), counted twice (must be 0), counts lost (the
+totals moved by less than the exchanges newly counted; must be 0), failed calls (any other
 status or a broken connection), and seconds from the fault's end to the
 first success. Counted exchanges are read from the counter's own record of
 them (``<stats topic>.seen-batches``). Loopback only; every phase bounded.
@@ -37,6 +38,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from broker.kafka import KafkaUnavailable, topic_partitions  # noqa: E402
+from broker.lifecycle import sigterm_as_exit  # noqa: E402
 from broker.localkafka import LocalKafka  # noqa: E402
 from broker.settings import Settings  # noqa: E402
 from loadtests.bench import cmdline, descendants, running_platform, settled_total  # noqa: E402
@@ -121,6 +124,44 @@ async def counted_ids(bootstrap: str, topic: str) -> set[str]:
     return ids
 
 
+async def trace_missing(bootstrap: str, missing: set[str], tx_topic: str, group: str) -> list[str]:
+    """Where each answered-but-uncounted exchange's record is: for the operator, and the note."""
+    lines: list[str] = []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
+    await consumer.start()
+    try:
+        for topic in (tx_topic, f"{tx_topic}.dlq"):
+            try:
+                tps = await topic_partitions(consumer, topic)
+            except KafkaUnavailable:
+                lines.append(f"{topic}: no such topic")
+                continue
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                while await consumer.position(tp) < ends[tp]:
+                    for msgs in (await consumer.getmany(tp, timeout_ms=500)).values():
+                        for m in msgs:
+                            try:
+                                eid = orjson.loads(m.value).get("exchange_id")
+                            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                                continue
+                            if eid in missing:
+                                lines.append(f"{eid}: {topic}[{tp.partition}]@{m.offset} ts={m.timestamp}")
+        grouped = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        await grouped.start()
+        try:
+            for p in sorted(consumer.partitions_for_topic(tx_topic) or ()):
+                tp = TopicPartition(tx_topic, p)
+                lines.append(f"{group} committed {tx_topic}[{p}] = {await grouped.committed(tp)}")
+        finally:
+            await grouped.stop()
+    finally:
+        await consumer.stop()
+    return lines
+
+
 def part_pid(up: int, marker: str) -> int:
     for pid in descendants(up):
         cmd = cmdline(pid)
@@ -198,12 +239,22 @@ async def run_phase(
     total1 = settled_total(base, within_s=90, quiet_s=3)
     seen1 = await counted_ids(bootstrap, seen_topic)
     new_counted = seen1 - seen0
+    missing = phase.answered - seen1
+    if missing:
+        print(f"  {name}: {len(missing)} answered exchange(s) not counted; where their records are:")
+        for line in await trace_missing(
+            bootstrap, missing, "ndxp.tx", f"{seen_topic[: -len('.seen-batches')]}.counter"
+        ):
+            print(f"    {line}", flush=True)
     return {
         "fault": name,
         "seconds": round(time.monotonic() - started, 1),
         "answered": len(phase.answered),
         "not_counted": len(phase.answered - seen1),
         "counted_twice": max(0, (total1 - total0) - len(new_counted)),
+        # The counts' total must move by exactly the ids newly counted: less is a count lost.
+        "count_lost": max(0, len(new_counted) - (total1 - total0)),
+        "missing": sorted(missing)[:20],
         "failed": phase.failed,
         "recovery_s": phase.first_ok_after,
         "statuses": phase.statuses,
@@ -211,6 +262,7 @@ async def run_phase(
 
 
 def main() -> int:
+    sigterm_as_exit()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -250,17 +302,19 @@ def main() -> int:
             kafka.stop()
     print(
         f"\n{'fault':16} {'answered':>9} {'not counted':>12} {'counted twice':>14}"
-        f" {'failed':>7} {'recovery s':>11}"
+        f" {'count lost':>11} {'failed':>7} {'recovery s':>11}"
     )
     for r in results:
         rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
         print(
             f"{r['fault']:16} {r['answered']:9d} {r['not_counted']:12d} {r['counted_twice']:14d}"
-            f" {r['failed']:7d} {rec:>11}"
+            f" {r['count_lost']:11d} {r['failed']:7d} {rec:>11}"
         )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
-    bad = [r for r in results if r["not_counted"] or r["counted_twice"] or not r["answered"]]
+    bad = [
+        r for r in results if r["not_counted"] or r["counted_twice"] or r["count_lost"] or not r["answered"]
+    ]
     return 1 if bad else 0
 
 

@@ -25,18 +25,19 @@ import logging
 import time
 import uuid
 from collections import Counter as Tally
-from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from broker.counter.records import TxRecord, day_of
 from broker.counter.stats import StatKey, read_compacted, read_to_end, stats_topic_spec
 from broker.envelope import H_ERROR
 from broker.kafka import (
     Batch,
+    Consumer,
     KafkaService,
     Outgoing,
+    Producer,
     TopicSpec,
     consumer_lag,
     ensure_topics,
@@ -106,7 +107,7 @@ class TxCounter(KafkaService):
         self.counts: dict[StatKey, int] = {}
         self.seen = SeenIds()
         """Exchange ids counted, by day, for the dedupe window (``dedupe_retention_hours``)."""
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: Producer | None = None
         self._prune_at = 100_000
         self._gathered: Batch = {}
         self._gathered_n = 0
@@ -127,6 +128,14 @@ class TxCounter(KafkaService):
                 ),
             ],
         )
+        # The producer first: starting it (InitProducerId with our transactional
+        # id) aborts the transaction a killed predecessor left open, and waits
+        # for one it was committing to complete. Only then is the state below
+        # the state the committed offsets belong to.
+        self._producer = make_producer(
+            self.settings, client_id="ndxp-counter", transactional_id=self.group_id
+        )
+        await self._producer.start()
         started = time.monotonic()
         loader = make_consumer(self.settings, group_id=None, isolation_level="read_committed")
         await loader.start()
@@ -138,7 +147,7 @@ class TxCounter(KafkaService):
         self.counts = {StatKey.decode(k): int(orjson.loads(v)["count"]) for k, v in stats.items()}
         self.seen = SeenIds()
         for msg in seen_batches:
-            self.seen.update(orjson.loads(msg.value))
+            self.seen.update(orjson.loads(msg.value or b"{}"))
         self._prune()
         log.info(
             "counter state loaded in %.1fs: %d count rows, %d remembered exchanges",
@@ -146,10 +155,6 @@ class TxCounter(KafkaService):
             len(self.counts),
             len(self.seen),
         )
-        self._producer = make_producer(
-            self.settings, client_id="ndxp-counter", transactional_id=self.group_id
-        )
-        await self._producer.start()
         self.consumer = make_consumer(
             self.settings,
             group_id=self.group_id,
@@ -213,9 +218,7 @@ class TxCounter(KafkaService):
         for outcome, n in outcomes.items():
             self.metrics.counted.labels(outcome).inc(n)
 
-    def _tally(
-        self, batch: dict[TopicPartition, list[Any]]
-    ) -> tuple[Tally[StatKey], dict[str, str], Tally[str], list[Outgoing]]:
+    def _tally(self, batch: Batch) -> tuple[Tally[StatKey], dict[str, str], Tally[str], list[Outgoing]]:
         deltas: Tally[StatKey] = Tally()
         new_seen: dict[str, str] = {}
         outcomes: Tally[str] = Tally()
@@ -255,6 +258,6 @@ class TxCounter(KafkaService):
         self.seen.forget_before(keep_from)
         self._prune_at = max(100_000, 2 * len(self.seen))
 
-    async def _update_lag(self, consumer: AIOKafkaConsumer | None) -> None:
+    async def _update_lag(self, consumer: Consumer | None) -> None:
         if consumer is not None:
             self.metrics.lag.set(await consumer_lag(consumer))

@@ -21,10 +21,9 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaProducer
-
 from broker.counter.records import TxRecord
 from broker.envelope import new_exchange_id
+from broker.kafka import Sender
 from broker.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class TxRecorder:
     def __init__(self, topic: str, metrics: GatewayMetrics) -> None:
         self.topic = topic
         self.metrics = metrics
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: Sender | None = None
         self._pending = 0
         self._tally: dict[tuple[str, str, str, int], tuple[TxRecord, int]] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -51,7 +50,7 @@ class TxRecorder:
         """Records handed to Kafka and not yet acknowledged."""
         return self._pending
 
-    def start(self, producer: AIOKafkaProducer) -> None:
+    def start(self, producer: Sender) -> None:
         self._producer = producer
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="tx tally")

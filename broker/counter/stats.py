@@ -13,9 +13,9 @@ from collections import defaultdict
 from typing import Any, NamedTuple
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from broker.kafka import Batch, KafkaService, TopicSpec, ensure_topics, make_consumer
+from broker.kafka import Batch, Consumer, KafkaService, Record, TopicSpec, ensure_topics, make_consumer
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,22 +85,24 @@ def summarise(counts: dict[StatKey, int], day: str) -> dict[str, Any]:
     }
 
 
-async def read_to_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> list[Any]:
+async def read_to_end(consumer: Consumer, tp: TopicPartition) -> list[Record]:
     """Every message of ``tp``, from the beginning to its end when called."""
     consumer.assign([tp])
     await consumer.seek_to_beginning(tp)
     end = (await consumer.end_offsets([tp]))[tp]
-    messages: list[Any] = []
+    messages: list[Record] = []
     while await consumer.position(tp) < end:
         batch = await consumer.getmany(tp, timeout_ms=500)
         messages.extend(batch.get(tp, []))
     return messages
 
 
-async def read_compacted(consumer: AIOKafkaConsumer, tp: TopicPartition) -> dict[bytes, bytes]:
+async def read_compacted(consumer: Consumer, tp: TopicPartition) -> dict[bytes, bytes]:
     """Every key's latest value in ``tp`` (a tombstone removes the key)."""
     latest: dict[bytes, bytes] = {}
     for msg in await read_to_end(consumer, tp):
+        if msg.key is None:  # not a row: a compacted topic keeps only keyed records
+            continue
         if msg.value is None:
             latest.pop(msg.key, None)
         else:

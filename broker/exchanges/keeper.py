@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from broker.catalog import Catalog
 from broker.counter.records import TxRecord
@@ -51,6 +51,7 @@ from broker.kafka import (
     Batch,
     KafkaService,
     Outgoing,
+    Producer,
     TopicSpec,
     ensure_topics,
     make_consumer,
@@ -135,7 +136,7 @@ class ExchangeKeeper(KafkaService):
         self._results: list[tuple[TopicPartition, Final, Outgoing | None]] = []
         """Callback attempts' results, to write in the next transaction."""
         self._deliveries: set[asyncio.Task[None]] = set()
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: Producer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._committed: dict[TopicPartition, int] = {}
         self._last_read: dict[TopicPartition, int] = {}

@@ -21,11 +21,19 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from broker.errors import Unavailable
 from broker.exchanges.docs import PARTITIONS, Claims, Doc, Final, Pending, decode, doc_kind
-from broker.kafka import Batch, KafkaService, TopicSpec, ensure_topics, make_consumer
+from broker.kafka import (
+    Batch,
+    Consumer,
+    KafkaService,
+    TopicSpec,
+    ensure_topics,
+    make_consumer,
+    topic_partitions,
+)
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +87,7 @@ class ExchangeView(KafkaService):
         self.held = 0
         self._sizes: dict[str, tuple[int, int, int]] = {}
         """Final documents held: exchange id → (size, partition, offset), oldest first."""
-        self._fetcher: AIOKafkaConsumer | None = None
+        self._fetcher: Consumer | None = None
         self._fetching = asyncio.Lock()
         self.partitions = PARTITIONS
         self._read_to: dict[int, int] = {}
@@ -94,12 +102,8 @@ class ExchangeView(KafkaService):
             self.settings, group_id=None, isolation_level="read_committed", fetch_max_wait_ms=100
         )
         await consumer.start()
-        parts = consumer.partitions_for_topic(self.topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(self.topic) or set()
-        self.partitions = len(parts) or PARTITIONS
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        tps = await topic_partitions(consumer, self.topic)
+        self.partitions = len(tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

@@ -24,7 +24,7 @@ import time
 
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -46,7 +46,7 @@ from broker.gateway.auth import authenticate
 from broker.gateway.exchange import read_body, validated
 from broker.gateway.problems import header
 from broker.gateway.state import GATEWAY, Gateway
-from broker.kafka import make_consumer, topic_partitions
+from broker.kafka import Consumer, make_consumer, topic_partitions
 from broker.registry import Agency
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ async def _serve(
 
 
 async def _position(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], resume: dict[int, int] | None, since: float | None
+    consumer: Consumer, tps: list[TopicPartition], resume: dict[int, int] | None, since: float | None
 ) -> None:
     if resume is not None:
         unknown = set(resume) - {tp.partition for tp in tps}
@@ -204,7 +204,7 @@ class _Stream:
         gw: Gateway,
         agency: Agency,
         ev: EventType,
-        consumer: AIOKafkaConsumer,
+        consumer: Consumer,
         positions: dict[int, int],
     ) -> None:
         self.gw, self.agency, self.ev, self.consumer = gw, agency, ev, consumer

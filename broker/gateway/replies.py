@@ -86,7 +86,7 @@ class ReplyRouter(KafkaService):
                 if msg.headers and msg.headers[0][0] == H_HEARTBEAT:
                     continue  # this worker's own "still here"
                 try:
-                    reply = Reply.from_message(msg.headers or (), msg.value)
+                    reply = Reply.from_message(msg.headers or (), msg.value or b"")
                 except ValueError as exc:
                     log.warning("dropping malformed reply at offset %s: %s", msg.offset, exc)
                     continue

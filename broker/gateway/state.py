@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 
 from broker.catalog import Catalog
 from broker.counter.recorder import TxRecorder
@@ -14,7 +13,7 @@ from broker.counter.stats import StatsView
 from broker.exchanges.view import ExchangeView
 from broker.gateway.limits import Limits
 from broker.gateway.replies import ReplyRouter
-from broker.kafka import Reachability
+from broker.kafka import Producer, Reachability
 from broker.metrics import GatewayMetrics
 from broker.registry import Registry
 from broker.settings import Settings
@@ -37,7 +36,7 @@ class Gateway:
     worker: int = 0
     streams: set[Any] = field(default_factory=set)
     """Open event streams (Server-Sent Events); told to end when the worker stops."""
-    producer: AIOKafkaProducer = field(init=False)
+    producer: Producer = field(init=False)
     """Set when the app starts (it needs the running loop)."""
     kafka: Reachability = field(init=False)
     """Whether Kafka answers; set with the producer."""

@@ -25,17 +25,17 @@ pytestmark = pytest.mark.kafka
 
 async def _read(
     settings: Settings, topic: str, count: int, within_s: float = 20
-) -> list[tuple[list[tuple[str, bytes]], bytes]]:
+) -> list[tuple[list[tuple[str, bytes | None]], bytes]]:
     consumer = make_consumer(settings, isolation_level="read_committed")
     await consumer.start()
     consumer.assign([TopicPartition(topic, 0)])
     await consumer.seek_to_beginning(TopicPartition(topic, 0))
-    got: list[tuple[list[tuple[str, bytes]], bytes]] = []
+    got: list[tuple[list[tuple[str, bytes | None]], bytes]] = []
     try:
         async with asyncio.timeout(within_s):
             while len(got) < count:
                 batch = await consumer.getmany(timeout_ms=200)
-                got.extend((list(m.headers), m.value) for msgs in batch.values() for m in msgs)
+                got.extend((list(m.headers), m.value or b"") for msgs in batch.values() for m in msgs)
     finally:
         await consumer.stop()
     return got

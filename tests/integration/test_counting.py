@@ -193,7 +193,7 @@ async def test_every_exchange_leaves_a_transaction_record(exchange_settings: Set
                 batch = await consumer.getmany(timeout_ms=200)
                 for msgs in batch.values():
                     for m in msgs:
-                        rec = TxRecord.decode(m.value)
+                        rec = TxRecord.decode(m.value or b"")
                         got[rec.exchange_id] = rec
     finally:
         await consumer.stop()

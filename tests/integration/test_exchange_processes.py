@@ -197,7 +197,7 @@ async def _replies_per_exchange(settings: Settings, topic: str) -> Counter[str]:
             while await consumer.position(tp) < end:
                 for msgs in (await consumer.getmany(timeout_ms=200)).values():
                     seen.update(
-                        Reply.from_message(m.headers, m.value).exchange_id
+                        Reply.from_message(m.headers, m.value or b"").exchange_id
                         for m in msgs
                         if not (m.headers and m.headers[0][0] == H_HEARTBEAT)  # a worker's "still here"
                     )
@@ -325,7 +325,7 @@ async def _committed(settings: Settings, topic: str, what: Callable[[Any], str])
         async with asyncio.timeout(30):
             while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
                 for msgs in (await consumer.getmany(timeout_ms=200)).values():
-                    found.update(what(orjson.loads(m.value)) for m in msgs)
+                    found.update(what(orjson.loads(m.value or b"null")) for m in msgs)
     finally:
         await consumer.stop()
     return found

@@ -42,7 +42,7 @@ async def _read_all(settings: Settings, topic: str, count: int, partitions: int 
         async with asyncio.timeout(20):
             while len(got) < count:
                 for msgs in (await consumer.getmany(timeout_ms=200)).values():
-                    got.extend(m.value for m in msgs)
+                    got.extend(m.value or b"" for m in msgs)
     finally:
         await consumer.stop()
     return got

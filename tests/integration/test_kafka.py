@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
+from broker.kafka import Batch, TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.localkafka import LocalKafka, _pid_alive
 from broker.settings import Settings
 
@@ -24,7 +24,7 @@ async def _consume(settings: Settings, topic: str, count: int, timeout: float = 
         async with asyncio.timeout(timeout):
             while len(values) < count:
                 batch = await consumer.getmany(timeout_ms=200)
-                values.extend(m.value for msgs in batch.values() for m in msgs)
+                values.extend(m.value or b"" for msgs in batch.values() for m in msgs)
     finally:
         await consumer.stop()
     return values
@@ -44,7 +44,11 @@ async def test_produce_consume_round_trip_keeps_value_and_headers(
     consumer = make_consumer(settings, topic)
     await consumer.start()
     try:
-        msg = await asyncio.wait_for(consumer.getone(), 30)
+        async with asyncio.timeout(30):
+            batch: Batch = {}
+            while not batch:
+                batch = await consumer.getmany(timeout_ms=200)
+        ((msg,),) = batch.values()
     finally:
         await consumer.stop()
     assert msg.value == b'{"a": 1}'

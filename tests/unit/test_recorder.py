@@ -3,29 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from broker.counter.recorder import TxRecorder
 from broker.counter.records import TxRecord, day_of
+from broker.kafka import Headers, Sender, Written
 from broker.metrics import GatewayMetrics
 
 
-class FakeProducer:
-    """Acknowledges, fails, or never answers a send, as told."""
+@dataclass(frozen=True)
+class RecordMetadata:
+    topic: str
+    partition: int
+    offset: int
+
+
+class FakeProducer(Sender):
+    """Acknowledges, fails, or never answers a send, as told (typed as the recorder's :class:`Sender`)."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.sent: list[bytes] = []
 
-    async def send(self, topic: str, value: bytes) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Headers | None = None,
+    ) -> asyncio.Future[Written]:
+        fut: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         if self.mode == "fail":
             fut.set_exception(ConnectionError("broker gone"))
         elif self.mode == "ok":
+            assert value is not None
             self.sent.append(TxRecord.decode(value).exchange_id.encode())
-            fut.set_result(None)
+            fut.set_result(RecordMetadata(topic, 0, len(self.sent) - 1))
         return fut  # "hang": never acknowledged
 
 
