@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from adapters import synthetic
+from broker.lifecycle import on_stop_signal
 
 PROVINCE_NAMES = list(synthetic.PROVINCES.values())
 WARDS = ["Phường Cửa Nam", "Phường Hàng Bạc", "Phường Bến Nghé", "Phường Hải Châu I", "Xã Tân Lập",
@@ -78,9 +78,11 @@ FEED: list[tuple[int, str, str, Callable[[random.Random, dt.date], dict[str, Any
 async def run_changes(base_url: str, rate: float, progress: Callable[[str], Any] = print) -> None:
     """Publish ``rate`` events a second until SIGTERM/SIGINT."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    with on_stop_signal(stop.set):
+        await _publish(base_url, rate, stop, progress)
+
+
+async def _publish(base_url: str, rate: float, stop: asyncio.Event, progress: Callable[[str], Any]) -> None:
     r = random.Random(20261201)  # noqa: S311 - synthetic subjects, not secrets
     published: Counter[str] = Counter()
     failed = 0

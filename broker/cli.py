@@ -74,7 +74,7 @@ def _kafka_status(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _gateway(settings: Settings, args: argparse.Namespace) -> int:
-    from broker.gateway.app import run_gateway
+    from broker.gateway.workers import run_gateway
 
     settings = settings.replace(
         port=args.port if args.port is not None else settings.port,
@@ -102,22 +102,20 @@ def _adapter(settings: Settings, args: argparse.Namespace) -> int:
 
 def _backend(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     import uvloop
 
     from adapters.backends.land import serve_backend
+    from broker.lifecycle import on_stop_signal
 
     async def run() -> None:
         task = asyncio.create_task(serve_backend(settings, args.port))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
         _progress(f"land registry backend on http://{settings.internal_host}:{args.port}")
-        try:
-            await task
-        except asyncio.CancelledError:
-            _progress("land registry backend stopped")
+        with on_stop_signal(task.cancel):
+            try:
+                await task
+            except asyncio.CancelledError:
+                _progress("land registry backend stopped")
 
     uvloop.run(run())
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from broker.errors import NdxpException
@@ -43,13 +43,31 @@ def sigterm_as_exit() -> None:
     signal.signal(signal.SIGTERM, _exit)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def on_stop_signal(callback: Callable[[], object]) -> Iterator[None]:
+    """Within the block, SIGTERM or SIGINT calls ``callback`` (in the running event loop).
+
+    The one place an async part learns it is told to stop: the parts
+    (gateway worker, adapters, counter, keeper), the land backend, the
+    change feed.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, callback)
+    try:
+        yield
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
 async def run_until_stopped(failure: Callable[[], str | None], check_every_s: float = 1.0) -> None:
     """Return on SIGTERM or SIGINT; raise PartFailed as soon as ``failure()`` names one."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    with on_stop_signal(stop.set):
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(check_every_s):
@@ -57,9 +75,6 @@ async def run_until_stopped(failure: Callable[[], str | None], check_every_s: fl
             reason = None if stop.is_set() else failure()
             if reason is not None:
                 raise PartFailed(reason)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
 
 
 async def run_service(

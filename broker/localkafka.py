@@ -33,6 +33,7 @@ from pathlib import Path
 
 from broker.errors import StartupError
 from broker.kafka import cluster_brokers
+from broker.ports import free_port, port_is_free
 from broker.settings import Settings
 
 KAFKA_VERSION = "4.1.1"
@@ -163,24 +164,6 @@ def resolve_classpath(settings: Settings, progress: Progress = _quiet) -> str:
 
 # --------------------------------------------------------------------------
 # Cluster layout
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a server could listen on 127.0.0.1:``port`` now (SO_REUSEADDR, like servers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def new_cluster_id() -> str:

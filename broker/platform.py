@@ -23,7 +23,8 @@ import orjson
 
 from broker.catalog import Catalog
 from broker.errors import StartupError
-from broker.localkafka import LocalKafka, free_port, port_is_free
+from broker.localkafka import LocalKafka
+from broker.ports import free_port, port_is_free
 from broker.registry import Registry
 from broker.settings import Settings, child_environment
 from broker.status import state_path

@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from broker.lifecycle import sigterm_as_exit
-from broker.localkafka import free_port
+from broker.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from broker.lifecycle import sigterm_as_exit
-from broker.localkafka import free_port
+from broker.ports import free_port
 from loadtests.bench import ROOT, kafka_bootstrap, running_platform
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "ndxp-overview.json"

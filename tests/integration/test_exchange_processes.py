@@ -24,8 +24,8 @@ from broker.counter.counter import TxCounter
 from broker.envelope import H_HEARTBEAT, Reply, RequestMeta, data_topic, now_ms, request_topic
 from broker.events import event_topic
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
-from broker.localkafka import free_port
 from broker.metrics import CounterMetrics
+from broker.ports import free_port
 from broker.settings import Settings, child_environment
 from tests.integration.exchange_fixtures import (
     EchoHandlers,

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from adapters.agencies import handlers_for
 from adapters.runtime import Adapter
-from broker.localkafka import free_port
+from broker.ports import free_port
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import running_gateway
 

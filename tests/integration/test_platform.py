@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from broker.catalog import Catalog
-from broker.localkafka import free_port
+from broker.ports import free_port
 from broker.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

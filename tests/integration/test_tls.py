@@ -12,7 +12,8 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from broker.gateway.app import create_app, server_ssl_context
+from broker.gateway.app import create_app
+from broker.gateway.workers import server_ssl_context
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import EchoHandlers, running_adapter
 
