@@ -43,31 +43,11 @@ import yaml
 
 from broker.lifecycle import sigterm_as_exit
 from broker.ports import free_port
+from loadtests.running import cmdline, descendants, ndxp_up
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 PARTS = ("kafka", "gateway", "adapters", "counter", "keeper", "backend", "generator")
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            continue
-        for c in map(int, children):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _cpu_s(pid: int) -> float:
@@ -188,26 +168,8 @@ def running_platform(
         "NDXP_REGISTRY": str(tmp / "registry.yaml"),
         "NDXP_CACHE_DIR": str(tmp / "cache"),  # its own state file (ndxp status), beside no other
     }
-    log_path = tmp / "up.log"
-    with log_path.open("wb") as log:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "up", "--port", str(port), *up_args],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while b"platform up" not in log_path.read_bytes():
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("ndxp up did not start:\n" + log_path.read_text())
-            time.sleep(0.3)
+    with ndxp_up(["--port", str(port), *up_args], env, tmp / "up.log") as up:
         yield f"http://127.0.0.1:{port}", up
-    finally:
-        up.terminate()
-        try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
 
 
 def measure(

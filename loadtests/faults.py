@@ -42,8 +42,9 @@ from broker.kafka import KafkaUnavailable, topic_partitions  # noqa: E402
 from broker.lifecycle import sigterm_as_exit  # noqa: E402
 from broker.localkafka import LocalKafka  # noqa: E402
 from broker.settings import Settings  # noqa: E402
-from loadtests.bench import cmdline, descendants, running_platform, settled_total  # noqa: E402
+from loadtests.bench import running_platform, settled_total  # noqa: E402
 from loadtests.gen import requests  # noqa: E402
+from loadtests.running import cmdline, descendants  # noqa: E402
 
 SEEN_TOPIC = "ndxp.stats.seen-batches"
 """Where the counter keeps the exchange ids it counted (default NDXP_STATS_TOPIC)."""

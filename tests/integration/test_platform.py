@@ -19,30 +19,10 @@ import pytest
 from broker.catalog import Catalog
 from broker.ports import free_port
 from broker.settings import Settings
+from loadtests.running import cmdline, descendants, ndxp_up
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True)
-    children: dict[int, list[int]] = {}
-    for line in out.stdout.splitlines():
-        p, pp = map(int, line.split())
-        children.setdefault(pp, []).append(p)
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return b""
 
 
 def test_ndxp_up_serves_the_printed_curl_restarts_a_dead_part_and_ctrl_c_stops_everything(
@@ -52,17 +32,7 @@ def test_ndxp_up_serves_the_printed_curl_restarts_a_dead_part_and_ctrl_c_stops_e
     env = {k: v for k, v in os.environ.items() if k != "NDXP_KAFKA_BOOTSTRAP"}
     env["NDXP_CACHE_DIR"] = str(base_settings.cache_dir)
     log = tmp_path / "up.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "up", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while "platform up" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    with ndxp_up(["--port", str(port)], env, log, stop=signal.SIGINT) as proc:  # left by Ctrl-C
         text = log.read_text()
         assert "demo-" in text
         curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl "))
@@ -96,7 +66,7 @@ def test_ndxp_up_serves_the_printed_curl_restarts_a_dead_part_and_ctrl_c_stops_e
         assert "today 1" in status.stdout, status.stdout
 
         # A part that dies is restarted by `ndxp up`, and service comes back.
-        (adapters,) = [p for p in _descendants(proc.pid) if b"broker.cli adapter" in _cmdline(p)]
+        (adapters,) = [p for p in descendants(proc.pid) if "broker.cli adapter" in cmdline(p)]
         os.kill(adapters, signal.SIGKILL)
         outcomes: list[int] = []
         deadline = time.monotonic() + 90
@@ -120,12 +90,9 @@ def test_ndxp_up_serves_the_printed_curl_restarts_a_dead_part_and_ctrl_c_stops_e
         contract = Catalog.load(base_settings.schemas_dir).get(provider, service)
         assert contract is not None
         assert contract.response.is_valid(answer), answer
-        children = _descendants(proc.pid)
+        children = descendants(proc.pid)
         assert len(children) >= 5  # kafka, backend, adapters, counter, gateway (+ its workers)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(60)
-    assert code == 0, log.read_text()
+    assert proc.returncode == 0, log.read_text()
     deadline = time.monotonic() + 5  # reaped children vanish within moments
     while (alive := [p for p in children if Path(f"/proc/{p}").exists()]) and (time.monotonic() < deadline):
         time.sleep(0.1)
