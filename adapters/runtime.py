@@ -1,7 +1,8 @@
 """The adapter runtime: serves one provider agency over Kafka.
 
 A consumer in group ``ndxp.adapter.<provider>`` reads the provider's request
-topics. Delivery follows each service's declared effects (DESIGN §2):
+topics (``ndxp``: ``NDXP_TOPIC_PREFIX``, as in every topic and group name).
+Delivery follows each service's declared effects (DESIGN §2):
 
 - **Lookups** (``effects: read``, the default) are served at least once,
   without stop-and-wait: every record gets its own task as soon as it is
@@ -51,12 +52,9 @@ from broker.envelope import (
     Reply,
     ReplyOutcome,
     RequestMeta,
-    data_topic,
-    dlq_topic,
-    request_topic,
 )
 from broker.errors import problem_body
-from broker.events import envelope, event_topic, event_topic_specs, published_record
+from broker.events import envelope, event_topic_specs, published_record
 from broker.kafka import (
     Batch,
     KafkaService,
@@ -180,9 +178,10 @@ class Adapter(KafkaService):
             writes = [s.service for s in catalog.of_provider(provider) if s.effects is Effects.WRITE]
         self.writes = frozenset(writes) & set(self.handlers)
         self.metrics = metrics or AdapterMetrics(CollectorRegistry())
-        self.group_id = f"ndxp.adapter.{provider}"
-        self.topics = [request_topic(provider, s) for s in sorted(self.handlers)]
-        self._write_topics = {request_topic(provider, s) for s in self.writes}
+        self.names = names = settings.names
+        self.group_id = names.adapter_group(provider)
+        self.topics = [names.request(provider, s) for s in sorted(self.handlers)]
+        self._write_topics = {names.request(provider, s) for s in self.writes}
         self._memory: OrderedDict[str, Reply] = OrderedDict()
         self._shared_producer = producer
         self._producer: Producer | None = None
@@ -206,9 +205,9 @@ class Adapter(KafkaService):
 
     async def _open(self) -> None:
         specs = [TopicSpec(name=t, partitions=REQUEST_PARTITIONS) for t in self.topics]
-        specs.append(TopicSpec(name=dlq_topic(self.provider)))
+        specs.append(TopicSpec(name=self.names.dlq(self.provider)))
         if self.writes:
-            specs.append(TopicSpec(name=data_topic(self.provider), partitions=4))
+            specs.append(TopicSpec(name=self.names.data(self.provider), partitions=4))
             events = event_topic_specs(self.settings, Catalog.load(self.settings.schemas_dir), self.provider)
             if events:  # events published by writes are counted: their records go to the tx topic
                 specs.extend([*events, TopicSpec(name=self.settings.tx_topic, partitions=4)])
@@ -220,7 +219,7 @@ class Adapter(KafkaService):
             self._txn_producer = make_producer(
                 self.settings,
                 client_id=f"ndxp-adapter-{self.provider}-tx",
-                transactional_id=f"ndxp.adapter.{self.provider}.{self.settings.instance_id}",
+                transactional_id=f"{self.group_id}.{self.settings.instance_id}",
             )
             await self._txn_producer.start()
         self.consumer = make_consumer(
@@ -415,7 +414,7 @@ class Adapter(KafkaService):
         log.warning("%s: dead letter from %s@%s: %s", self.provider, msg.topic, msg.offset, reason)
         headers = [(k, v) for k, v in (msg.headers or ()) if isinstance(v, bytes)]
         headers.append((H_ERROR, reason.encode()))
-        return _Out(dlq_topic(self.provider), msg.value or b"", msg.key, headers)
+        return _Out(self.names.dlq(self.provider), msg.value or b"", msg.key, headers)
 
     async def _handle(self, msg: Record, *, changes: bool) -> list[_Out]:
         try:
@@ -447,7 +446,7 @@ class Adapter(KafkaService):
         outs = [self._reply_out(meta, reply)]
         if recorded and reply.outcome is ReplyOutcome.OK:
             header = [(H_EXCHANGE_ID, meta.exchange_id.encode())]
-            topic = data_topic(self.provider)
+            topic = self.names.data(self.provider)
             for c in recorded:
                 if c.event is None:
                     outs.append(_Out(topic, orjson.dumps(c.value), c.key.encode(), header))
@@ -456,7 +455,7 @@ class Adapter(KafkaService):
                     provider=self.provider, type_=c.event, key=c.key, data=c.value, user_id=meta.user_id,
                     purpose=meta.purpose, exchange_id=meta.exchange_id,
                 )  # fmt: skip
-                outs.append(_Out(event_topic(self.provider, c.event), value, c.key.encode(), header))
+                outs.append(_Out(self.names.events(self.provider, c.event), value, c.key.encode(), header))
                 record = published_record(event_id, self.provider, c.event, t_ms, len(value))
                 outs.append(_Out(self.settings.tx_topic, record.encode()))
         return outs

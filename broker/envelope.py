@@ -48,26 +48,48 @@ REQUEST_PARTITIONS = 4
 """Partitions of a request topic, created by the gateway or the adapter, whichever starts first."""
 
 
-def request_topic(provider: str, service: str) -> str:
-    return f"ndxp.req.{provider}.{service}"
-
-
-REPLY_PREFIX = "ndxp.reply."
 H_HEARTBEAT = "ndxp-heartbeat"
 """On a message a gateway worker writes to its own reply topic now and then: "still here"."""
 
 
-def reply_topic(instance: str) -> str:
-    return f"{REPLY_PREFIX}{instance}"
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Every Kafka topic and group name of one platform, under one prefix (``NDXP_TOPIC_PREFIX``).
 
+    Two platforms (or a test run and the real platform) on one cluster with
+    different prefixes share no topic and no consumer group.
+    """
 
-def dlq_topic(provider: str) -> str:
-    return f"ndxp.dlq.{provider}"
+    prefix: str = "ndxp"
 
+    def request(self, provider: str, service: str) -> str:
+        return f"{self.prefix}.req.{provider}.{service}"
 
-def data_topic(provider: str) -> str:
-    """The provider's changes made by write-effect services (written in their transaction)."""
-    return f"ndxp.data.{provider}"
+    @property
+    def reply_prefix(self) -> str:
+        """Every gateway worker's reply topic starts so (the keeper sweeps idle ones)."""
+        return f"{self.prefix}.reply."
+
+    def reply(self, instance: str) -> str:
+        return f"{self.reply_prefix}{instance}"
+
+    def dlq(self, provider: str) -> str:
+        return f"{self.prefix}.dlq.{provider}"
+
+    def data(self, provider: str) -> str:
+        """The provider's changes made by write-effect services (written in their transaction)."""
+        return f"{self.prefix}.data.{provider}"
+
+    def adapter_group(self, provider: str) -> str:
+        """The consumer group of a provider's adapters (also the stem of their transactional ids)."""
+        return f"{self.prefix}.adapter.{provider}"
+
+    def events(self, provider: str, type_: str) -> str:
+        return f"{self.prefix}.events.{provider}.{type_}"
+
+    def subscriber_group(self, client: str, provider: str, type_: str) -> str:
+        """A subscriber's own durable position: one consumer group per client and event type."""
+        return f"{self.prefix}.events.sub.{client}.{provider}.{type_}"
 
 
 def new_exchange_id() -> str:

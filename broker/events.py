@@ -35,24 +35,17 @@ EVENT_PARTITIONS = 4
 _POSITIONS = re.compile(r"^\d{1,4}:\d{1,19}(,\d{1,4}:\d{1,19}){0,255}$")
 
 
-def event_topic(provider: str, type_: str) -> str:
-    return f"ndxp.events.{provider}.{type_}"
-
-
 def event_topic_specs(settings: Settings, catalog: Catalog, provider: str | None = None) -> list[TopicSpec]:
     """The topics of every event type (of ``provider``), kept ``events_retention_hours``; the gateway
     and the publishing adapter create them, whichever starts first."""
     retention = str(settings.events_retention_hours * 3600 * 1000)
     return [
-        TopicSpec(name=event_topic(p, t), partitions=EVENT_PARTITIONS, configs={"retention.ms": retention})
+        TopicSpec(
+            name=settings.names.events(p, t), partitions=EVENT_PARTITIONS, configs={"retention.ms": retention}
+        )
         for p, t in catalog.events
         if provider in (None, p)
     ]
-
-
-def subscriber_group(client: str, provider: str, type_: str) -> str:
-    """A subscriber's own durable position: one consumer group per client and event type."""
-    return f"ndxp.events.sub.{client}.{provider}.{type_}"
 
 
 def rfc3339(t_ms: float) -> str:

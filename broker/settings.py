@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.envelope import Names
 from broker.errors import StartupError
 
 PREFIX = "NDXP_"
+_TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
 class SettingsError(StartupError, ValueError):
@@ -106,6 +109,11 @@ class Settings:
     keepalive_timeout_s: float = 15.0
     """``NDXP_KEEPALIVE_TIMEOUT_S``: idle keep-alive connections are closed after this."""
     log_level: str = "INFO"
+
+    # Kafka names
+    topic_prefix: str = "ndxp"
+    """``NDXP_TOPIC_PREFIX``: the first part of every topic and consumer group name (and of the
+    three topics below when they are not set): platforms with different prefixes share nothing."""
 
     # Transaction records and counting
     tx_topic: str = "ndxp.tx"
@@ -235,12 +243,20 @@ class Settings:
             ("INSTANCE_ID", "instance_id"),
             ("LOG_LEVEL", "log_level"),
             ("LAND_BACKEND_URL", "land_backend_url"),
+            ("TOPIC_PREFIX", "topic_prefix"),
             ("TX_TOPIC", "tx_topic"),
             ("STATS_TOPIC", "stats_topic"),
             ("EXCHANGES_TOPIC", "exchanges_topic"),
         ):
             if (v := get(name)) is not None:
                 kw[attr] = v
+        topic_prefix = str(kw.get("topic_prefix", "ndxp"))
+        if _TOPIC_PREFIX.match(topic_prefix) is None:
+            raise SettingsError(
+                f"{PREFIX}TOPIC_PREFIX={topic_prefix!r}: 1-100 characters of A-Z a-z 0-9 . _ -"
+            )
+        for attr in ("tx_topic", "stats_topic", "exchanges_topic"):
+            kw.setdefault(attr, f"{topic_prefix}.{attr.removesuffix('_topic')}")
         raw_expose = env.get(PREFIX + "EXPOSE")
         if raw_expose is not None:
             chosen = frozenset(p.strip() for p in raw_expose.split(",") if p.strip())
@@ -279,6 +295,11 @@ class Settings:
 
         cls.from_env(Recorder())
         return frozenset(asked)
+
+    @property
+    def names(self) -> Names:
+        """Every topic and consumer group name, under ``topic_prefix``."""
+        return Names(self.topic_prefix)
 
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied (settings are frozen)."""

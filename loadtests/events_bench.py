@@ -37,8 +37,9 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from broker.events import event_topic, rfc3339
+from broker.events import rfc3339
 from broker.lifecycle import sigterm_as_exit
+from broker.settings import Settings
 from loadtests.bench import kafka_bootstrap, running_platform
 
 SUBSCRIBERS = ("hanoi", "danang", "bhxh")
@@ -88,7 +89,7 @@ async def publish(base: str, n: int, concurrency: int) -> list[str]:
 
 async def raw_consumers(bootstrap: str, count: int, n: int, within_s: float) -> float:
     """Seconds for ``count`` plain consumers to each read the first ``n`` events of the topic."""
-    topic = event_topic("bca", "address_changed")
+    topic = Settings.from_env().names.events("bca", "address_changed")
 
     async def one() -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +47,6 @@ from loadtests.bench import running_platform, settled_total  # noqa: E402
 from loadtests.gen import requests  # noqa: E402
 from loadtests.running import cmdline, descendants  # noqa: E402
 
-SEEN_TOPIC = "ndxp.stats.seen-batches"
-"""Where the counter keeps the exchange ids it counted (default NDXP_STATS_TOPIC)."""
 FAULTS = ("broker-kill", "gateway-worker", "adapters", "counter", "broker-pause", "kafka-down")
 
 
@@ -61,34 +60,46 @@ class Phase:
     statuses: dict[int, int] = field(default_factory=dict)
 
 
-async def load(url: str, users: int, until: float, phase: Phase) -> None:
-    """Unique exchanges back to back on ``users`` connections until ``until`` (monotonic)."""
+async def load(url: str, users: int, until: float, phase: Phase, stop: asyncio.Event) -> None:
+    """Unique exchanges back to back on ``users`` connections until ``stop`` is set (or ``until``).
+
+    Each user finishes the call in hand and returns: the load is ended by the
+    event, never by cancelling it. (Python 3.11's ``wait_for`` can swallow a
+    cancellation that races with its result; a user that survived so went on
+    answering exchanges after the phase's figures were taken, which once
+    showed as an exchange "not counted".)
+    """
     host, port = url.split("//")[1].split(":")
     pool = requests(f"{host}:{port}", 2048, seed=int(time.time()))
 
+    def going() -> bool:
+        return not stop.is_set() and time.monotonic() < until
+
     async def user(i: int) -> None:
         k = i
-        while time.monotonic() < until:
+        while going():
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+                async with asyncio.timeout(5):
+                    reader, writer = await asyncio.open_connection(host, int(port))
             except (OSError, TimeoutError):
                 phase.failed += 1
                 await asyncio.sleep(0.2)
                 continue
             try:
-                while time.monotonic() < until:
+                while going():
                     writer.write(pool[k % len(pool)][0])
                     k += users
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-                    status = int(head[9:12])
-                    length, eid = 0, ""
-                    for line in head.split(b"\r\n"):
-                        low = line.lower()
-                        if low.startswith(b"content-length:"):
-                            length = int(line[15:])
-                        elif low.startswith(b"x-ndxp-exchange-id:"):
-                            eid = line[19:].strip().decode()
-                    await reader.readexactly(length)
+                    async with asyncio.timeout(30):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        status = int(head[9:12])
+                        length, eid = 0, ""
+                        for line in head.split(b"\r\n"):
+                            low = line.lower()
+                            if low.startswith(b"content-length:"):
+                                length = int(line[15:])
+                            elif low.startswith(b"x-ndxp-exchange-id:"):
+                                eid = line[19:].strip().decode()
+                        await reader.readexactly(length)
                     phase.statuses[status] = phase.statuses.get(status, 0) + 1
                     if status in (200, 404):
                         phase.answered.add(eid)
@@ -125,7 +136,7 @@ async def counted_ids(bootstrap: str, topic: str) -> set[str]:
     return ids
 
 
-async def trace_missing(bootstrap: str, missing: set[str], tx_topic: str, group: str) -> list[str]:
+async def trace_missing(bootstrap: str, missing: AbstractSet[str], tx_topic: str, group: str) -> list[str]:
     """Where each answered-but-uncounted exchange's record is: for the operator, and the note."""
     lines: list[str] = []
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
@@ -210,17 +221,19 @@ async def run_phase(
     name: str,
     base: str,
     bootstrap: str,
-    seen_topic: str,
+    settings: Settings,
     kafka: LocalKafka,
     up: int,
     args: argparse.Namespace,
 ) -> dict[str, object]:
     phase = Phase(name)
+    seen_topic = f"{settings.stats_topic}.seen-batches"  # the counter's record of what it counted
     total0 = settled_total(base, within_s=90, quiet_s=3)
     seen0 = await counted_ids(bootstrap, seen_topic)
     inject, end = fault_actions(name, kafka, up)
     started = time.monotonic()
-    loader = asyncio.create_task(load(base, args.users, started + args.before + 60 + args.after, phase))
+    stop = asyncio.Event()
+    loader = asyncio.create_task(load(base, args.users, started + args.before + 60 + args.after, phase, stop))
     await asyncio.sleep(args.before)
     print(f"  {name}: injecting", flush=True)
     inject()
@@ -228,30 +241,31 @@ async def run_phase(
     phase.fault_end = time.monotonic()
     print(f"  {name}: fault over; load for {args.after}s more", flush=True)
     await asyncio.sleep(args.after)
-    loader.cancel()
-    await asyncio.gather(loader, return_exceptions=True)
+    stop.set()
+    await loader  # every user has finished its call in hand: the answered set is final
+    answered = frozenset(phase.answered)
     # Every answered exchange must be counted, eventually: wait (bounded) until
     # the counter has caught up with all of them, then for its totals to settle.
     deadline = time.monotonic() + 90
     seen1 = await counted_ids(bootstrap, seen_topic)
-    while not phase.answered <= seen1 and time.monotonic() < deadline:
+    while not answered <= seen1 and time.monotonic() < deadline:
         await asyncio.sleep(1)
         seen1 = await counted_ids(bootstrap, seen_topic)
-    total1 = settled_total(base, within_s=90, quiet_s=3)
+    total1 = await asyncio.to_thread(settled_total, base, within_s=90, quiet_s=3)
     seen1 = await counted_ids(bootstrap, seen_topic)
     new_counted = seen1 - seen0
-    missing = phase.answered - seen1
+    missing = answered - seen1
     if missing:
         print(f"  {name}: {len(missing)} answered exchange(s) not counted; where their records are:")
         for line in await trace_missing(
-            bootstrap, missing, "ndxp.tx", f"{seen_topic[: -len('.seen-batches')]}.counter"
+            bootstrap, missing, settings.tx_topic, f"{settings.stats_topic}.counter"
         ):
             print(f"    {line}", flush=True)
     return {
         "fault": name,
         "seconds": round(time.monotonic() - started, 1),
-        "answered": len(phase.answered),
-        "not_counted": len(phase.answered - seen1),
+        "answered": len(answered),
+        "not_counted": len(missing),
         "counted_twice": max(0, (total1 - total0) - len(new_counted)),
         # The counts' total must move by exactly the ids newly counted: less is a count lost.
         "count_lost": max(0, len(new_counted) - (total1 - total0)),
@@ -285,7 +299,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ndxp-faults-") as scratch:
         tmp = str(args.keep) if args.keep is not None else scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
-        kafka = LocalKafka(Settings.from_env(), nodes=args.nodes, data_dir=Path(tmp) / "kafka",
+        settings = Settings.from_env()
+        kafka = LocalKafka(settings, nodes=args.nodes, data_dir=Path(tmp) / "kafka",
                            progress=lambda m: print(m, flush=True))  # fmt: skip
         bootstrap = kafka.start()
         os.environ["NDXP_WORKERS"] = "2"
@@ -295,9 +310,7 @@ def main() -> int:
                 for name in faults:
                     print(f"fault {name} ...", flush=True)
                     results.append(
-                        asyncio.run(
-                            run_phase(name, base, bootstrap, "ndxp.stats.seen-batches", kafka, up.pid, args)
-                        )
+                        asyncio.run(run_phase(name, base, bootstrap, settings, kafka, up.pid, args))
                     )
         finally:
             kafka.stop()

@@ -44,7 +44,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from broker.catalog import Catalog
 from broker.counter.records import TxRecord
-from broker.envelope import REPLY_PREFIX, Reply
+from broker.envelope import Reply
 from broker.exchanges.docs import H_DOC, Claims, Final, Pending, decode, doc_kind, finish
 from broker.exchanges.view import exchanges_topic_spec
 from broker.kafka import (
@@ -365,7 +365,9 @@ class ExchangeKeeper(KafkaService):
     async def _sweep(self) -> None:
         """Delete the reply topics of gateway workers that are gone (no heartbeat for long)."""
         try:
-            gone = await sweep_idle_topics(self.settings, REPLY_PREFIX, self.settings.reply_topic_idle_hours)
+            gone = await sweep_idle_topics(
+                self.settings, self.settings.names.reply_prefix, self.settings.reply_topic_idle_hours
+            )
         except Exception as exc:  # a sweep that fails is tried again at the next round
             log.warning("keeper: reply topic sweep failed: %s", exc)
             return

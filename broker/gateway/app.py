@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from broker.catalog import Catalog
 from broker.counter.recorder import TxRecorder
 from broker.counter.stats import StatsView
-from broker.envelope import H_HEARTBEAT, REQUEST_PARTITIONS, reply_topic, request_topic
+from broker.envelope import H_HEARTBEAT, REQUEST_PARTITIONS
 from broker.events import event_topic_specs
 from broker.exchanges.view import ExchangeView
 from broker.gateway import events, meta
@@ -48,7 +48,7 @@ _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def worker_reply_topic(settings: Settings, worker: int) -> str:
-    return reply_topic(_TOPIC_UNSAFE.sub("_", f"{settings.instance_id}-w{worker}"))
+    return settings.names.reply(_TOPIC_UNSAFE.sub("_", f"{settings.instance_id}-w{worker}"))
 
 
 async def _bounded(stopping: Awaitable[None], within_s: float, what: str) -> None:
@@ -138,7 +138,7 @@ def create_app(
     async def tx_recorder(app: web.Application) -> AsyncIterator[None]:
         # Request topics too: an async exchange is accepted while its provider has never run.
         requests = [
-            TopicSpec(name=request_topic(s.provider, s.service), partitions=REQUEST_PARTITIONS)
+            TopicSpec(name=settings.names.request(s.provider, s.service), partitions=REQUEST_PARTITIONS)
             for s in catalog
         ]
         events_ = event_topic_specs(settings, catalog)

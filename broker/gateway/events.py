@@ -36,11 +36,9 @@ from broker.events import (
     delivered_record,
     encode_positions,
     envelope,
-    event_topic,
     parse_time,
     published_record,
     sse,
-    subscriber_group,
 )
 from broker.gateway.auth import authenticate
 from broker.gateway.exchange import read_body, validated
@@ -93,7 +91,9 @@ async def publish(request: web.Request) -> web.Response:
         )  # fmt: skip
         try:
             async with asyncio.timeout(SEND_WITHIN_S):
-                delivery = await gw.producer.send(event_topic(ev.provider, ev.type), value, key=key.encode())
+                delivery = await gw.producer.send(
+                    gw.settings.names.events(ev.provider, ev.type), value, key=key.encode()
+                )
                 await delivery
         except (TimeoutError, KafkaError) as exc:
             raise Unavailable("the event could not be handed to Kafka; retry shortly", retry_after=1) from exc
@@ -133,7 +133,7 @@ async def _serve(
 ) -> web.StreamResponse:
     consumer = make_consumer(
         gw.settings,
-        group_id=subscriber_group(agency.id, ev.provider, ev.type),
+        group_id=gw.settings.names.subscriber_group(agency.id, ev.provider, ev.type),
         client_id=f"ndxp-sse-{agency.id}",
         isolation_level="read_committed",
         fetch_max_wait_ms=100,
@@ -141,7 +141,7 @@ async def _serve(
     )
     try:
         await consumer.start()
-        tps = await topic_partitions(consumer, event_topic(ev.provider, ev.type))
+        tps = await topic_partitions(consumer, gw.settings.names.events(ev.provider, ev.type))
         consumer.assign(tps)
         await _position(consumer, tps, resume, since)
         positions = {tp.partition: await consumer.position(tp) for tp in tps}
@@ -213,7 +213,7 @@ class _Stream:
         self.delivered = 0
         """Events written since the last record of deliveries."""
         self.stopping = asyncio.Event()
-        self.topic = event_topic(ev.provider, ev.type)
+        self.topic = gw.settings.names.events(ev.provider, ev.type)
 
     async def run(self, request: web.Request, resp: web.StreamResponse) -> None:
         metrics = self.gw.metrics

@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from broker.catalog import Contract, Service
 from broker.counter.recorder import RECORD_WITHIN_S
 from broker.counter.records import TxRecord
-from broker.envelope import Reply, RequestMeta, now_ms, request_topic
+from broker.envelope import Reply, RequestMeta, now_ms
 from broker.errors import (
     AccessDenied,
     ClientClosed,
@@ -157,7 +157,7 @@ async def _round_trip(
         try:
             async with asyncio.timeout(min(svc.timeout_ms / 1000, SEND_WITHIN_S)) as timer:
                 delivery = await gw.producer.send(
-                    request_topic(svc.provider, svc.service), body, headers=meta.headers()
+                    gw.settings.names.request(svc.provider, svc.service), body, headers=meta.headers()
                 )
                 await delivery
                 handed = True

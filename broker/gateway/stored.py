@@ -30,7 +30,7 @@ from aiokafka.structs import RecordMetadata
 
 from broker.catalog import Service
 from broker.counter.records import TxRecord
-from broker.envelope import RequestMeta, request_topic
+from broker.envelope import RequestMeta
 from broker.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
@@ -134,7 +134,9 @@ async def stored_exchange(
             request_id=rec.request_id, user_id=rec.user_id, purpose=rec.purpose,
             traceparent=header(request, "traceparent"),
         )  # fmt: skip
-        await _send(gw, request_topic(svc.provider, svc.service), body, None, None, meta.headers())
+        await _send(
+            gw, gw.settings.names.request(svc.provider, svc.service), body, None, None, meta.headers()
+        )
         rec.t_sent = time.time() * 1000
         if mode == "async":
             gw.metrics.async_accepted.labels(agency.id, svc.provider, svc.service).inc()

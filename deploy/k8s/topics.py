@@ -19,7 +19,7 @@ import yaml
 
 from broker.catalog import Catalog, Effects
 from broker.counter.stats import stats_topic_spec
-from broker.envelope import REQUEST_PARTITIONS, data_topic, dlq_topic, request_topic
+from broker.envelope import REQUEST_PARTITIONS
 from broker.events import event_topic_specs
 from broker.exchanges.view import exchanges_topic_spec
 from broker.kafka import TopicSpec
@@ -44,14 +44,14 @@ def specs(settings: Settings, catalog: Catalog) -> list[TopicSpec]:
         TopicSpec(name=f"{settings.exchanges_topic}.callbacks.dlq"),
     ]  # fmt: skip
     for provider in catalog.providers():
-        out.append(TopicSpec(name=dlq_topic(provider)))
+        out.append(TopicSpec(name=settings.names.dlq(provider)))
         services = catalog.of_provider(provider)
         out.extend(
-            TopicSpec(name=request_topic(provider, s.service), partitions=REQUEST_PARTITIONS)
+            TopicSpec(name=settings.names.request(provider, s.service), partitions=REQUEST_PARTITIONS)
             for s in services
         )
         if any(s.effects is Effects.WRITE for s in services):
-            out.append(TopicSpec(name=data_topic(provider), partitions=4))
+            out.append(TopicSpec(name=settings.names.data(provider), partitions=4))
     out.extend(event_topic_specs(settings, catalog))
     return out
 

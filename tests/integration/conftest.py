@@ -22,8 +22,8 @@ def exchange_settings(settings: Settings, provider: str, tmp_path: Path) -> Sett
         schemas_dir=write_contracts(tmp_path, provider),
         registry_path=write_registry(tmp_path, provider),
         instance_id=f"test-{uuid.uuid4().hex[:8]}",
-        tx_topic=f"ndxp.tx.{provider}",
-        stats_topic=f"ndxp.stats.{provider}",
-        exchanges_topic=f"ndxp.exchanges.{provider}",
+        tx_topic=f"{settings.tx_topic}.{provider}",
+        stats_topic=f"{settings.stats_topic}.{provider}",
+        exchanges_topic=f"{settings.exchanges_topic}.{provider}",
         max_body_bytes=64 * 1024,
     )

@@ -24,7 +24,9 @@ async def demo_platform(settings: Settings) -> AsyncIterator[tuple[ClientSession
     """Yields an HTTP session on a gateway in front of every demo agency."""
     run = uuid.uuid4().hex[:8]
     settings = settings.replace(
-        instance_id=f"demo-{run}", tx_topic=f"ndxp.tx.demo-{run}", stats_topic=f"ndxp.stats.demo-{run}"
+        instance_id=f"demo-{run}",
+        tx_topic=f"{settings.tx_topic}.demo-{run}",
+        stats_topic=f"{settings.stats_topic}.demo-{run}",
     )
     backend = TestServer(create_backend(settings), host="127.0.0.1")
     await backend.start_server()

@@ -12,9 +12,7 @@ from broker.envelope import (
     Reply,
     ReplyOutcome,
     RequestMeta,
-    dlq_topic,
     now_ms,
-    request_topic,
 )
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.settings import Settings
@@ -52,14 +50,14 @@ async def test_redelivered_exchange_is_answered_from_memory_and_expired_ones_are
     exchange_settings: Settings, provider: str
 ) -> None:
     settings = exchange_settings
-    replies = f"ndxp.reply.{settings.instance_id}-rt"
+    replies = settings.names.reply(f"{settings.instance_id}-rt")
     await ensure_topics(settings, [TopicSpec(name=replies)])
     handlers = EchoHandlers()
     async with running_adapter(settings, provider, handlers) as adapter:
         producer = make_producer(settings)
         await producer.start()
         try:
-            topic = request_topic(provider, "echo")
+            topic = settings.names.request(provider, "echo")
             fresh = _meta(provider, "dup-1", replies, now_ms() + 60_000)
             await producer.send_and_wait(topic, b'{"msg": "once"}', headers=fresh.headers())
             await _read(settings, replies, 1)
@@ -84,20 +82,20 @@ async def test_undecodable_messages_go_to_the_dead_letter_topic(
     exchange_settings: Settings, provider: str
 ) -> None:
     settings = exchange_settings
-    replies = f"ndxp.reply.{settings.instance_id}-dlq"
+    replies = settings.names.reply(f"{settings.instance_id}-dlq")
     await ensure_topics(settings, [TopicSpec(name=replies)])
     handlers = EchoHandlers()
     async with running_adapter(settings, provider, handlers):
         producer = make_producer(settings)
         await producer.start()
         try:
-            topic = request_topic(provider, "echo")
+            topic = settings.names.request(provider, "echo")
             await producer.send_and_wait(topic, b"no headers at all")
             meta = _meta(provider, "bad-json", replies, now_ms() + 60_000)
             await producer.send_and_wait(topic, b"{nope", headers=meta.headers())
         finally:
             await producer.stop()
-        dead = await _read(settings, dlq_topic(provider), 2)
+        dead = await _read(settings, settings.names.dlq(provider), 2)
         (reply,) = await _read(settings, replies, 1)
     assert sorted(v for _, v in dead) == [b"no headers at all", b"{nope"]
     assert all(any(k == H_ERROR for k, _ in h) for h, _ in dead)
@@ -113,9 +111,10 @@ async def test_a_stopping_adapter_finishes_and_commits_what_it_holds(
     """Mutation once missed: an adapter that cancels the requests in hand on SIGTERM instead of
     answering and committing them. Then a second adapter would serve them again (or nobody would)."""
     settings = exchange_settings
-    replies = f"ndxp.reply.{settings.instance_id}-stop"
+    replies = settings.names.reply(f"{settings.instance_id}-stop")
     await ensure_topics(
-        settings, [TopicSpec(name=replies), TopicSpec(name=request_topic(provider, "echo"), partitions=4)]
+        settings,
+        [TopicSpec(name=replies), TopicSpec(name=settings.names.request(provider, "echo"), partitions=4)],
     )
     producer = make_producer(settings)
     await producer.start()
@@ -123,7 +122,7 @@ async def test_a_stopping_adapter_finishes_and_commits_what_it_holds(
         for i in range(20):
             meta = _meta(provider, f"s-{i}", replies, now_ms() + 120_000)
             body = f'{{"msg": "s-{i}", "sleep_ms": 400}}'.encode()
-            await producer.send(request_topic(provider, "echo"), body, headers=meta.headers())
+            await producer.send(settings.names.request(provider, "echo"), body, headers=meta.headers())
         await producer.flush()
     finally:
         await producer.stop()

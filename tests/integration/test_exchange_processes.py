@@ -21,8 +21,7 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
-from broker.envelope import H_HEARTBEAT, Reply, RequestMeta, data_topic, now_ms, request_topic
-from broker.events import event_topic
+from broker.envelope import H_HEARTBEAT, Reply, RequestMeta, now_ms
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.metrics import CounterMetrics
 from broker.ports import free_port
@@ -265,8 +264,8 @@ async def test_write_service_is_processed_exactly_once_across_an_adapter_sigkill
 ) -> None:
     settings = exchange_settings
     total = 300
-    topic = request_topic(provider, "store")
-    replies = f"ndxp.reply.{settings.instance_id}-store"
+    topic = settings.names.request(provider, "store")
+    replies = settings.names.reply(f"{settings.instance_id}-store")
     await ensure_topics(settings, [TopicSpec(name=topic, partitions=4), TopicSpec(name=replies)])
     producer = make_producer(settings)
     await producer.start()
@@ -299,8 +298,10 @@ async def test_write_service_is_processed_exactly_once_across_an_adapter_sigkill
         second.terminate()
         assert await asyncio.to_thread(second.wait, 30) == 0, log.read_text()
         seen = await _replies_per_exchange(settings, replies)
-        changes = await _committed(settings, data_topic(provider), lambda v: v["msg"])
-        events = await _committed(settings, event_topic(provider, "changed"), lambda v: v["data"]["subject"])
+        changes = await _committed(settings, settings.names.data(provider), lambda v: v["msg"])
+        events = await _committed(
+            settings, settings.names.events(provider, "changed"), lambda v: v["data"]["subject"]
+        )
     finally:
         _stop(first, second)
     expected = {f"w-{i}" for i in range(total)}

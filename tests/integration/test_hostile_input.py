@@ -18,9 +18,7 @@ from broker.envelope import (
     Reply,
     ReplyOutcome,
     RequestMeta,
-    dlq_topic,
     now_ms,
-    request_topic,
 )
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.metrics import CounterMetrics
@@ -71,14 +69,14 @@ async def test_a_null_header_value_is_dead_lettered_and_the_adapter_keeps_servin
     exchange_settings: Settings, provider: str
 ) -> None:
     settings = exchange_settings
-    replies = f"ndxp.reply.{settings.instance_id}-null"
+    replies = settings.names.reply(f"{settings.instance_id}-null")
     await ensure_topics(settings, [TopicSpec(name=replies)])
     handlers = EchoHandlers()
     async with running_adapter(settings, provider, handlers) as adapter:
         producer = make_producer(settings)
         await producer.start()
         try:
-            topic = request_topic(provider, "echo")
+            topic = settings.names.request(provider, "echo")
             await producer.send_and_wait(topic, b'{"msg": "x"}', headers=[(H_EXCHANGE_ID, None)])
             meta = RequestMeta(
                 exchange_id="after-null", client="alice", provider=provider, service="echo",
@@ -88,7 +86,7 @@ async def test_a_null_header_value_is_dead_lettered_and_the_adapter_keeps_servin
         finally:
             await producer.stop()
         (reply,) = await _read_all(settings, replies, 1)
-        (dead,) = await _read_all(settings, dlq_topic(provider), 1)
+        (dead,) = await _read_all(settings, settings.names.dlq(provider), 1)
         assert adapter.healthy
     assert dead == b'{"msg": "x"}'
     assert handlers.calls == {"still here": 1}

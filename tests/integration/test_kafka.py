@@ -164,7 +164,7 @@ async def test_reply_topics_with_no_heartbeat_for_long_are_swept(settings: Setti
 
     from broker.kafka import admin_client, sweep_idle_topics
 
-    prefix = f"ndxp.reply.sweep-{uuid.uuid4().hex[:8]}-"
+    prefix = settings.names.reply(f"sweep-{uuid.uuid4().hex[:8]}-")
     gone, alive = f"{prefix}killed-w0", f"{prefix}live-w0"
     await ensure_topics(settings, [TopicSpec(name=gone), TopicSpec(name=alive)])
     producer = make_producer(settings)

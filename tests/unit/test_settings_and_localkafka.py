@@ -129,3 +129,22 @@ def test_start_up_errors_are_one_branch_and_one_line_from_the_cli() -> None:
         )  # fmt: skip
         assert done.returncode == code, done.stderr
         assert done.stderr.strip().splitlines() == [f"ndxp: {says}"], done.stderr
+
+
+def test_one_topic_prefix_names_every_topic_and_group_and_is_checked() -> None:
+    s = Settings.from_env({"NDXP_TOPIC_PREFIX": "run-1"})
+    n = s.names
+    names = [
+        s.tx_topic, s.stats_topic, s.exchanges_topic, n.request("bca", "lookup"), n.reply("host-w0"),
+        n.reply_prefix, n.dlq("bca"), n.data("bca"), n.adapter_group("bca"), n.events("bca", "moved"),
+        n.subscriber_group("c", "bca", "moved"),
+    ]  # fmt: skip
+    assert all(name.startswith("run-1.") for name in names), names
+    assert len(set(names)) == len(names)
+    # Set explicitly, a topic keeps its name; the others still follow the prefix.
+    s = Settings.from_env({"NDXP_TOPIC_PREFIX": "run-1", "NDXP_TX_TOPIC": "audit.tx"})
+    assert (s.tx_topic, s.stats_topic) == ("audit.tx", "run-1.stats")
+    assert Settings.from_env({}).names.request("bca", "lookup") == "ndxp.req.bca.lookup"
+    for bad in ("a b", "x/y", "a" * 101):
+        with pytest.raises(SettingsError, match="NDXP_TOPIC_PREFIX"):
+            Settings.from_env({"NDXP_TOPIC_PREFIX": bad})
