@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
+from aiokafka import TopicPartition
 
 from adapters.runtime import Adapter
+from broker.counter.stats import StatsView
 from broker.gateway.app import create_app
 from broker.gateway.state import GATEWAY, Gateway
+from broker.kafka import make_consumer, topic_partitions
 from broker.settings import Settings
 from tests.fixtures import EchoHandlers, key_hash, write_contracts, write_registry
 
 __all__ = [
     "EchoHandlers",
+    "counter_caught_up",
     "key_hash",
     "running_adapter",
     "running_gateway",
+    "view_caught_up",
     "write_contracts",
     "write_registry",
 ]
@@ -45,3 +51,36 @@ async def running_gateway(
             yield session, app[GATEWAY]
     finally:
         await server.close()
+
+
+async def counter_caught_up(settings: Settings, within_s: float = 60) -> None:
+    """Wait until the counter has committed past every transaction record in Kafka.
+
+    Then nothing more can be counted: a count that is too high is final and
+    shows, with no sleep "long enough for an over-count to appear".
+    """
+    consumer = make_consumer(settings, group_id=f"{settings.stats_topic}.counter")
+    await consumer.start()  # not subscribed: it reads the group's offsets, it does not join the group
+    try:
+        tps = await topic_partitions(consumer, settings.tx_topic)
+        async with asyncio.timeout(within_s):
+            while True:
+                ends = await consumer.end_offsets(tps)
+                behind = {tp.partition: ends[tp] - (await consumer.committed(tp) or 0) for tp in tps}
+                if not any(behind.values()):
+                    return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"the counter did not catch up within {within_s}s: {behind}") from None
+    finally:
+        await consumer.stop()
+
+
+async def view_caught_up(view: StatsView, within_s: float = 30) -> None:
+    """Wait until a stats view has read the stats topic to its (committed) end."""
+    consumer = view.consumer
+    assert consumer is not None, "the view is not started"
+    tp = TopicPartition(view.settings.stats_topic, 0)
+    async with asyncio.timeout(within_s):
+        while await consumer.position(tp) < (await consumer.end_offsets([tp]))[tp]:
+            await asyncio.sleep(0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,13 @@ from broker.counter.stats import StatsView, summarise
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.metrics import CounterMetrics
 from broker.settings import Settings, child_environment
-from tests.integration.exchange_fixtures import EchoHandlers, running_adapter, running_gateway
+from tests.integration.exchange_fixtures import (
+    EchoHandlers,
+    counter_caught_up,
+    running_adapter,
+    running_gateway,
+    view_caught_up,
+)
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +150,8 @@ async def test_counter_killed_mid_stream_and_duplicates_still_give_exact_counts(
         async with asyncio.timeout(120):
             while sum(view.counts.values()) < len(records):
                 await asyncio.sleep(0.1)
-        await asyncio.sleep(2)  # an over-count would show by now
+        await counter_caught_up(settings)  # an over-count is committed by now: the view shows it
+        await view_caught_up(view)
         procs[1].send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(procs[1].wait, 30) == 0
     finally:
@@ -164,6 +172,7 @@ async def test_counter_killed_mid_stream_and_duplicates_still_give_exact_counts(
 async def test_every_exchange_leaves_a_transaction_record(exchange_settings: Settings, provider: str) -> None:
     settings = exchange_settings
     answered: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     async with (
         running_adapter(settings, provider, EchoHandlers()),
         running_gateway(settings) as (http, _),
@@ -181,6 +190,7 @@ async def test_every_exchange_leaves_a_transaction_record(exchange_settings: Set
             )
             assert resp.status == 200
             answered[resp.headers["X-NDXP-Exchange-Id"]] = f"rec-{i}"
+            sizes[resp.headers["X-NDXP-Exchange-Id"]] = len(await resp.read())
     # Each exchange was answered only once its record was in Kafka.
     consumer = make_consumer(settings)
     await consumer.start()
@@ -199,7 +209,8 @@ async def test_every_exchange_leaves_a_transaction_record(exchange_settings: Set
         await consumer.stop()
     assert set(got) == set(answered)
     assert {eid: r.request_id for eid, r in got.items()} == answered  # the label is recorded
-    rec = got[next(eid for eid, label in answered.items() if label == "rec-3")]
+    resp_id = next(eid for eid, label in answered.items() if label == "rec-3")
+    rec = got[resp_id]
     assert (rec.client, rec.provider, rec.service, rec.outcome, rec.status) == (
         "alice",
         provider,
@@ -208,6 +219,7 @@ async def test_every_exchange_leaves_a_transaction_record(exchange_settings: Set
         200,
     )
     assert rec.t_in <= (rec.t_sent or 0) <= (rec.t_reply or 0) <= (rec.t_out or 0)
-    assert rec.request_bytes > 0
-    assert rec.response_bytes > 0
+    # The bytes as they crossed the gateway: the request body sent, the answer's body returned.
+    assert rec.request_bytes == len(json.dumps({"msg": "r3"})), rec.request_bytes  # aiohttp's json=
+    assert rec.response_bytes == sizes[resp_id], (rec.response_bytes, sizes)
     assert (rec.user_id, rec.purpose) == ("officer-7", "ho-so-123")

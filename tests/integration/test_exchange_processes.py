@@ -28,6 +28,7 @@ from broker.ports import free_port
 from broker.settings import Settings, child_environment
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
+    counter_caught_up,
     running_adapter,
     running_gateway,
     write_contracts,
@@ -241,7 +242,7 @@ async def test_adapter_killed_mid_stream_every_caller_gets_one_answer_and_counts
                 await asyncio.gather(*calls)
             answered = {eid for _, _, eid in done}
             await _counted(counter, answered)
-            await asyncio.sleep(1)  # a record counted twice would show by now
+            await counter_caught_up(settings)  # a record counted twice is counted by now
             counts = {k: n for k, n in counter.counts.items() if k.provider == provider}
             replies = await _replies_per_exchange(settings, gw.replies.topic)
         second.terminate()

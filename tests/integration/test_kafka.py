@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from broker.kafka import Batch, TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.localkafka import LocalKafka, _pid_alive
@@ -67,9 +68,15 @@ async def test_topic_creation_is_idempotent_and_applies_partitions_and_configs(
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
+        (configs,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None})]
+        )
     finally:
         await admin.close()
     assert len(described["partitions"]) == 4
+    # DescribeConfigs: resources of (error, message, type, name, entries of (name, value, ...)).
+    entries = {entry[0]: entry[1] for resource in configs.resources for entry in resource[4]}
+    assert entries.get("retention.ms") == "3600000", entries
 
 
 @pytest.mark.slow
