@@ -48,7 +48,6 @@ from broker.kafka import Consumer, make_consumer, topic_partitions
 from broker.registry import Agency
 
 log = logging.getLogger(__name__)
-SEND_WITHIN_S = 3.0
 HEARTBEAT_S = 15.0
 COMMIT_EVERY_S = 1.0
 BATCH = 500
@@ -89,15 +88,9 @@ async def publish(request: web.Request) -> web.Response:
             provider=ev.provider, type_=ev.type, key=key, data=data,
             user_id=header(request, "X-NDXP-User-Id"), purpose=header(request, "X-NDXP-Purpose"),
         )  # fmt: skip
-        try:
-            async with asyncio.timeout(SEND_WITHIN_S):
-                delivery = await gw.producer.send(
-                    gw.settings.names.events(ev.provider, ev.type), value, key=key.encode()
-                )
-                await delivery
-        except (TimeoutError, KafkaError) as exc:
-            raise Unavailable("the event could not be handed to Kafka; retry shortly", retry_after=1) from exc
-    gw.kafka.saw_success()
+        await gw.hand_off(
+            gw.settings.names.events(ev.provider, ev.type), value, what="the event", key=key.encode()
+        )
     gw.metrics.events_published.labels(ev.provider, ev.type).inc()
     # The event is durable: a record that cannot be written is counted lost (and alerted on), not undone.
     await gw.recorder.write(

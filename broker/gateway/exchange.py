@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiokafka.errors import KafkaError
 
 from broker.catalog import Contract, Service
 from broker.counter.recorder import RECORD_WITHIN_S
@@ -45,8 +44,6 @@ from broker.registry import Agency
 log = logging.getLogger(__name__)
 JSON = "application/json"
 PROBLEM = "application/problem+json"
-SEND_WITHIN_S = 3.0
-"""Longest wait for Kafka to acknowledge a request before answering 503 unavailable."""
 
 
 async def exchange(request: web.Request) -> web.StreamResponse:
@@ -150,29 +147,19 @@ async def _round_trip(
     gw.metrics.in_flight.inc()
     sent = time.perf_counter()
     try:
-        # One timer for the exchange: first the shorter bound for handing the
-        # request to Kafka (not acknowledging is "unavailable", not a slow
-        # provider), then moved to the deadline the provider sees.
-        handed = False
+        # Handing the request to Kafka has its own, shorter bound (Kafka not
+        # acknowledging is "unavailable", not a slow provider); then the reply
+        # is awaited until the deadline the provider was given.
+        await gw.hand_off(
+            gw.settings.names.request(svc.provider, svc.service), body,
+            what="the request", headers=meta.headers(), at_most_s=svc.timeout_ms / 1000,
+        )  # fmt: skip
+        rec.t_sent = time.time() * 1000
         try:
-            async with asyncio.timeout(min(svc.timeout_ms / 1000, SEND_WITHIN_S)) as timer:
-                delivery = await gw.producer.send(
-                    gw.settings.names.request(svc.provider, svc.service), body, headers=meta.headers()
-                )
-                await delivery
-                handed = True
-                gw.kafka.saw_success()
-                rec.t_sent = time.time() * 1000
-                timer.reschedule(
-                    asyncio.get_running_loop().time() + max(0, meta.deadline_ms - now_ms()) / 1000
-                )
+            async with asyncio.timeout(max(0, meta.deadline_ms - now_ms()) / 1000):
                 reply = await reply_future
         except TimeoutError as exc:
-            if handed:
-                raise Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms") from exc
-            raise Unavailable("Kafka did not take the request in time; retry shortly", retry_after=1) from exc
-        except KafkaError as exc:
-            raise Unavailable(f"the request could not be handed to Kafka: {exc}", retry_after=1) from exc
+            raise Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms") from exc
         rec.t_reply = time.time() * 1000
     finally:
         gw.replies.forget(eid)

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from broker.catalog import Catalog
 from broker.counter.recorder import TxRecorder
 from broker.counter.stats import StatsView
+from broker.errors import Unavailable
 from broker.exchanges.view import ExchangeView
 from broker.gateway.limits import Limits
 from broker.gateway.replies import ReplyRouter
-from broker.kafka import Producer, Reachability
+from broker.kafka import Producer, Reachability, Written
 from broker.metrics import GatewayMetrics
 from broker.registry import Registry
 from broker.settings import Settings
+
+SEND_WITHIN_S = 3.0
+"""Longest wait for Kafka to acknowledge what the gateway hands it before answering 503 unavailable."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -40,6 +47,38 @@ class Gateway:
     """Set when the app starts (it needs the running loop)."""
     kafka: Reachability = field(init=False)
     """Whether Kafka answers; set with the producer."""
+
+    async def hand_off(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        what: str,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        at_most_s: float | None = None,
+    ) -> Written:
+        """Hand ``value`` to Kafka and wait for its acknowledgement (acks=all).
+
+        The one place where the gateway turns Kafka's refusal or silence into
+        an answer: :class:`Unavailable` (503, ``Retry-After: 1``) if Kafka
+        refuses ``what`` or does not acknowledge it within ``SEND_WITHIN_S``
+        (or ``at_most_s``, if shorter).
+        """
+        within_s = SEND_WITHIN_S if at_most_s is None else min(at_most_s, SEND_WITHIN_S)
+        try:
+            async with asyncio.timeout(within_s):
+                delivery = await self.producer.send(
+                    topic, value, key=key, partition=partition, headers=headers
+                )
+                written = await delivery
+        except TimeoutError as exc:
+            raise Unavailable(f"Kafka did not take {what} in time; retry shortly", retry_after=1) from exc
+        except KafkaError as exc:
+            raise Unavailable(f"{what} could not be handed to Kafka: {exc}", retry_after=1) from exc
+        self.kafka.saw_success()
+        return written
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -19,14 +19,11 @@ gateway instance can answer for it, and it survives a gateway restart.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 
 import orjson
 from aiohttp import web
-from aiokafka.errors import KafkaError
-from aiokafka.structs import RecordMetadata
 
 from broker.catalog import Service
 from broker.counter.records import TxRecord
@@ -52,10 +49,9 @@ from broker.exchanges.docs import (
 from broker.exchanges.keeper import GRACE_MS
 from broker.gateway.auth import authenticate
 from broker.gateway.problems import header, problem_response
-from broker.gateway.state import GATEWAY, Gateway
+from broker.gateway.state import GATEWAY, SEND_WITHIN_S, Gateway
 from broker.registry import Agency
 
-SEND_WITHIN_S = 3.0
 MAX_WAIT_S = 60
 """``Prefer: wait=N`` is honoured up to this many seconds."""
 KEEPER_MARGIN_S = 3.0
@@ -116,9 +112,10 @@ async def stored_exchange(
     )  # fmt: skip
     partition = partition_for(idem or eid, view.partitions)
     with gw.limits.admit(agency):
-        written = await _send(
-            gw, view.topic, pending.encode(), eid.encode(), partition, [(H_DOC, b"pending")]
-        )
+        written = await gw.hand_off(
+            view.topic, pending.encode(), what="the request", key=eid.encode(), partition=partition,
+            headers=[(H_DOC, b"pending")],
+        )  # fmt: skip
         if idem is not None:
             # Our claim is in the log: the first claim on the key there wins.
             if not await view.reached(partition, written.offset, SEND_WITHIN_S):
@@ -134,9 +131,10 @@ async def stored_exchange(
             request_id=rec.request_id, user_id=rec.user_id, purpose=rec.purpose,
             traceparent=header(request, "traceparent"),
         )  # fmt: skip
-        await _send(
-            gw, gw.settings.names.request(svc.provider, svc.service), body, None, None, meta.headers()
-        )
+        await gw.hand_off(
+            gw.settings.names.request(svc.provider, svc.service), body, what="the request",
+            headers=meta.headers(),
+        )  # fmt: skip
         rec.t_sent = time.time() * 1000
         if mode == "async":
             gw.metrics.async_accepted.labels(agency.id, svc.provider, svc.service).inc()
@@ -154,26 +152,6 @@ async def stored_exchange(
         return resp
     rec.outcome = doc.outcome
     return _answer(doc, replayed=False)
-
-
-async def _send(
-    gw: Gateway,
-    topic: str,
-    value: bytes,
-    key: bytes | None,
-    partition: int | None,
-    headers: list[tuple[str, bytes]],
-) -> RecordMetadata:
-    try:
-        async with asyncio.timeout(SEND_WITHIN_S):
-            delivery = await gw.producer.send(topic, value, key=key, partition=partition, headers=headers)
-            written: RecordMetadata = await delivery
-    except TimeoutError as exc:
-        raise Unavailable("Kafka did not take the request in time; retry shortly", retry_after=1) from exc
-    except KafkaError as exc:
-        raise Unavailable(f"the request could not be handed to Kafka: {exc}", retry_after=1) from exc
-    gw.kafka.saw_success()
-    return written
 
 
 async def _replay(

@@ -72,7 +72,7 @@ def fake_gateway(
 async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_flight(
     tmp_path: Path, producer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("broker.gateway.exchange.SEND_WITHIN_S", 0.3)
+    monkeypatch.setattr("broker.gateway.state.SEND_WITHIN_S", 0.3)
     gw, svc, agency = fake_gateway(tmp_path, producer)
     metrics = gw.metrics
     rec = TxRecord(
@@ -98,7 +98,7 @@ async def test_the_deadline_the_provider_sees_is_now_plus_the_service_timeout(
 
     from broker.envelope import RequestMeta
 
-    monkeypatch.setattr("broker.gateway.exchange.SEND_WITHIN_S", 0.2)
+    monkeypatch.setattr("broker.gateway.state.SEND_WITHIN_S", 0.2)
     producer = RecordingProducer()
     gw, svc, agency = fake_gateway(tmp_path, producer, echo_timeout_ms=4000)
     rec = TxRecord(
