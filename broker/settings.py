@@ -114,6 +114,8 @@ class Settings:
     topic_prefix: str = "ndxp"
     """``NDXP_TOPIC_PREFIX``: the first part of every topic and consumer group name (and of the
     three topics below when they are not set): platforms with different prefixes share nothing."""
+    names: Names = field(init=False, repr=False, compare=False)
+    """Every topic and consumer group name, under ``topic_prefix`` (made once, used per exchange)."""
 
     # Transaction records and counting
     tx_topic: str = "ndxp.tx"
@@ -283,6 +285,9 @@ class Settings:
             raise SettingsError(f"{PREFIX}COUNTER_BATCH must be at most 20000")
         return cls(**kw)  # type: ignore[arg-type]
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", Names(self.topic_prefix))
+
     @classmethod
     def env_names(cls) -> frozenset[str]:
         """Every environment variable ``from_env`` reads (it asks for each one, set or not)."""
@@ -295,11 +300,6 @@ class Settings:
 
         cls.from_env(Recorder())
         return frozenset(asked)
-
-    @property
-    def names(self) -> Names:
-        """Every topic and consumer group name, under ``topic_prefix``."""
-        return Names(self.topic_prefix)
 
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied (settings are frozen)."""
