@@ -131,7 +131,7 @@ class Registry:
                 if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                     raise RegistryError(f"{where}: {digest!r} is not a hex SHA-256")
                 if digest in hashes:
-                    raise RegistryError(f"{where}: a key of {aid!r} is also {hashes[digest]!r}'s")
+                    raise RegistryError(f"{where}: a key of {aid!r} is already held by {hashes[digest]!r}")
                 hashes[digest] = aid
                 if expires is not None:
                     expiry[digest] = expires
@@ -141,7 +141,7 @@ class Registry:
                 if len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp):
                     raise RegistryError(f"{where}: {fingerprint!r} is not a certificate's SHA-256")
                 if fp in certs:
-                    raise RegistryError(f"{where}: a certificate of {aid!r} is also {certs[fp]!r}'s")
+                    raise RegistryError(f"{where}: a certificate of {aid!r} is already held by {certs[fp]!r}")
                 certs[fp] = aid
             agencies[aid] = Agency(
                 id=aid,

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -197,11 +198,20 @@ def main() -> int:
                 asyncio.run(drive(base, args.seconds))
                 time.sleep(3)  # the last scrapes
                 found = render(prom, start, time.time(), args.out)
+                # The operator's view from the same Prometheus: `ndxp status --prometheus`.
+                status = subprocess.run(
+                    [sys.executable, "-m", "broker.cli", "status", "--once", "--prometheus", prom,
+                     "--url", base],
+                    cwd=ROOT, env={**os.environ, "COLUMNS": "160"}, capture_output=True, text=True,
+                    timeout=60, check=False,
+                )  # fmt: skip
+                (args.out / "status.txt").write_text(status.stdout)
     width = max(len(t) for t in found)
     for title, n in found.items():
         print(f"{title:{width}}  {n} series" + ("" if n else "  <- NO DATA"))
     print(f"panels in {args.out}/panel-*.png and {args.out}/dashboard.png")
-    return 0 if all(found.values()) else 1
+    print(f"ndxp status --prometheus (exit {status.returncode}):\n{status.stdout}{status.stderr[-2000:]}")
+    return 0 if all(found.values()) and status.returncode == 0 else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -83,7 +84,8 @@ async def test_prometheus_counts_exactly_the_exchanges_made(
 
 def test_every_dashboard_panel_shows_data_from_a_real_prometheus(settings: Settings, tmp_path: Path) -> None:
     """loadtests/dashboard.py: the platform under load, scraped by Debian's prometheus, every
-    panel of the Grafana dashboard asked of Prometheus and drawn; it exits 1 on an empty panel."""
+    panel of the Grafana dashboard asked of Prometheus and drawn; it exits 1 on an empty panel,
+    or if `ndxp status --prometheus` on the same Prometheus does not show every part up."""
     import os
     import sys
 
@@ -96,3 +98,9 @@ def test_every_dashboard_panel_shows_data_from_a_real_prometheus(settings: Setti
     assert done.returncode == 0, done.stdout + done.stderr
     assert "NO DATA" not in done.stdout
     assert (tmp_path / "dashboard.png").stat().st_size > 50_000
+    frame = (tmp_path / "status.txt").read_text()
+    for part in ("gateway", "adapters", "counter", "keeper"):
+        assert re.search(rf"{part}\s+│ up", frame), frame
+    rate = re.search(r"([0-9][0-9,]*\.[0-9])/s", frame)  # exchanges/s over Prometheus' last minute
+    assert rate is not None, frame
+    assert float(rate[1].replace(",", "")) > 0, frame

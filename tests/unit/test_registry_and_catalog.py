@@ -116,3 +116,111 @@ def test_keys_rotate_with_an_expiry_date_or_time(tmp_path: Path) -> None:
     raw["agencies"][1]["keys_sha256"] = [{"sha256": hash_key("x"), "expires": "soon"}]
     with pytest.raises(RegistryError, match="expiry"):
         Registry.from_dict(raw, catalog)
+
+
+_H = hash_key("k")
+_P = {"id": "prov"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ([], "expected a mapping with an 'agencies' list"),
+        ({"agencies": [{"id": "Bad Id"}]}, r"agencies\[0\]: needs an 'id'"),
+        ({"agencies": [_P, _P]}, "listed twice"),
+        ({"agencies": [_P, {"id": "a", "keys_sha256": ["abc"]}]}, "not a hex SHA-256"),
+        ({"agencies": [_P, {"id": "a", "keys_sha256": [_H]}, {"id": "b", "keys_sha256": [_H]}]},
+         "a key of 'b' is already held by 'a'"),
+        ({"agencies": [_P, {"id": "a", "certs_sha256": ["zz"]}]}, "not a certificate's SHA-256"),
+        ({"agencies": [_P, {"id": "a", "certs_sha256": [_H]}, {"id": "b", "certs_sha256": [_H]}]},
+         "a certificate of 'b' is already held by 'a'"),
+        ({"agencies": [{"id": "a"}]}, "services of 'prov', which is no agency"),
+        ({"agencies": [_P], "rights": ["prov/echo"]}, "'rights' must map agency id"),
+        ({"agencies": [_P], "events": {"read": {}}}, "'events' has 'publish' and 'subscribe'"),
+        ({"agencies": [_P], "events": {"publish": ["prov/changed"]}}, "events.publish must map"),
+        ({"agencies": [_P], "events": {"subscribe": {"ghost": []}}}, "names unknown agency 'ghost'"),
+        ({"agencies": [_P], "events": {"subscribe": {"prov": ["prov/nothing"]}}}, "names no event type"),
+        ({"agencies": [_P, {"id": "a"}], "events": {"publish": {"a": ["prov/changed"]}}},
+         "only prov publishes its events"),
+    ],
+)  # fmt: skip
+def test_a_malformed_registry_stops_start_up_naming_its_fault(tmp_path: Path, raw: Any, message: str) -> None:
+    catalog = Catalog.load(write_contracts(tmp_path, "prov"))
+    with pytest.raises(RegistryError, match=message):
+        Registry.from_dict(raw, catalog, source="reg.yaml")
+
+
+def test_a_registry_file_that_is_missing_or_not_yaml_is_named(tmp_path: Path) -> None:
+    catalog = Catalog.load(write_contracts(tmp_path, "prov"))
+    with pytest.raises(RegistryError, match="registry file not found"):
+        Registry.load(tmp_path / "none.yaml", catalog)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agencies: [unclosed")
+    with pytest.raises(RegistryError, match="not valid YAML"):
+        Registry.load(bad, catalog)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"provider": "other"}, "provider 'other' does not match the file's location"),
+        ({"timeout_ms": 0}, "timeout_ms must be an integer from 1 to 300000"),
+        ({"timeout_ms": "5s"}, "timeout_ms must be an integer"),
+        ({"async_ttl_s": 10**9}, "async_ttl_s must be an integer from 1 to"),
+        ({"effects": "delete"}, "effects must be 'read' or 'write'"),
+        ({"title": None, "request": None}, None),  # replaced below: missing fields
+    ],
+)
+def test_a_malformed_contract_stops_start_up_naming_the_file_and_the_fault(
+    tmp_path: Path, overrides: dict[str, Any], message: str | None
+) -> None:
+    schemas = _contract(tmp_path, **overrides)
+    if message is None:  # a contract without its title and request
+        path = schemas / "prov" / "echo.json"
+        doc = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("title", "request")}
+        path.write_text(json.dumps(doc))
+        message = "missing title, request"
+    with pytest.raises(CatalogError, match=r"prov/echo\.json: " + message):
+        Catalog.load(schemas)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "a contract must be a JSON object"),
+    ],
+)
+def test_a_contract_that_is_not_a_json_object_is_named(tmp_path: Path, content: str, message: str) -> None:
+    schemas = write_contracts(tmp_path, "prov")
+    (schemas / "prov" / "echo.json").write_text(content)
+    with pytest.raises(CatalogError, match=message):
+        Catalog.load(schemas)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"examples": None}, "a JSON Schema with a title and examples"),
+        ({"x-ndxp-key": "nope"}, "x-ndxp-key must name a required property"),
+        ({"type": 12}, "the schema does not compile"),
+        ({"examples": [{"subject": 5}]}, "example 0 fails its own schema"),
+    ],
+)
+def test_a_malformed_event_type_stops_start_up(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    schemas = write_contracts(tmp_path, "prov")
+    path = schemas / "prov" / "events" / "changed.json"
+    doc = json.loads(path.read_text())
+    doc.update(change)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CatalogError, match=message):
+        Catalog.load(schemas)
+
+
+def test_names_outside_the_allowed_alphabet_and_a_missing_directory_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="schemas directory not found"):
+        Catalog.load(tmp_path / "none")
+    schemas = write_contracts(tmp_path, "prov")
+    (schemas / "prov" / "echo.json").rename(schemas / "prov" / "Echo Service.json")
+    with pytest.raises(CatalogError, match=r"names must match \[a-z0-9_-\]\+"):
+        Catalog.load(schemas)
