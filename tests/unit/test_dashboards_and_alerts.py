@@ -93,3 +93,25 @@ def test_promtool_accepts_the_config_and_rules() -> None:
     config = DEPLOY / "prometheus" / "prometheus.yml"
     result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_metric_is_registered_where_asked_with_a_prometheus_name_labels_and_help() -> None:
+    """What the dashboards and alerts rely on: each metric lands in the registry it was given
+    (the parts' /metrics serve that one), is named ``ndxp_<snake_case>``, has snake_case labels
+    and a help text."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    for cls in (GatewayMetrics, AdapterMetrics, CounterMetrics, KeeperMetrics):
+        registry = CollectorRegistry()
+        metrics = cls(registry)
+        defined = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+        assert defined, cls
+        registered = {family.name for family in registry.collect()}
+        for m in defined:
+            name = m._name
+            assert re.fullmatch(r"ndxp_[a-z0-9_]+", name), (cls.__name__, name)
+            assert name.removesuffix("_total") in registered, f"{name} is not in the registry it was given"
+            for label in m._labelnames:
+                assert re.fullmatch(r"[a-z][a-z0-9_]*", label), (name, label)
+            assert isinstance(m._documentation, str), name
+            assert len(m._documentation) > 10, name
