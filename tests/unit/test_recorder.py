@@ -27,6 +27,7 @@ class FakeProducer(Sender):
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.sent: list[bytes] = []
+        self.records: list[TxRecord] = []
 
     async def send(
         self,
@@ -42,7 +43,8 @@ class FakeProducer(Sender):
             fut.set_exception(ConnectionError("broker gone"))
         elif self.mode == "ok":
             assert value is not None
-            self.sent.append(TxRecord.decode(value).exchange_id.encode())
+            self.records.append(TxRecord.decode(value))
+            self.sent.append(self.records[-1].exchange_id.encode())
             fut.set_result(RecordMetadata(topic, 0, len(self.sent) - 1))
         return fut  # "hang": never acknowledged
 
@@ -141,3 +143,29 @@ def test_rate_limits_are_split_across_gateway_workers() -> None:
             except RateLimited:
                 continue
         assert granted == allowed, f"{workers} worker(s): {granted} admitted at once, want {allowed}"
+
+
+async def test_tallied_rejections_become_one_record_per_kind_and_a_failed_write_keeps_them() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    recorder = TxRecorder("ndxp.tx", metrics)
+    producer = FakeProducer("fail")
+    recorder.start(producer)
+    first = TxRecord(
+        exchange_id="x-first", client="-", provider="p", service="s", outcome="unauthorized", status=401,
+        t_in=1000.0, t_out=1001.0,
+    )  # fmt: skip
+    for _ in range(3):
+        recorder.tally(first)
+    for _ in range(2):
+        recorder.tally(_rec(9))
+    await recorder.flush(within_s=0.2)  # Kafka refuses: nothing lost yet, all still tallied
+    assert _value(metrics.tx_lost) == 0
+    producer.mode = "ok"
+    await recorder.flush(within_s=0.2)
+    by_outcome = {r.outcome: r for r in producer.records}
+    assert {k: r.count for k, r in by_outcome.items()} == {"unauthorized": 3, "ok": 2}
+    kept = by_outcome["unauthorized"]
+    assert (kept.t_in, kept.t_out, kept.status, kept.provider) == (1000.0, 1001.0, 401, "p")
+    assert kept.exchange_id != "x-first", "a tally is its own record, under a fresh id"
+    await recorder.stop(within_s=0.2)
+    assert len(producer.records) == 2, "stop() has nothing left to write"

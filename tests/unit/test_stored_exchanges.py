@@ -130,3 +130,39 @@ def test_the_change_feed_makes_events_that_pass_their_schemas() -> None:
         for _ in range(50):
             data = make(r, dt.date(2026, 12, 1))
             assert ev.schema.violations(data) == [], (provider, type_, data)
+
+
+def test_the_partition_of_a_key_never_changes_between_versions() -> None:
+    """Gateways of two versions side by side (a rolling upgrade) must send an exchange's documents
+    to one partition: the mapping is part of the stored format, pinned here."""
+    assert [partition_for(f"key-{i}", 8) for i in range(6)] == [7, 3, 1, 4, 5, 4]
+
+
+def test_a_final_document_carries_the_exchange_and_every_way_it_can_end(tmp_path: Path) -> None:
+    catalog = Catalog.load(write_contracts(tmp_path, "prov"))
+    svc = catalog.get("prov", "echo")
+    assert svc is not None
+    p = pending("a")
+    business = Reply(
+        exchange_id="a", status=404, outcome=ReplyOutcome.BUSINESS_ERROR, body=b'{"code": "not_found_here"}'
+    )
+    f = finish(p, svc, business, 2.0)
+    assert (f.status, f.http_status, f.outcome) == ("failed", 404, "business_error")
+    # The exchange's identity and its caller's key travel into the final document unchanged.
+    assert (f.exchange_id, f.client, f.provider, f.service, f.mode) == ("a", "alice", "prov", "echo", "async")
+    assert (f.t_in, f.t_out, f.idempotency, f.fingerprint) == (p.t_in, 2.0, "k", "f")
+    crashed = Reply(
+        exchange_id="a", status=500, outcome=ReplyOutcome.PROVIDER_ERROR, body=b'{"detail": "db down"}'
+    )
+    f = finish(p, svc, crashed, 2.0)
+    assert (f.status, f.http_status, f.outcome) == ("failed", 502, "provider_error")
+    assert f.view()["problem"]["detail"] == "db down"
+    gone = finish(p, None, crashed, 2.0)  # the service left the catalog while the exchange waited
+    assert (gone.status, gone.outcome) == ("failed", "provider_error")
+    assert "no longer in the catalog" in gone.view()["problem"]["detail"]
+    garbled = Reply(exchange_id="a", status=409, outcome=ReplyOutcome.BUSINESS_ERROR, body=b"<html>")
+    f = finish(p, svc, garbled, 2.0)
+    assert (f.status, f.http_status, f.outcome) == ("failed", 502, "provider_error")
+    not_json = Reply(exchange_id="a", status=200, outcome=ReplyOutcome.OK, body=b"{")
+    f = finish(p, svc, not_json, 2.0)
+    assert (f.http_status, f.outcome) == (502, "invalid_response")
