@@ -42,8 +42,8 @@ class KafkaUnavailable(StartupError, RuntimeError):
 # -- The typed boundary: what the platform uses of aiokafka ------------------
 
 
-class Record(Protocol):
-    """A consumed record (aiokafka's ``ConsumerRecord``), as the platform reads it."""
+class Written(Protocol):
+    """Where Kafka stored a record (aiokafka's ``RecordMetadata``; a consumed record has it too)."""
 
     @property
     def topic(self) -> str: ...
@@ -51,6 +51,11 @@ class Record(Protocol):
     def partition(self) -> int: ...
     @property
     def offset(self) -> int: ...
+
+
+class Record(Written, Protocol):
+    """A consumed record (aiokafka's ``ConsumerRecord``), as the platform reads it."""
+
     @property
     def timestamp(self) -> int: ...
     @property
@@ -61,17 +66,6 @@ class Record(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes | None]]:
         """As sent: Kafka allows a header without a value, and hostile senders use it."""
         ...
-
-
-class Written(Protocol):
-    """Where Kafka stored a produced record (aiokafka's ``RecordMetadata``)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
 
 
 Batch = dict[TopicPartition, list[Record]]
