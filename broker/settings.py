@@ -118,10 +118,10 @@ class Settings:
     """Every topic and consumer group name, under ``topic_prefix`` (made once, used per exchange)."""
 
     # Transaction records and counting
-    tx_topic: str = "ndxp.tx"
-    """``NDXP_TX_TOPIC``: where the gateway writes a record of every exchange."""
-    stats_topic: str = "ndxp.stats"
-    """``NDXP_STATS_TOPIC``: the counter's compacted counts (also names its group)."""
+    tx_topic: str = ""
+    """``NDXP_TX_TOPIC``: where the gateway writes a record of every exchange (``<prefix>.tx``)."""
+    stats_topic: str = ""
+    """``NDXP_STATS_TOPIC``: the counter's compacted counts, also naming its group (``<prefix>.stats``)."""
     stats_utc_offset_hours: int = 7
     """Days are counted in this UTC offset (Vietnam: +7, no daylight saving)."""
     dedupe_retention_hours: int = 48
@@ -129,8 +129,9 @@ class Settings:
     counter_batch: int = 5000
     """Most transaction records the counter commits in one Kafka transaction (<= 20000,
     so that one batch's exchange ids fit in one Kafka message)."""
-    exchanges_topic: str = "ndxp.exchanges"
-    """``NDXP_EXCHANGES_TOPIC``: stored exchanges (async and idempotent): their documents, by id."""
+    exchanges_topic: str = ""
+    """``NDXP_EXCHANGES_TOPIC``: stored exchanges (async and idempotent): their documents, by id
+    (``<prefix>.exchanges``)."""
     exchanges_retention_hours: int = 96
     """``NDXP_EXCHANGES_RETENTION_HOURS``: how long stored exchanges stay readable (>= 50: the
     longest async wait, 48 h, plus a margin); also bounds what each gateway holds in memory."""
@@ -257,8 +258,6 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}TOPIC_PREFIX={topic_prefix!r}: 1-100 characters of A-Z a-z 0-9 . _ -"
             )
-        for attr in ("tx_topic", "stats_topic", "exchanges_topic"):
-            kw.setdefault(attr, f"{topic_prefix}.{attr.removesuffix('_topic')}")
         raw_expose = env.get(PREFIX + "EXPOSE")
         if raw_expose is not None:
             chosen = frozenset(p.strip() for p in raw_expose.split(",") if p.strip())
@@ -287,6 +286,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", Names(self.topic_prefix))
+        for attr in ("tx_topic", "stats_topic", "exchanges_topic"):  # unset: under the prefix
+            if not getattr(self, attr):
+                object.__setattr__(self, attr, f"{self.topic_prefix}.{attr.removesuffix('_topic')}")
 
     @classmethod
     def env_names(cls) -> frozenset[str]:

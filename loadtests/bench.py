@@ -41,12 +41,11 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script (python loadtests/bench.py): loadtests is importable
+from broker.lifecycle import sigterm_as_exit
+from broker.ports import free_port
+from loadtests.running import cmdline, descendants, ndxp_up
 
-from broker.lifecycle import sigterm_as_exit  # noqa: E402
-from broker.ports import free_port  # noqa: E402
-from loadtests.running import cmdline, descendants, ndxp_up  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TICK = os.sysconf("SC_CLK_TCK")
 PARTS = ("kafka", "gateway", "adapters", "counter", "keeper", "backend", "generator")

@@ -35,8 +35,6 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: loadtests importable
-
 from broker.lifecycle import sigterm_as_exit
 from broker.ports import free_port
 from loadtests.bench import ROOT, kafka_bootstrap, running_platform

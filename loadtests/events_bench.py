@@ -37,8 +37,6 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: loadtests importable
-
 from broker.events import rfc3339
 from broker.lifecycle import sigterm_as_exit
 from broker.settings import Settings

@@ -36,16 +36,16 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from broker.counter.stats import read_to_end
+from broker.kafka import KafkaUnavailable, topic_partitions
+from broker.lifecycle import sigterm_as_exit
+from broker.localkafka import LocalKafka
+from broker.settings import Settings
+from loadtests.bench import running_platform, settled_total
+from loadtests.gen import requests
+from loadtests.running import cmdline, descendants
 
-from broker.kafka import KafkaUnavailable, topic_partitions  # noqa: E402
-from broker.lifecycle import sigterm_as_exit  # noqa: E402
-from broker.localkafka import LocalKafka  # noqa: E402
-from broker.settings import Settings  # noqa: E402
-from loadtests.bench import running_platform, settled_total  # noqa: E402
-from loadtests.gen import requests  # noqa: E402
-from loadtests.running import cmdline, descendants  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FAULTS = ("broker-kill", "gateway-worker", "adapters", "counter", "broker-pause", "kafka-down")
 
@@ -121,16 +121,10 @@ async def counted_ids(bootstrap: str, topic: str) -> set[str]:
     """Every exchange id the counter has committed as counted."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()
-    tp = TopicPartition(topic, 0)
     ids: set[str] = set()
     try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while await consumer.position(tp) < end:
-            for msgs in (await consumer.getmany(tp, timeout_ms=500)).values():
-                for m in msgs:
-                    ids.update(orjson.loads(m.value))
+        for m in await read_to_end(consumer, TopicPartition(topic, 0)):
+            ids.update(orjson.loads(m.value or b"{}"))
     finally:
         await consumer.stop()
     return ids
@@ -148,19 +142,14 @@ async def trace_missing(bootstrap: str, missing: AbstractSet[str], tx_topic: str
             except KafkaUnavailable:
                 lines.append(f"{topic}: no such topic")
                 continue
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
             for tp in tps:
-                while await consumer.position(tp) < ends[tp]:
-                    for msgs in (await consumer.getmany(tp, timeout_ms=500)).values():
-                        for m in msgs:
-                            try:
-                                eid = orjson.loads(m.value).get("exchange_id")
-                            except (orjson.JSONDecodeError, AttributeError, TypeError):
-                                continue
-                            if eid in missing:
-                                lines.append(f"{eid}: {topic}[{tp.partition}]@{m.offset} ts={m.timestamp}")
+                for m in await read_to_end(consumer, tp):
+                    try:
+                        eid = orjson.loads(m.value or b"{}").get("exchange_id")
+                    except (orjson.JSONDecodeError, AttributeError):
+                        continue
+                    if eid in missing:
+                        lines.append(f"{eid}: {topic}[{tp.partition}]@{m.offset} ts={m.timestamp}")
         grouped = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
         await grouped.start()
         try:

@@ -25,13 +25,10 @@ import random
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
 import uvloop
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: loadtests importable
 
 from loadtests.mix import MIX
 from loadtests.rawkafka import summary

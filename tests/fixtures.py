@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from adapters.runtime import BusinessError, Handler, Request
+from broker.kafka import Sender, Written
 
 ECHO_REQUEST = {
     "type": "object",
@@ -141,3 +142,8 @@ class EchoHandlers:
 
     def handlers(self) -> dict[str, Handler]:
         return {"echo": self.echo, "slow": self.slow, "store": self.store}
+
+
+async def delivered(producer: Sender, topic: str, value: bytes, **kw: Any) -> Written:
+    """Send one record and wait until Kafka has acknowledged it."""
+    return await (await producer.send(topic, value, **kw))

@@ -16,6 +16,7 @@ from broker.envelope import (
 )
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.settings import Settings
+from tests.fixtures import delivered
 from tests.integration.exchange_fixtures import EchoHandlers, running_adapter
 
 pytestmark = pytest.mark.kafka
@@ -59,12 +60,12 @@ async def test_redelivered_exchange_is_answered_from_memory_and_expired_ones_are
         try:
             topic = settings.names.request(provider, "echo")
             fresh = _meta(provider, "dup-1", replies, now_ms() + 60_000)
-            await producer.send_and_wait(topic, b'{"msg": "once"}', headers=fresh.headers())
+            await delivered(producer, topic, b'{"msg": "once"}', headers=fresh.headers())
             await _read(settings, replies, 1)
             # The same exchange again (as after a lost commit): answered, not processed.
-            await producer.send_and_wait(topic, b'{"msg": "once"}', headers=fresh.headers())
+            await delivered(producer, topic, b'{"msg": "once"}', headers=fresh.headers())
             expired = _meta(provider, "old-1", replies, now_ms() - 1)
-            await producer.send_and_wait(topic, b'{"msg": "late"}', headers=expired.headers())
+            await delivered(producer, topic, b'{"msg": "late"}', headers=expired.headers())
             got = await _read(settings, replies, 2)
         finally:
             await producer.stop()
@@ -90,9 +91,9 @@ async def test_undecodable_messages_go_to_the_dead_letter_topic(
         await producer.start()
         try:
             topic = settings.names.request(provider, "echo")
-            await producer.send_and_wait(topic, b"no headers at all")
+            await delivered(producer, topic, b"no headers at all")
             meta = _meta(provider, "bad-json", replies, now_ms() + 60_000)
-            await producer.send_and_wait(topic, b"{nope", headers=meta.headers())
+            await delivered(producer, topic, b"{nope", headers=meta.headers())
         finally:
             await producer.stop()
         dead = await _read(settings, settings.names.dlq(provider), 2)

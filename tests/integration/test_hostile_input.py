@@ -23,6 +23,7 @@ from broker.envelope import (
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.metrics import CounterMetrics
 from broker.settings import Settings
+from tests.fixtures import delivered
 from tests.integration.exchange_fixtures import EchoHandlers, running_adapter, running_gateway
 
 pytestmark = pytest.mark.kafka
@@ -77,12 +78,12 @@ async def test_a_null_header_value_is_dead_lettered_and_the_adapter_keeps_servin
         await producer.start()
         try:
             topic = settings.names.request(provider, "echo")
-            await producer.send_and_wait(topic, b'{"msg": "x"}', headers=[(H_EXCHANGE_ID, None)])
+            await delivered(producer, topic, b'{"msg": "x"}', headers=[(H_EXCHANGE_ID, None)])
             meta = RequestMeta(
                 exchange_id="after-null", client="alice", provider=provider, service="echo",
                 reply_to=replies, deadline_ms=now_ms() + 60_000,
             )  # fmt: skip
-            await producer.send_and_wait(topic, b'{"msg": "still here"}', headers=meta.headers())
+            await delivered(producer, topic, b'{"msg": "still here"}', headers=meta.headers())
         finally:
             await producer.stop()
         (reply,) = await _read_all(settings, replies, 1)
@@ -113,7 +114,7 @@ async def test_malformed_records_are_dead_lettered_and_counting_goes_on(
     await producer.start()
     try:
         for raw in [bad[0], bad[1], *[g.encode() for g in good], bad[2], bad[3]]:
-            await producer.send_and_wait(settings.tx_topic, raw, partition=0)
+            await delivered(producer, settings.tx_topic, raw, partition=0)
     finally:
         await producer.stop()
     counter = TxCounter(settings, CounterMetrics(CollectorRegistry()))
@@ -217,7 +218,7 @@ async def test_a_second_reply_for_one_exchange_is_ignored(exchange_settings: Set
             fut = gw.replies.expect("dup")
             reply = Reply(exchange_id="dup", status=200, outcome=ReplyOutcome.OK, body=b"{}")
             for _ in range(2):
-                await producer.send_and_wait(gw.replies.topic, b"{}", headers=reply.headers())
+                await delivered(producer, gw.replies.topic, b"{}", headers=reply.headers())
             got = await asyncio.wait_for(fut, 10)
             async with asyncio.timeout(10):
                 while gw.metrics.late_replies._value.get() < 1:

@@ -13,6 +13,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from broker.kafka import Batch, TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.localkafka import LocalKafka, _pid_alive
 from broker.settings import Settings
+from tests.fixtures import delivered
 
 pytestmark = pytest.mark.kafka
 
@@ -39,7 +40,7 @@ async def test_produce_consume_round_trip_keeps_value_and_headers(
     producer = make_producer(settings)
     await producer.start()
     try:
-        await producer.send_and_wait(topic, b'{"a": 1}', key=b"k", headers=[("ndxp-id", b"x1")])
+        await delivered(producer, topic, b'{"a": 1}', key=b"k", headers=[("ndxp-id", b"x1")])
     finally:
         await producer.stop()
     consumer = make_consumer(settings, topic)
@@ -114,13 +115,13 @@ async def test_three_node_cluster_keeps_acknowledged_messages_when_a_node_stops(
         acked: list[bytes] = []
         try:
             for i in range(50):
-                await producer.send_and_wait(topic, f"before-{i}".encode())
+                await delivered(producer, topic, f"before-{i}".encode())
                 acked.append(f"before-{i}".encode())
             stopped_pid = kafka.pids[3]
             await asyncio.to_thread(kafka.stop_node, 3)
             assert not _pid_alive(stopped_pid)
             for i in range(50):
-                await producer.send_and_wait(topic, f"after-{i}".encode())
+                await delivered(producer, topic, f"after-{i}".encode())
                 acked.append(f"after-{i}".encode())
         finally:
             await producer.stop()
@@ -147,7 +148,7 @@ async def test_data_survives_restart_with_data_dir(
         producer = make_producer(settings)
         await producer.start()
         try:
-            await producer.send_and_wait(topic, b"kept")
+            await delivered(producer, topic, b"kept")
         finally:
             await producer.stop()
     finally:
