@@ -1,24 +1,27 @@
-"""The ``ndxp`` command: run the platform or any one of its parts."""
+"""The ``ndxp`` command: run the platform or any one of its parts.
+
+The platform's own commands are here; packages add theirs through the
+``ndxp.commands`` entry point group (the demo's simulated agencies add
+``ndxp adapter``, ``ndxp backend`` and ``ndxp changes``), so that the
+platform never imports the agencies it carries.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from broker.errors import StartupError
-from broker.localkafka import LocalKafka, state_file
+from broker.commands import COMMANDS, positive_rate, progress, run_part
+from broker.dev.localkafka import LocalKafka, state_file
+from broker.errors import SettingsError, StartupError
 from broker.logs import setup_logging
-from broker.settings import Settings, SettingsError
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+from broker.settings import Settings
 
 
 def _kafka_start(settings: Settings, args: argparse.Namespace) -> int:
@@ -26,37 +29,37 @@ def _kafka_start(settings: Settings, args: argparse.Namespace) -> int:
     if path.exists():
         previous = LocalKafka.from_state(settings, path)
         if previous.running():
-            _progress(
+            progress(
                 f"a local Kafka is already running at {previous.bootstrap} "
                 f"(data in {previous.data_dir}); stop it first with `ndxp kafka stop`"
             )
             return 1
         path.unlink()
-    kafka = LocalKafka(settings, nodes=args.nodes, data_dir=args.data_dir, progress=_progress)
+    kafka = LocalKafka(settings, nodes=args.nodes, data_dir=args.data_dir, progress=progress)
     bootstrap = kafka.start()
     kafka.save_state(path)
     print(bootstrap)
-    _progress(f"export NDXP_KAFKA_BOOTSTRAP={bootstrap}   # stop with: ndxp kafka stop")
+    progress(f"export NDXP_KAFKA_BOOTSTRAP={bootstrap}   # stop with: ndxp kafka stop")
     return 0
 
 
 def _kafka_stop(settings: Settings, args: argparse.Namespace) -> int:
     path = state_file(settings)
     if not path.exists():
-        _progress("no local Kafka recorded as running (nothing to stop)")
+        progress("no local Kafka recorded as running (nothing to stop)")
         return 0
     kafka = LocalKafka.from_state(settings, path)
     given = getattr(args, "data_dir", None)
     if given is not None and given.resolve() != kafka.data_dir.resolve():
-        _progress(
+        progress(
             f"the local Kafka at {kafka.bootstrap} keeps its data in {kafka.data_dir}, not {given}; "
             "nothing stopped (run `ndxp kafka stop` to stop it)"
         )
         return 1
-    _progress(f"stopping local Kafka at {kafka.bootstrap} ({len(kafka.pids)} node process(es))")
+    progress(f"stopping local Kafka at {kafka.bootstrap} ({len(kafka.pids)} node process(es))")
     kafka.stop()
     path.unlink(missing_ok=True)
-    _progress("stopped" + (f"; removed {kafka.data_dir}" if kafka.temporary else ""))
+    progress("stopped" + (f"; removed {kafka.data_dir}" if kafka.temporary else ""))
     return 0
 
 
@@ -81,98 +84,32 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
         workers=args.workers if args.workers is not None else settings.workers,
         host=args.host if args.host is not None else settings.host,
     )
-    return run_gateway(settings, progress=_progress)
-
-
-def _adapter(settings: Settings, args: argparse.Namespace) -> int:
-    import uvloop
-
-    from adapters.serve import run_adapters
-    from broker.lifecycle import PartFailed
-
-    if args.metrics_port is not None:
-        settings = settings.replace(metrics_port=args.metrics_port)
-    try:
-        uvloop.run(run_adapters(settings, args.agencies, progress=_progress))
-    except PartFailed as exc:
-        _progress(f"ndxp adapter: {exc}; exiting for a restart")
-        return 1
-    return 0
-
-
-def _backend(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncio
-
-    import uvloop
-
-    from adapters.backends.land import serve_backend
-    from broker.lifecycle import on_stop_signal
-
-    async def run() -> None:
-        task = asyncio.create_task(serve_backend(settings, args.port))
-        _progress(f"land registry backend on http://{settings.internal_host}:{args.port}")
-        with on_stop_signal(task.cancel):
-            try:
-                await task
-            except asyncio.CancelledError:
-                _progress("land registry backend stopped")
-
-    uvloop.run(run())
-    return 0
+    return run_gateway(settings, progress=progress)
 
 
 def _counter(settings: Settings, args: argparse.Namespace) -> int:
     from broker.counter.serve import run_counter
 
-    return _run_part("counter", run_counter, settings, args)
+    return run_part("counter", run_counter, settings, args)
 
 
 def _keeper(settings: Settings, args: argparse.Namespace) -> int:
-    from broker.exchanges.serve import run_keeper
+    from broker.keeper.serve import run_keeper
 
-    return _run_part("keeper", run_keeper, settings, args)
-
-
-def _run_part(
-    name: str,
-    run: Callable[[Settings, Callable[[str], Any]], Coroutine[Any, Any, None]],
-    settings: Settings,
-    args: argparse.Namespace,
-) -> int:
-    import uvloop
-
-    from broker.lifecycle import PartFailed
-
-    if args.metrics_port is not None:
-        settings = settings.replace(metrics_port=args.metrics_port)
-    try:
-        uvloop.run(run(settings, _progress))
-    except PartFailed as exc:
-        _progress(f"ndxp {name}: {exc}; exiting for a restart")
-        return 1
-    return 0
+    return run_part("keeper", run_keeper, settings, args)
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
-    from broker.platform import run_platform
+    from broker.dev.platform import run_platform
 
     settings = settings.replace(port=args.port if args.port is not None else settings.port)
-    return run_platform(settings, data_dir=args.data_dir, changes=args.changes, progress=_progress)
-
-
-def _changes(settings: Settings, args: argparse.Namespace) -> int:
-    import uvloop
-
-    from adapters.changes import run_changes
-
-    uvloop.run(run_changes(args.url, args.rate, _progress))
-    return 0
+    return run_platform(settings, data_dir=args.data_dir, changes=args.changes, progress=progress)
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     import urllib.parse
 
-    from broker.status import run_status, state_path
+    from broker.ops.status import run_status, state_path
 
     gateway = args.url.rstrip("/")
     port = urllib.parse.urlsplit(gateway).port or 80
@@ -189,13 +126,6 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
             raise StartupError(f"--part {item!r}: expected name=url")
         parts[name] = url
     return run_status(gateway, parts, prometheus=args.prometheus, once=args.once, interval_s=args.interval)
-
-
-def _positive_rate(raw: str) -> float:
-    rate = float(raw.removesuffix("/s"))
-    if not 0 < rate <= 10_000:
-        raise argparse.ArgumentTypeError("a rate from 0 (exclusive) to 10000 events/s")
-    return rate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,14 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
     up.add_argument("--data-dir", type=Path, default=None, help="keep Kafka data here")
     up.add_argument(
-        "--changes", type=_positive_rate, default=None, metavar="N/s",
+        "--changes", type=positive_rate, default=None, metavar="N/s",
         help="also run a simulated change feed publishing N events a second (off by default)",
     )  # fmt: skip
     up.set_defaults(func=_up)
-    changes = sub.add_parser("changes", help="a simulated change feed: agencies publish events")
-    changes.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
-    changes.add_argument("--rate", type=_positive_rate, default=5.0, metavar="N/s")
-    changes.set_defaults(func=_changes)
     status = sub.add_parser(
         "status", help="a live view of a running platform (parts, rates, latency, errors)"
     )
@@ -248,11 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--workers", type=int, default=None)
     gateway.set_defaults(func=_gateway)
 
-    backend = sub.add_parser("backend", help="an agency's own REST backend (simulated)")
-    backend.add_argument("name", choices=("land",))
-    backend.add_argument("--port", type=int, default=8091)
-    backend.set_defaults(func=_backend)
-
     counter = sub.add_parser("counter", help="exact transaction counts from ndxp.tx")
     counter.add_argument("--metrics-port", type=int, default=None)
     counter.set_defaults(func=_counter)
@@ -260,10 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     keeper.add_argument("--metrics-port", type=int, default=None)
     keeper.set_defaults(func=_keeper)
 
-    adapter = sub.add_parser("adapter", help="adapters of simulated agencies")
-    adapter.add_argument("agencies", nargs="+", metavar="agency")
-    adapter.add_argument("--metrics-port", type=int, default=None)
-    adapter.set_defaults(func=_adapter)
+    for plugin in entry_points(group=COMMANDS):  # the demo's agencies, an agency's own adapter kit
+        plugin.load()(sub)
     return parser
 
 
@@ -273,13 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
-        _progress(f"ndxp: configuration error: {exc}")
+        progress(f"ndxp: configuration error: {exc}")
         return 2
     setup_logging(settings.log_level)
     try:
         return int(args.func(settings, args))
     except (StartupError, KafkaError) as exc:  # aiokafka's own: Kafka refused or went away at start
-        _progress(f"ndxp: {exc}")
+        progress(f"ndxp: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -4,14 +4,17 @@ The tree (HTTP status, stable ``code``)::
 
     NdxpException                               everything the platform raises on purpose
     ├── StartupError                            a part cannot start: `ndxp` prints one line, exits 1
-    │   ├── SettingsError       (settings.py)   an NDXP_ variable that cannot be used (exit 2)
-    │   ├── CatalogError        (catalog.py)    a contract or event type that does not load
-    │   ├── RegistryError       (registry.py)   a registry that does not load
-    │   ├── KafkaUnavailable    (kafka.py)      Kafka cannot be reached or used
-    │   ├── LocalKafkaError     (localkafka.py) a local Kafka that cannot start (Java, Maven, ports)
-    │   ├── PlatformError       (platform.py)   `ndxp up`: a part that does not come up
-    │   └── AdapterSetupError   (adapters/serve.py) an agency that cannot be served
-    ├── PartFailed              (lifecycle.py)  a running part's Kafka loop died: exit 1, restarted
+    │   ├── SettingsError                       an NDXP_ variable that cannot be used (exit 2)
+    │   ├── CatalogError                        a contract or event type that does not load
+    │   ├── RegistryError                       a registry that does not load
+    │   ├── KafkaUnavailable                    Kafka cannot be reached or used
+    │   ├── LocalKafkaError                     a local Kafka that cannot start (Java, Maven, ports)
+    │   ├── PlatformError                       `ndxp up`: a part that does not come up
+    │   └── AdapterSetupError                   an agency that cannot be served
+    ├── PartFailed                              a running part's Kafka loop died: exit 1, restarted
+    │   └── TransactionFenced                   another instance took over a transactional id
+    ├── BusinessError                           a provider's own answer (e.g. not found): passed through
+    ├── BackendError                            an agency's own backend failed, was unreachable or too slow
     └── NdxpError                               one HTTP answer each (status, code)
         ├── Unauthorized            401 unauthorized
         ├── AccessDenied            403 access_denied
@@ -32,6 +35,7 @@ The tree (HTTP status, stable ``code``)::
         ├── IdempotencyKeyInFlight  409 idempotency_key_in_flight (Retry-After)
         └── ClientClosed            499 client_closed      (the caller went away; recorded, never sent)
 
+Every class is defined here; the modules that raise them import them from here.
 A provider's own business errors are not raised: they pass through with the
 provider's status and problem body.
 """
@@ -63,6 +67,64 @@ class StartupError(NdxpException):
     The message names what is wrong and where; the ``ndxp`` command prints it
     as one line and exits non-zero.
     """
+
+
+class SettingsError(StartupError, ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+class CatalogError(StartupError, ValueError):
+    """A service contract cannot be used; the message names the file and the fault."""
+
+
+class RegistryError(StartupError, ValueError):
+    """The registry cannot be used; the message names the file and the fault."""
+
+
+class KafkaUnavailable(StartupError, RuntimeError):
+    """No Kafka bootstrap address is configured or the cluster cannot be reached."""
+
+
+class LocalKafkaError(StartupError, RuntimeError):
+    """The local Kafka could not be resolved, started or stopped."""
+
+
+class PlatformError(StartupError, RuntimeError):
+    """A part of the platform failed to start."""
+
+
+class AdapterSetupError(StartupError, ValueError):
+    """An agency cannot be served (unknown, or its handlers do not match the catalog)."""
+
+
+class PartFailed(NdxpException, RuntimeError):
+    """A part's Kafka loop died while serving; its process exits non-zero."""
+
+
+class TransactionFenced(PartFailed):
+    """Another instance started with this part's transactional id: this one must stop."""
+
+
+class BusinessError(NdxpException):
+    """A provider's own answer that is not a success (e.g. citizen not found).
+
+    It passes through the gateway with ``status`` and this problem body.
+    """
+
+    def __init__(self, status: int, code: str, detail: str, title: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.title = title or code.replace("_", " ").capitalize()
+
+    def problem(self, exchange_id: str) -> dict[str, Any]:
+        """The problem+json body the caller receives."""
+        return problem_body(self.status, self.code, self.title, self.detail, exchange_id)
+
+
+class BackendError(NdxpException, RuntimeError):
+    """An agency's own backend failed, was unreachable, too slow or too busy."""
 
 
 class NdxpError(NdxpException):

@@ -16,17 +16,13 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from broker.errors import NdxpException
+from broker.errors import PartFailed
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from broker.kafka import KafkaService
     from broker.settings import Settings
-
-
-class PartFailed(NdxpException, RuntimeError):
-    """A part's Kafka loop died while serving; its process exits non-zero."""
 
 
 def sigterm_as_exit() -> None:

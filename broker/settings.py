@@ -15,15 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.envelope import Names
-from broker.errors import StartupError
+from broker.errors import SettingsError
+from broker.model.envelope import Names
 
 PREFIX = "NDXP_"
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
-
-
-class SettingsError(StartupError, ValueError):
-    """An environment variable holds a value that cannot be used."""
 
 
 def _project_root() -> Path:

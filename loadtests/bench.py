@@ -41,8 +41,8 @@ from typing import Any
 
 import yaml
 
+from broker.dev.ports import free_port
 from broker.lifecycle import sigterm_as_exit
-from broker.ports import free_port
 from loadtests.running import cmdline, descendants, ndxp_up
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def kafka_bootstrap(tmp: Path) -> Iterator[str]:
     if given:
         yield given
         return
-    from broker.localkafka import LocalKafka
+    from broker.dev.localkafka import LocalKafka
     from broker.settings import Settings
 
     kafka = LocalKafka(

@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
+from broker.dev.ports import free_port
 from broker.lifecycle import sigterm_as_exit
-from broker.ports import free_port
 from loadtests.bench import ROOT, kafka_bootstrap, running_platform
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "ndxp-overview.json"

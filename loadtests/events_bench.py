@@ -37,8 +37,8 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from broker.events import rfc3339
 from broker.lifecycle import sigterm_as_exit
+from broker.model.events import rfc3339
 from broker.settings import Settings
 from loadtests.bench import kafka_bootstrap, running_platform
 

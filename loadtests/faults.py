@@ -37,9 +37,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from broker.counter.stats import read_to_end
-from broker.kafka import KafkaUnavailable, topic_partitions
+from broker.dev.localkafka import LocalKafka
+from broker.errors import KafkaUnavailable
+from broker.kafka import topic_partitions
 from broker.lifecycle import sigterm_as_exit
-from broker.localkafka import LocalKafka
 from broker.settings import Settings
 from loadtests.bench import running_platform, settled_total
 from loadtests.gen import requests

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from adapters import synthetic
+from adapters.demo import synthetic
 
 
 def _cccd(r: random.Random) -> str:

@@ -21,8 +21,9 @@ from contextlib import contextmanager
 
 import pytest
 
+from broker.dev.localkafka import LocalKafka
+from broker.errors import LocalKafkaError
 from broker.kafka import admin_client
-from broker.localkafka import LocalKafka, LocalKafkaError
 from broker.settings import Settings
 
 os.environ.setdefault("NDXP_TOPIC_PREFIX", f"test-{uuid.uuid4().hex[:8]}")  # inherited by children

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from adapters.runtime import BusinessError, Handler, Request
+from adapters.runtime import Handler, Request
+from broker.errors import BusinessError
 from broker.kafka import Sender, Written
 
 ECHO_REQUEST = {

@@ -29,23 +29,23 @@ from collections import Counter as Tally
 import orjson
 from aiokafka import TopicPartition
 
-from broker.counter.records import TxRecord, day_of
-from broker.counter.stats import StatKey, read_compacted, read_to_end, stats_topic_spec
-from broker.envelope import H_ERROR
+from broker.counter.stats import StatKey, read_compacted, read_to_end
 from broker.kafka import (
     Batch,
     Consumer,
     KafkaService,
     Outgoing,
     Producer,
-    TopicSpec,
+    Topics,
+    Transactions,
     consumer_lag,
     ensure_topics,
     make_consumer,
     make_producer,
-    produce_and_commit,
 )
 from broker.metrics import CounterMetrics
+from broker.model.envelope import H_ERROR
+from broker.model.records import TxRecord, day_of
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,13 @@ class TxCounter(KafkaService):
         self.settings = settings
         self.metrics = metrics
         self.group_id = f"{settings.stats_topic}.counter"
-        self.seen_topic = f"{settings.stats_topic}.seen-batches"
-        self.dlq_topic = f"{settings.tx_topic}.dlq"
+        self.seen_topic = Topics(settings).seen_batches().name
+        self.dlq_topic = Topics(settings).tx_dlq().name
         self.counts: dict[StatKey, int] = {}
         self.seen = SeenIds()
         """Exchange ids counted, by day, for the dedupe window (``dedupe_retention_hours``)."""
         self._producer: Producer | None = None
+        self._tx: Transactions | None = None
         self._prune_at = 100_000
         self._gathered: Batch = {}
         self._gathered_n = 0
@@ -115,18 +116,10 @@ class TxCounter(KafkaService):
         self._lag_at = 0.0
 
     async def _open(self) -> None:
-        retention_ms = self.settings.dedupe_retention_hours * 3600 * 1000
+        topics = Topics(self.settings)
         await ensure_topics(
             self.settings,
-            [
-                TopicSpec(name=self.settings.tx_topic, partitions=4),
-                TopicSpec(name=self.dlq_topic),
-                stats_topic_spec(self.settings),
-                TopicSpec(
-                    name=self.seen_topic,
-                    configs={"cleanup.policy": "delete", "retention.ms": str(retention_ms)},
-                ),
-            ],
+            [topics.tx(), topics.tx_dlq(), topics.stats(), topics.seen_batches()],
         )
         # The producer first: starting it (InitProducerId with our transactional
         # id) aborts the transaction a killed predecessor left open, and waits
@@ -136,6 +129,7 @@ class TxCounter(KafkaService):
             self.settings, client_id="ndxp-counter", transactional_id=self.group_id
         )
         await self._producer.start()
+        self._tx = Transactions(self._producer, self.group_id, "counter")
         started = time.monotonic()
         loader = make_consumer(self.settings, group_id=None, isolation_level="read_committed")
         await loader.start()
@@ -193,9 +187,9 @@ class TxCounter(KafkaService):
             await self._commit()
 
     async def _commit(self) -> None:
-        consumer, producer = self.consumer, self._producer
+        consumer, tx = self.consumer, self._tx
         assert consumer is not None
-        assert producer is not None
+        assert tx is not None
         batch, self._gathered, self._gathered_n = self._gathered, {}, 0
         deltas, new_seen, outcomes, dead = self._tally(batch)
         changed = {key: self.counts.get(key, 0) + n for key, n in deltas.items()}
@@ -207,7 +201,7 @@ class TxCounter(KafkaService):
             outgoing.append(Outgoing(self.seen_topic, orjson.dumps(new_seen)))
         outgoing.extend(dead)
         started = time.perf_counter()
-        if not await produce_and_commit(producer, consumer, self.group_id, batch, outgoing, "counter"):
+        if not await tx.commit_batch(consumer, batch, outgoing):
             return
         # Only now, with the transaction committed, does memory move on.
         self.metrics.commit_seconds.observe(time.perf_counter() - started)

@@ -15,7 +15,15 @@ from typing import Any, NamedTuple
 import orjson
 from aiokafka import TopicPartition
 
-from broker.kafka import Batch, Consumer, KafkaService, Record, TopicSpec, ensure_topics, make_consumer
+from broker.kafka import (
+    Batch,
+    Consumer,
+    KafkaService,
+    Record,
+    Topics,
+    ensure_topics,
+    make_consumer,
+)
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,14 +48,6 @@ class StatKey(NamedTuple):
         if len(parts) not in (5, 6):
             raise ValueError(f"a stats key has 5 or 6 parts: {raw!r}")
         return cls(*parts)
-
-
-def stats_topic_spec(settings: Settings) -> TopicSpec:
-    return TopicSpec(
-        name=settings.stats_topic,
-        partitions=1,
-        configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"},
-    )
 
 
 def summarise(counts: dict[StatKey, int], day: str) -> dict[str, Any]:
@@ -122,7 +122,7 @@ class StatsView(KafkaService):
         self.counts: dict[StatKey, int] = {}
 
     async def _open(self) -> None:
-        await ensure_topics(self.settings, [stats_topic_spec(self.settings)])
+        await ensure_topics(self.settings, [Topics(self.settings).stats()])
         self.consumer = make_consumer(self.settings, group_id=None, isolation_level="read_committed")
         await self.consumer.start()
         tp = TopicPartition(self.settings.stats_topic, 0)

@@ -10,6 +10,7 @@ order and exited in reverse. The processes that run it are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable
@@ -18,29 +19,29 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from broker.catalog import Catalog
-from broker.counter.recorder import TxRecorder
+from broker.contracts.catalog import Catalog
+from broker.contracts.registry import Registry
 from broker.counter.stats import StatsView
-from broker.envelope import H_HEARTBEAT, REQUEST_PARTITIONS
-from broker.events import event_topic_specs
-from broker.exchanges.view import ExchangeView
+from broker.errors import RegistryError
 from broker.gateway import events, meta
 from broker.gateway.exchange import exchange
 from broker.gateway.limits import Limits
-from broker.gateway.problems import problems, server_header
+from broker.gateway.middleware import problems, server_header
+from broker.gateway.recorder import TxRecorder
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.state import GATEWAY, Gateway
 from broker.gateway.stored import get_exchange
+from broker.gateway.view import ExchangeView
 from broker.kafka import (
     Reachability,
     StickyPartitioner,
-    TopicSpec,
+    Topics,
     delete_topics,
     ensure_topics,
     make_producer,
 )
 from broker.metrics import GatewayMetrics
-from broker.registry import Registry, RegistryError
+from broker.model.envelope import H_HEARTBEAT
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,12 +138,9 @@ def create_app(
 
     async def tx_recorder(app: web.Application) -> AsyncIterator[None]:
         # Request topics too: an async exchange is accepted while its provider has never run.
-        requests = [
-            TopicSpec(name=settings.names.request(s.provider, s.service), partitions=REQUEST_PARTITIONS)
-            for s in catalog
-        ]
-        events_ = event_topic_specs(settings, catalog)
-        await ensure_topics(settings, [TopicSpec(name=settings.tx_topic, partitions=4), *requests, *events_])
+        topics = Topics(settings)
+        requests = [topics.request(s.provider, s.service) for s in catalog]
+        await ensure_topics(settings, [topics.tx(), *requests, *topics.events(catalog)])
         gw.recorder.start(gw.producer)
         yield
         await _bounded(gw.recorder.stop(settings.shutdown_grace_s), settings.shutdown_grace_s, "recorder")
@@ -152,6 +150,8 @@ def create_app(
         beat = asyncio.create_task(_heartbeat(gw), name="reply topic heartbeat")
         yield
         beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
         await _bounded(gw.replies.stop(), settings.shutdown_grace_s, "reply router")
         # Every exchange of this worker is over: its reply topic goes with it (a worker that is
         # killed leaves its topic, empty after an hour's retention, until it is restarted).

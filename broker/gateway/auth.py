@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.contracts.registry import Agency
 from broker.errors import NdxpError, Unauthorized
-from broker.gateway.problems import header
+from broker.gateway.middleware import header
 from broker.gateway.state import Gateway
-from broker.registry import Agency
 
 
 def authenticate(gw: Gateway, request: web.Request) -> Agency:

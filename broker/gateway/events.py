@@ -28,10 +28,16 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from broker.catalog import EventType
-from broker.counter.recorder import RECORD_WITHIN_S
+from broker.contracts.catalog import EventType
+from broker.contracts.registry import Agency
 from broker.errors import AccessDenied, InvalidRequest, NotFound, PayloadTooLarge, Unavailable
-from broker.events import (
+from broker.gateway.auth import authenticate
+from broker.gateway.exchange import read_body, validated
+from broker.gateway.middleware import header
+from broker.gateway.recorder import RECORD_WITHIN_S
+from broker.gateway.state import GATEWAY, Gateway
+from broker.kafka import Consumer, make_consumer, topic_partitions
+from broker.model.events import (
     decode_positions,
     delivered_record,
     encode_positions,
@@ -40,12 +46,6 @@ from broker.events import (
     published_record,
     sse,
 )
-from broker.gateway.auth import authenticate
-from broker.gateway.exchange import read_body, validated
-from broker.gateway.problems import header
-from broker.gateway.state import GATEWAY, Gateway
-from broker.kafka import Consumer, make_consumer, topic_partitions
-from broker.registry import Agency
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 15.0

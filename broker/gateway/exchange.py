@@ -19,10 +19,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from broker.catalog import Contract, Service
-from broker.counter.recorder import RECORD_WITHIN_S
-from broker.counter.records import TxRecord
-from broker.envelope import Reply, RequestMeta, now_ms
+from broker.contracts.catalog import Contract, Service
+from broker.contracts.registry import Agency
+from broker.contracts.verdicts import judge
 from broker.errors import (
     AccessDenied,
     ClientClosed,
@@ -34,12 +33,14 @@ from broker.errors import (
     Unavailable,
     UnknownService,
 )
-from broker.exchanges.docs import Mode, judge
 from broker.gateway.auth import authenticate
-from broker.gateway.problems import header, problem_response, request_id
+from broker.gateway.middleware import header, problem_response, request_id
+from broker.gateway.recorder import RECORD_WITHIN_S
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
 from broker.gateway.stored import RECORDED_BY_KEEPER, idempotency_key, preferences, stored_exchange
-from broker.registry import Agency
+from broker.model.documents import Mode
+from broker.model.envelope import Reply, RequestMeta, now_ms
+from broker.model.records import TxRecord
 
 log = logging.getLogger(__name__)
 JSON = "application/json"

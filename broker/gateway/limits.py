@@ -10,8 +10,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from broker.contracts.registry import Agency
 from broker.errors import Overloaded, RateLimited
-from broker.registry import Agency
 
 MAX_TRACKED_ADDRESSES = 100_000
 

@@ -11,13 +11,13 @@ import orjson
 from aiohttp import web
 
 from broker import __version__
-from broker.catalog import Catalog
-from broker.counter.records import day_of
+from broker.contracts.catalog import Catalog
 from broker.counter.stats import summarise
 from broker.errors import InvalidRequest, NotFound, Unavailable, UnknownService
 from broker.gateway.auth import authenticate
 from broker.gateway.state import GATEWAY
 from broker.metrics import exposition
+from broker.model.records import day_of
 
 _DAY = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 

@@ -14,9 +14,9 @@ import logging
 
 from aiokafka import TopicPartition
 
-from broker.envelope import H_HEARTBEAT, Reply
-from broker.kafka import Batch, KafkaService, TopicSpec, ensure_topics, make_consumer
+from broker.kafka import Batch, KafkaService, Topics, ensure_topics, make_consumer
 from broker.metrics import GatewayMetrics
+from broker.model.envelope import H_HEARTBEAT, Reply
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class ReplyRouter(KafkaService):
         """Create and assign the reply topic; ready once its position is known."""
         await ensure_topics(
             self.settings,
-            [TopicSpec(name=self.topic, partitions=1, configs={"retention.ms": "3600000"})],
+            [Topics(self.settings).reply(self.topic)],
         )
         self.consumer = consumer = make_consumer(
             self.settings,

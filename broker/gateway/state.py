@@ -10,16 +10,16 @@ from typing import Any
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from broker.catalog import Catalog
-from broker.counter.recorder import TxRecorder
+from broker.contracts.catalog import Catalog
+from broker.contracts.registry import Registry
 from broker.counter.stats import StatsView
 from broker.errors import Unavailable
-from broker.exchanges.view import ExchangeView
 from broker.gateway.limits import Limits
+from broker.gateway.recorder import TxRecorder
 from broker.gateway.replies import ReplyRouter
+from broker.gateway.view import ExchangeView
 from broker.kafka import Producer, Reachability, Written
 from broker.metrics import GatewayMetrics
-from broker.registry import Registry
 from broker.settings import Settings
 
 SEND_WITHIN_S = 3.0

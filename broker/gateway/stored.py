@@ -11,7 +11,7 @@ gateway instance can answer for it, and it survives a gateway restart.
   Kafka, ``202 Accepted`` with ``Location: /v1/exchanges/{id}``.
 - Idempotent (``Idempotency-Key``, sync or async): the pending document is
   also the claim on the key, in the partition the key hashes to; the first
-  claim in the log wins (see ``broker.exchanges.docs``). The winner's request
+  claim in the log wins (see ``broker.model.documents``). The winner's request
   goes to the provider; every other call with that key gets its status and
   body again (``Idempotent-Replayed: true``), waits for it while it is in
   flight (a sync call, bounded by the service timeout), or gets 409.
@@ -25,9 +25,8 @@ import time
 import orjson
 from aiohttp import web
 
-from broker.catalog import Service
-from broker.counter.records import TxRecord
-from broker.envelope import RequestMeta
+from broker.contracts.catalog import Service
+from broker.contracts.registry import Agency
 from broker.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
@@ -36,7 +35,11 @@ from broker.errors import (
     Timeout,
     Unavailable,
 )
-from broker.exchanges.docs import (
+from broker.gateway.auth import authenticate
+from broker.gateway.middleware import header, problem_response
+from broker.gateway.state import GATEWAY, SEND_WITHIN_S, Gateway
+from broker.model.documents import (
+    GRACE_MS,
     H_DOC,
     Doc,
     Final,
@@ -46,11 +49,8 @@ from broker.exchanges.docs import (
     idempotency_hash,
     partition_for,
 )
-from broker.exchanges.keeper import GRACE_MS
-from broker.gateway.auth import authenticate
-from broker.gateway.problems import header, problem_response
-from broker.gateway.state import GATEWAY, SEND_WITHIN_S, Gateway
-from broker.registry import Agency
+from broker.model.envelope import RequestMeta
+from broker.model.records import TxRecord
 
 MAX_WAIT_S = 60
 """``Prefer: wait=N`` is honoured up to this many seconds."""

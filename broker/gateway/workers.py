@@ -30,13 +30,13 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from prometheus_client.multiprocess import mark_process_dead
 
-from broker.catalog import Catalog
-from broker.errors import StartupError
+from broker.contracts.catalog import Catalog
+from broker.contracts.registry import Registry
+from broker.errors import PartFailed, StartupError
 from broker.gateway.app import create_app, reload_registry
 from broker.gateway.state import GATEWAY
-from broker.lifecycle import PartFailed, run_until_stopped
+from broker.lifecycle import run_until_stopped
 from broker.logs import setup_logging
-from broker.registry import Registry
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from broker.catalog import Catalog, Effects
-from broker.counter.stats import stats_topic_spec
-from broker.envelope import REQUEST_PARTITIONS
-from broker.events import event_topic_specs
-from broker.exchanges.view import exchanges_topic_spec
-from broker.kafka import TopicSpec
+from broker.contracts.catalog import Catalog
+from broker.kafka import Topics, TopicSpec
 from broker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,27 +29,7 @@ CLUSTER = "ndxp"
 def specs(settings: Settings, catalog: Catalog) -> list[TopicSpec]:
     """Every topic of the platform with its partitions and configs (reply topics excepted: each
     gateway worker creates and deletes its own)."""
-    retention = str(settings.dedupe_retention_hours * 3600 * 1000)
-    out = [
-        TopicSpec(name=settings.tx_topic, partitions=4),
-        TopicSpec(name=f"{settings.tx_topic}.dlq"),
-        stats_topic_spec(settings),
-        TopicSpec(name=f"{settings.stats_topic}.seen-batches",
-                  configs={"cleanup.policy": "delete", "retention.ms": retention}),
-        exchanges_topic_spec(settings),
-        TopicSpec(name=f"{settings.exchanges_topic}.callbacks.dlq"),
-    ]  # fmt: skip
-    for provider in catalog.providers():
-        out.append(TopicSpec(name=settings.names.dlq(provider)))
-        services = catalog.of_provider(provider)
-        out.extend(
-            TopicSpec(name=settings.names.request(provider, s.service), partitions=REQUEST_PARTITIONS)
-            for s in services
-        )
-        if any(s.effects is Effects.WRITE for s in services):
-            out.append(TopicSpec(name=settings.names.data(provider), partitions=4))
-    out.extend(event_topic_specs(settings, catalog))
-    return out
+    return Topics(settings).every(catalog)
 
 
 def manifest(spec: TopicSpec) -> dict[str, object]:

@@ -9,7 +9,7 @@ import asyncio
 import signal
 import sys
 
-from adapters.runtime import Adapter
+from adapters.runtime.adapter import Adapter
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import EchoHandlers
 

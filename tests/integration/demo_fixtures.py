@@ -11,9 +11,9 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from adapters.backends.land import create_backend
-from adapters.serve import build_adapters
-from broker.catalog import Catalog
+from adapters.demo.land_backend import create_backend
+from adapters.demo.serve import build_adapters
+from broker.contracts.catalog import Catalog
 from broker.metrics import AdapterMetrics
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import running_gateway

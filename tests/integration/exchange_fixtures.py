@@ -10,7 +10,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from aiokafka import TopicPartition
 
-from adapters.runtime import Adapter
+from adapters.runtime.adapter import Adapter
 from broker.counter.stats import StatsView
 from broker.gateway.app import create_app
 from broker.gateway.state import GATEWAY, Gateway

@@ -7,14 +7,14 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
-from broker.envelope import (
+from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
+from broker.model.envelope import (
     H_ERROR,
     Reply,
     ReplyOutcome,
     RequestMeta,
     now_ms,
 )
-from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.settings import Settings
 from tests.fixtures import delivered
 from tests.integration.exchange_fixtures import EchoHandlers, running_adapter

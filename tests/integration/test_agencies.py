@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from broker.catalog import Catalog
-from broker.registry import Registry
+from broker.contracts.catalog import Catalog
+from broker.contracts.registry import Registry
 from broker.settings import Settings
 from tests.integration.demo_fixtures import demo_platform
 
@@ -60,7 +60,7 @@ async def test_demo_access_rights_hold_for_every_client_and_service(settings: Se
 async def test_unknown_identifiers_get_the_providers_own_404_and_malformed_ones_never_reach_kafka(
     settings: Settings,
 ) -> None:
-    from adapters import synthetic
+    from adapters.demo import synthetic
 
     missing = next(f"001090{i:06d}" for i in range(10**6) if synthetic.person(f"001090{i:06d}") is None)
     key = {"Authorization": "Bearer demo-dvcqg"}
@@ -81,7 +81,7 @@ async def test_generated_identifiers_through_kafka_fit_contracts_repeat_and_agre
     """The property tests' claims, over the real path (gateway, Kafka, adapters, backend)."""
     import random
 
-    from adapters import synthetic
+    from adapters.demo import synthetic
 
     catalog = Catalog.load(settings.schemas_dir)
     r = random.Random(2024)

@@ -18,13 +18,13 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 
-from broker.catalog import Catalog
+from broker.contracts.catalog import Catalog
+from broker.contracts.registry import Registry
 from broker.counter.counter import TxCounter
-from broker.counter.records import day_of
-from broker.exchanges.keeper import ExchangeKeeper
-from broker.exchanges.view import Evicted
+from broker.gateway.view import Evicted
+from broker.keeper.keeper import ExchangeKeeper
 from broker.metrics import CounterMetrics, KeeperMetrics
-from broker.registry import Registry
+from broker.model.records import day_of
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import EchoHandlers, running_adapter, running_gateway
 

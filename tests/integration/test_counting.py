@@ -18,10 +18,10 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
-from broker.counter.records import TxRecord, day_of
 from broker.counter.stats import StatsView, summarise
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.metrics import CounterMetrics
+from broker.model.records import TxRecord, day_of
 from broker.settings import Settings, child_environment
 from tests.integration.exchange_fixtures import (
     EchoHandlers,

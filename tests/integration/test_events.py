@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import ClientResponse, ClientSession
 
-from broker.events import rfc3339
+from broker.model.events import rfc3339
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import running_gateway
 from tests.integration.test_async import counted, running_counter

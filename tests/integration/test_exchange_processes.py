@@ -21,10 +21,10 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
-from broker.envelope import H_HEARTBEAT, Reply, RequestMeta, now_ms
+from broker.dev.ports import free_port
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.metrics import CounterMetrics
-from broker.ports import free_port
+from broker.model.envelope import H_HEARTBEAT, Reply, RequestMeta, now_ms
 from broker.settings import Settings, child_environment
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
@@ -388,7 +388,7 @@ async def test_sighup_reloads_the_registry_in_every_worker_without_dropping_exch
 ) -> None:
     import yaml
 
-    from broker.registry import hash_key
+    from broker.contracts.registry import hash_key
 
     settings = exchange_settings
     handlers = EchoHandlers()

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
-from adapters.agencies import handlers_for
-from adapters.runtime import Adapter
-from broker.ports import free_port
+from adapters.demo.agencies import handlers_for
+from adapters.runtime.adapter import Adapter
+from broker.dev.ports import free_port
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import running_gateway
 

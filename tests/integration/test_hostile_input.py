@@ -12,16 +12,16 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
-from broker.counter.records import TxRecord
-from broker.envelope import (
+from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
+from broker.metrics import CounterMetrics
+from broker.model.envelope import (
     H_EXCHANGE_ID,
     Reply,
     ReplyOutcome,
     RequestMeta,
     now_ms,
 )
-from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
-from broker.metrics import CounterMetrics
+from broker.model.records import TxRecord
 from broker.settings import Settings
 from tests.fixtures import delivered
 from tests.integration.exchange_fixtures import EchoHandlers, running_adapter, running_gateway

@@ -10,8 +10,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from broker.dev.localkafka import LocalKafka, _pid_alive
 from broker.kafka import Batch, TopicSpec, ensure_topics, make_consumer, make_producer
-from broker.localkafka import LocalKafka, _pid_alive
 from broker.settings import Settings
 from tests.fixtures import delivered
 

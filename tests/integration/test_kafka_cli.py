@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from broker.dev.localkafka import _pid_alive
 from broker.kafka import cluster_brokers
-from broker.localkafka import _pid_alive
 from broker.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

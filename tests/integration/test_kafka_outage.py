@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession
 
-from broker.localkafka import LocalKafka
+from broker.dev.localkafka import LocalKafka
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import (
     EchoHandlers,

@@ -11,8 +11,8 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
+from broker.dev.localkafka import LocalKafka
 from broker.kafka import make_producer
-from broker.localkafka import LocalKafka
 from broker.metrics import CounterMetrics
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import (

@@ -16,8 +16,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from broker.catalog import Catalog
-from broker.ports import free_port
+from broker.contracts.catalog import Catalog
+from broker.dev.ports import free_port
 from broker.settings import Settings
 from loadtests.running import cmdline, descendants, ndxp_up
 

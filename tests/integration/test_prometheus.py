@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from broker.ports import free_port
+from broker.dev.ports import free_port
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import EchoHandlers, running_adapter, running_gateway
 

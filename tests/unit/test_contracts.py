@@ -14,11 +14,12 @@ from contextlib import AsyncExitStack
 import pytest
 from aiohttp.test_utils import TestServer
 
-from adapters.agencies import AGENCIES, handlers_for
-from adapters.backends.land import create_backend
-from adapters.runtime import BusinessError, Change, Request
-from broker.catalog import Catalog, Effects
-from broker.envelope import RequestMeta
+from adapters.demo.agencies import AGENCIES, handlers_for
+from adapters.demo.land_backend import create_backend
+from adapters.runtime import Change, Request
+from broker.contracts.catalog import Catalog, Effects
+from broker.errors import BusinessError
+from broker.model.envelope import RequestMeta
 from broker.settings import Settings
 
 SETTINGS = Settings()

@@ -11,15 +11,15 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
-from broker.catalog import Catalog, Service
-from broker.counter.records import TxRecord
+from broker.contracts.catalog import Catalog, Service
+from broker.contracts.registry import Agency, Registry
 from broker.errors import Unavailable
 from broker.gateway.exchange import _round_trip
 from broker.gateway.limits import Limits
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.state import Gateway
 from broker.metrics import GatewayMetrics
-from broker.registry import Agency, Registry
+from broker.model.records import TxRecord
 from broker.settings import Settings
 from tests.fixtures import write_contracts, write_registry
 
@@ -96,7 +96,7 @@ async def test_the_deadline_the_provider_sees_is_now_plus_the_service_timeout(
     """Mutation once missed: a deadline header off by a factor (the provider would work for nobody)."""
     import time
 
-    from broker.envelope import RequestMeta
+    from broker.model.envelope import RequestMeta
 
     monkeypatch.setattr("broker.gateway.state.SEND_WITHIN_S", 0.2)
     producer = RecordingProducer()

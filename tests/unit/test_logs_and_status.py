@@ -36,7 +36,7 @@ def test_transient_states_are_held_back_then_reported_once_per_period(
 
 
 def test_status_quantiles_interpolate_within_a_bucket() -> None:
-    from broker.status import quantile
+    from broker.ops.status import quantile
 
     buckets = {0.01: 50.0, 0.1: 90.0, 1.0: 100.0, float("inf"): 100.0}
     assert quantile(buckets, 0.5) == pytest.approx(0.01)

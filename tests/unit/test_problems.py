@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from broker.errors import AccessDenied
-from broker.gateway.problems import problems
+from broker.gateway.middleware import problems
 
 
 async def _boom(_: web.Request) -> web.Response:

@@ -8,10 +8,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from broker.counter.recorder import TxRecorder
-from broker.counter.records import TxRecord, day_of
+from broker.gateway.recorder import TxRecorder
 from broker.kafka import Headers, Sender, Written
 from broker.metrics import GatewayMetrics
+from broker.model.records import TxRecord, day_of
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,9 @@ async def test_stop_writes_what_is_tallied_and_counts_lost_what_it_cannot() -> N
 
 def test_rate_limits_are_split_across_gateway_workers() -> None:
     """Mutation once missed: each of N workers allowing the whole rate lets a client send N times it."""
+    from broker.contracts.registry import Agency
     from broker.errors import RateLimited
     from broker.gateway.limits import Limits
-    from broker.registry import Agency
 
     agency = Agency(id="a", code="A", name="A", rate_limit=10.0)
     for workers, allowed in ((1, 10), (2, 5), (5, 2)):

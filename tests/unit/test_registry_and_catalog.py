@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from broker.catalog import Catalog, CatalogError
-from broker.errors import RateLimited
+from broker.contracts.catalog import Catalog
+from broker.contracts.registry import Agency, Registry, hash_key
+from broker.errors import CatalogError, RateLimited, RegistryError
 from broker.gateway.limits import Limits
-from broker.registry import Agency, Registry, RegistryError, hash_key
 from broker.settings import Settings
 from tests.fixtures import write_contracts, write_registry
 

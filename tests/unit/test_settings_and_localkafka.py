@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import localkafka
-from broker.localkafka import Layout, LocalKafka, LocalKafkaError
-from broker.settings import Settings, SettingsError
+from broker.dev import localkafka
+from broker.dev.localkafka import Layout, LocalKafka
+from broker.errors import LocalKafkaError, SettingsError
+from broker.settings import Settings
 
 
 def test_settings_read_only_prefixed_variables_with_explicit_casts() -> None:
@@ -27,13 +28,13 @@ def test_kafka_home_falls_back_to_plain_kafka_home() -> None:
 
 
 def test_missing_java_gives_an_actionable_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("broker.localkafka.shutil.which", lambda _: None)
+    monkeypatch.setattr("broker.dev.localkafka.shutil.which", lambda _: None)
     with pytest.raises(LocalKafkaError, match="apt-get install openjdk"):
         localkafka.check_java()
 
 
 def test_missing_maven_gives_an_actionable_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr("broker.localkafka.shutil.which", lambda _: None)
+    monkeypatch.setattr("broker.dev.localkafka.shutil.which", lambda _: None)
     with pytest.raises(LocalKafkaError, match="apt-get install maven"):
         localkafka.resolve_classpath(Settings(cache_dir=tmp_path))
 
@@ -80,7 +81,8 @@ def test_cluster_ids_never_look_like_an_option() -> None:
 
 
 def test_expose_and_internal_host_are_read_strictly() -> None:
-    from broker.settings import Settings, SettingsError
+    from broker.errors import SettingsError
+    from broker.settings import Settings
 
     assert Settings.from_env({}).expose == {"stats", "metrics"}
     assert Settings.from_env({}).internal_host == "127.0.0.1"
@@ -91,7 +93,8 @@ def test_expose_and_internal_host_are_read_strictly() -> None:
 
 
 def test_tls_settings_come_in_pairs() -> None:
-    from broker.settings import Settings, SettingsError
+    from broker.errors import SettingsError
+    from broker.settings import Settings
 
     ok = Settings.from_env(
         {"NDXP_TLS_CERT": "c.pem", "NDXP_TLS_KEY": "k.pem", "NDXP_TLS_CLIENT_CA": "ca.pem"}
@@ -107,12 +110,15 @@ def test_start_up_errors_are_one_branch_and_one_line_from_the_cli() -> None:
     import subprocess
     import sys
 
-    from adapters.serve import AdapterSetupError
-    from broker.catalog import CatalogError
-    from broker.errors import NdxpError, StartupError
-    from broker.kafka import KafkaUnavailable
-    from broker.platform import PlatformError
-    from broker.registry import RegistryError
+    from broker.errors import (
+        AdapterSetupError,
+        CatalogError,
+        KafkaUnavailable,
+        NdxpError,
+        PlatformError,
+        RegistryError,
+        StartupError,
+    )
 
     for cls in (SettingsError, CatalogError, RegistryError, KafkaUnavailable, LocalKafkaError, PlatformError,
                 AdapterSetupError):  # fmt: skip

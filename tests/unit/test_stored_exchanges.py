@@ -8,21 +8,22 @@ from pathlib import Path
 import orjson
 import pytest
 
-from broker.catalog import Catalog
-from broker.envelope import Reply, ReplyOutcome
-from broker.exchanges.docs import (
+from broker.contracts.catalog import Catalog
+from broker.contracts.registry import Registry
+from broker.contracts.verdicts import finish
+from broker.errors import RegistryError
+from broker.keeper.keeper import sign
+from broker.model.documents import (
     IDEMPOTENCY_WINDOW_MS,
     Claims,
     Final,
     Pending,
     decode,
     fingerprint,
-    finish,
     idempotency_hash,
     partition_for,
 )
-from broker.exchanges.keeper import sign
-from broker.registry import Registry, RegistryError
+from broker.model.envelope import Reply, ReplyOutcome
 from tests.fixtures import write_contracts, write_registry
 
 
@@ -120,7 +121,7 @@ def test_the_change_feed_makes_events_that_pass_their_schemas() -> None:
     import datetime as dt
     import random
 
-    from adapters.changes import FEED
+    from adapters.demo.changes import FEED
 
     catalog = Catalog.load(Path(__file__).resolve().parents[2] / "schemas")
     r = random.Random(1)

@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters import synthetic
-from adapters.agencies import AGENCIES, handlers_for
-from adapters.runtime import BusinessError, Change, Request
-from broker.catalog import Catalog, Effects
-from broker.envelope import RequestMeta
+from adapters.demo import synthetic
+from adapters.demo.agencies import AGENCIES, handlers_for
+from adapters.runtime import Change, Request
+from broker.contracts.catalog import Catalog, Effects
+from broker.errors import BusinessError
+from broker.model.envelope import RequestMeta
 from broker.settings import Settings
 
 SETTINGS = Settings()

@@ -1,1 +1,0 @@
-"""Agencies' own REST backends (simulated), which forwarding adapters call."""

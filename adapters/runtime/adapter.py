@@ -1,0 +1,442 @@
+"""The adapter runtime: serves one provider agency over Kafka.
+
+A consumer in group ``ndxp.adapter.<provider>`` reads the provider's request
+topics (``ndxp``: ``NDXP_TOPIC_PREFIX``, as in every topic and group name).
+Delivery follows each service's declared effects (DESIGN §2):
+
+- **Lookups** (``effects: read``, the default) are served at least once,
+  without stop-and-wait: every record gets its own task as soon as it is
+  polled (at most ``adapter_concurrency`` in flight; the consumer stops
+  polling when that many are), its reply is produced as soon as its handler
+  returns, and a committer commits, every ``COMMIT_INTERVAL_S``, each
+  partition's offset up to its oldest record still in progress. A crash
+  redelivers at most what was in progress or not yet committed; the gateway
+  ignores a second reply for the same exchange.
+- **Writes** (``effects: write``) are served exactly once: a batch of write
+  requests is handled, then its replies, the changes its handlers recorded
+  (``Request.record_change`` → ``ndxp.data.<provider>``) and its offsets go
+  out in one Kafka transaction. A failed transaction is retried with the same
+  results; a crash before the commit leaves nothing visible
+  (``read_committed``) and the batch is processed again.
+
+Also:
+
+- A request past its deadline is skipped and counted (its caller is gone).
+- A redelivered exchange id is answered from a bounded memory of recent
+  replies, not processed again. Exchange ids are assigned by the gateway only.
+- A handler exception becomes a ``provider_error`` reply, never a crash.
+- A message that cannot be decoded goes to ``ndxp.dlq.<provider>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from adapters.runtime.request import Change, Handler, Request
+from broker.contracts.catalog import Catalog, Effects
+from broker.errors import BusinessError, TransactionFenced
+from broker.kafka import (
+    Batch,
+    KafkaService,
+    OffsetTracker,
+    Outgoing,
+    Producer,
+    Record,
+    Topics,
+    Transactions,
+    consumer_lag,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from broker.metrics import AdapterMetrics
+from broker.model.envelope import (
+    H_ERROR,
+    H_EXCHANGE_ID,
+    Reply,
+    ReplyOutcome,
+    RequestMeta,
+)
+from broker.model.events import envelope, published_record
+from broker.settings import Settings
+
+log = logging.getLogger(__name__)
+COMMIT_INTERVAL_S = 0.1
+"""How often a lookup adapter commits its offsets (bounds what a crash redelivers)."""
+WRITE_BATCH = 256
+"""Most write requests in one transaction."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Out(Outgoing):
+    reply: Reply | None = None
+
+
+def _problem(exchange_id: str, status: int, code: str, detail: str) -> bytes:
+    return orjson.dumps(BusinessError(status, code, detail).problem(exchange_id))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        await self.adapter._release(revoked)
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        self.adapter.assigned.set()
+
+
+class Adapter(KafkaService):
+    """Serves the services of one provider agency from Kafka."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        provider: str,
+        handlers: Mapping[str, Handler],
+        *,
+        writes: Collection[str] | None = None,
+        metrics: AdapterMetrics | None = None,
+        producer: Producer | None = None,
+    ) -> None:
+        """``writes``: the services with side effects (default: as the catalog declares them).
+        ``producer``: a started producer to share for lookup replies (default: one of its own).
+        """
+        super().__init__(f"adapter {provider}")
+        self.settings = settings
+        self.provider = provider
+        self.handlers = dict(handlers)
+        if writes is None:
+            catalog = Catalog.load(settings.schemas_dir)
+            writes = [s.service for s in catalog.of_provider(provider) if s.effects is Effects.WRITE]
+        self.writes = frozenset(writes) & set(self.handlers)
+        self.metrics = metrics or AdapterMetrics(CollectorRegistry())
+        self.names = names = settings.names
+        self.group_id = names.adapter_group(provider)
+        self.topics = [names.request(provider, s) for s in sorted(self.handlers)]
+        self._write_topics = {names.request(provider, s) for s in self.writes}
+        self._memory: OrderedDict[str, Reply] = OrderedDict()
+        self._shared_producer = producer
+        self._producer: Producer | None = None
+        self._txn_producer: Producer | None = None
+        self._tx: Transactions | None = None
+        self._offsets = OffsetTracker()
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._write_queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._write_idle = asyncio.Event()
+        self._write_idle.set()
+        self.assigned = asyncio.Event()
+
+    async def wait_assigned(self, within_s: float = 30.0) -> None:
+        """Wait until the consumer group gave this adapter its partitions."""
+        async with asyncio.timeout(within_s):
+            await self.assigned.wait()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def _open(self) -> None:
+        topics = Topics(self.settings)
+        specs = [topics.request(self.provider, s) for s in sorted(self.handlers)]
+        specs.append(topics.dlq(self.provider))
+        if self.writes:
+            specs.append(topics.data(self.provider))
+            events = topics.events(Catalog.load(self.settings.schemas_dir), self.provider)
+            if events:  # events published by writes are counted: their records go to the tx topic
+                specs.extend([*events, topics.tx()])
+        await ensure_topics(self.settings, specs)
+        if self._shared_producer is None:
+            self._producer = make_producer(self.settings, client_id=f"ndxp-adapter-{self.provider}")
+            await self._producer.start()
+        if self.writes:
+            self._txn_producer = make_producer(
+                self.settings,
+                client_id=f"ndxp-adapter-{self.provider}-tx",
+                transactional_id=f"{self.group_id}.{self.settings.instance_id}",
+            )
+            await self._txn_producer.start()
+            self._tx = Transactions(self._txn_producer, self.group_id, self.what)
+        self.consumer = make_consumer(
+            self.settings,
+            group_id=self.group_id,
+            client_id=f"ndxp-adapter-{self.provider}",
+            # Requests are written without transactions; committed reads cost nothing extra.
+            isolation_level="read_committed",
+            max_poll_records=self.settings.adapter_concurrency,
+            # A long poll returns as soon as a request arrives; a long wait
+            # only saves idle fetches (and broker CPU), it adds no latency.
+            fetch_max_wait_ms=500,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe(self.topics, listener=_Rebalance(self))
+        self.spawn(self._committer(), "committer")
+        if self.writes:
+            self.spawn(self._write_lane(), "writes")
+
+    async def _close(self) -> None:
+        """Finish what is in hand (replies and commits), then leave the group."""
+        grace = self.settings.shutdown_grace_s
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                if self._tasks:
+                    await asyncio.wait(list(self._tasks))
+                await self._write_idle.wait()
+        await self._stop_helpers()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.consumer is not None:
+            await self._commit_lookups()
+        await super()._close()
+        for producer in (self._producer, self._txn_producer):
+            if producer is not None:
+                await producer.stop()
+        self._producer = self._txn_producer = None
+
+    async def _release(self, revoked: Collection[TopicPartition]) -> None:
+        """Partitions move to another member: commit what is done, finish the open transaction."""
+        await self._commit_lookups(revoked)
+        await self._write_idle.wait()
+        self._offsets.forget(revoked)
+
+    # -- the poll loop ------------------------------------------------------
+
+    async def _capacity(self) -> int:
+        """Backpressure: poll only for as many records as there is room for."""
+        while self._in_flight >= self.settings.adapter_concurrency and not self.stopping:
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await self._room.wait()
+        return max(1, self.settings.adapter_concurrency - self._in_flight)
+
+    async def _on_batch(self, batch: Batch) -> None:
+        for tp, messages in batch.items():
+            write = tp.topic in self._write_topics
+            for msg in messages:
+                self._in_flight += 1
+                if write:
+                    self._write_idle.clear()
+                    self._write_queue.put_nowait(msg)
+                    continue
+                self._offsets.fetched(tp, msg.offset)
+                task = asyncio.create_task(self._serve_lookup(tp, msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _freed(self, n: int = 1) -> None:
+        self._in_flight -= n
+        self._room.set()
+
+    # -- lookups: at least once ---------------------------------------------
+
+    async def _serve_lookup(self, tp: TopicPartition, msg: Record) -> None:
+        producer = self._shared_producer or self._producer
+        assert producer is not None
+        try:
+            outs = await self._handle(msg, changes=False)
+            delay = 0.1
+            while True:
+                try:
+                    deliveries = [
+                        await producer.send(
+                            o.topic, o.value, key=o.key, headers=o.headers or None, partition=o.partition
+                        )
+                        for o in outs
+                    ]
+                    for delivery in deliveries:
+                        await delivery
+                    break
+                except Exception as exc:
+                    if self.stopping:
+                        # Left uncommitted: the next member answers it.
+                        log.warning("%s: reply to %s not sent before stop: %s", self.what, msg.offset, exc)
+                        return
+                    log.warning("%s: sending a reply failed (%s); retrying", self.what, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+            self._remember(outs)
+            self._offsets.done(tp, msg.offset)
+        finally:
+            self._freed()
+
+    async def _committer(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        lag_at = 0.0
+        while True:
+            await asyncio.sleep(COMMIT_INTERVAL_S)
+            await self._commit_lookups()
+            if time.monotonic() >= lag_at:
+                lag_at = time.monotonic() + 1.0
+                self.metrics.consumer_lag.labels(self.provider).set(await consumer_lag(consumer))
+
+    async def _commit_lookups(self, only: Collection[TopicPartition] | None = None) -> None:
+        assert self.consumer is not None
+        offsets = self._offsets.committable(only)
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except Exception as exc:  # e.g. a rebalance in progress: the next round retries
+            log.warning("%s: offset commit failed: %s", self.what, exc)
+            return
+        self._offsets.committed(offsets)
+
+    # -- writes: exactly once -----------------------------------------------
+
+    async def _write_lane(self) -> None:
+        while True:
+            batch = [await self._write_queue.get()]
+            while len(batch) < WRITE_BATCH and not self._write_queue.empty():
+                batch.append(self._write_queue.get_nowait())
+            try:
+                await self._write_batch(batch)
+            except TransactionFenced as exc:
+                log.critical("%s; stopping", exc)
+                self.request_stop(exc)
+                raise
+            finally:
+                self._freed(len(batch))
+                if self._write_queue.empty():
+                    self._write_idle.set()
+
+    async def _write_batch(self, batch: list[Record]) -> None:
+        tx, consumer = self._tx, self.consumer
+        assert tx is not None
+        assert consumer is not None
+        handled = await asyncio.gather(*(self._handle(msg, changes=True) for msg in batch))
+        outs = [out for outs_of_one in handled for out in outs_of_one]
+        offsets: dict[TopicPartition, int] = {}
+        for msg in batch:
+            tp = TopicPartition(msg.topic, msg.partition)
+            offsets[tp] = max(offsets.get(tp, 0), msg.offset + 1)
+        # Until it commits, the same results go again: handlers recorded their changes, not applied them.
+        while not await tx.commit(outs, offsets):
+            pass
+        self._remember(outs)
+
+    # -- one request ----------------------------------------------------------
+
+    def _remember(self, outs: list[_Out]) -> None:
+        """Keep the replies that went out, to answer a redelivered exchange without processing it."""
+        for out in outs:
+            if out.reply is not None:
+                self._memory[out.reply.exchange_id] = out.reply
+                self._memory.move_to_end(out.reply.exchange_id)
+        while len(self._memory) > self.settings.adapter_dedupe_size:
+            self._memory.popitem(last=False)
+
+    def _dead_letter(self, msg: Record, reason: str) -> _Out:
+        self.metrics.dead_letters.labels(self.provider).inc()
+        log.warning("%s: dead letter from %s@%s: %s", self.provider, msg.topic, msg.offset, reason)
+        headers = [(k, v) for k, v in (msg.headers or ()) if isinstance(v, bytes)]
+        headers.append((H_ERROR, reason.encode()))
+        return _Out(self.names.dlq(self.provider), msg.value or b"", msg.key, headers)
+
+    async def _handle(self, msg: Record, *, changes: bool) -> list[_Out]:
+        try:
+            meta = RequestMeta.from_headers(msg.headers or ())
+        except ValueError as exc:
+            return [self._dead_letter(msg, f"undecodable headers: {exc}")]
+        remembered = self._memory.get(meta.exchange_id)
+        if remembered is not None:
+            self.metrics.redelivered.labels(self.provider).inc()
+            return [self._reply_out(meta, remembered)]
+        if meta.expired():
+            self.metrics.expired.labels(self.provider, meta.service).inc()
+            return []
+        recorded: list[Change] | None = [] if changes else None
+        reply = await self._call(meta, msg.value, recorded)
+        if reply is None:
+            # Tell the caller at once rather than let it wait for its timeout.
+            eid = meta.exchange_id
+            failed = Reply(
+                exchange_id=eid,
+                status=502,
+                outcome=ReplyOutcome.PROVIDER_ERROR,
+                body=_problem(eid, 502, "provider_error", "request body is not valid JSON"),
+            )
+            return [
+                self._dead_letter(msg, "request body is not valid JSON"),
+                self._reply_out(meta, failed),
+            ]
+        outs = [self._reply_out(meta, reply)]
+        if recorded and reply.outcome is ReplyOutcome.OK:
+            header = [(H_EXCHANGE_ID, meta.exchange_id.encode())]
+            topic = self.names.data(self.provider)
+            for c in recorded:
+                if c.event is None:
+                    outs.append(_Out(topic, orjson.dumps(c.value), c.key.encode(), header))
+                    continue
+                event_id, value, t_ms = envelope(
+                    provider=self.provider, type_=c.event, key=c.key, data=c.value, user_id=meta.user_id,
+                    purpose=meta.purpose, exchange_id=meta.exchange_id,
+                )  # fmt: skip
+                outs.append(_Out(self.names.events(self.provider, c.event), value, c.key.encode(), header))
+                record = published_record(event_id, self.provider, c.event, t_ms, len(value))
+                outs.append(_Out(self.settings.tx_topic, record.encode()))
+        return outs
+
+    def _reply_out(self, meta: RequestMeta, reply: Reply) -> _Out:
+        return _Out(
+            meta.reply_to,
+            reply.body,
+            meta.exchange_id.encode(),
+            reply.headers(),
+            partition=meta.reply_partition,
+            reply=reply,
+        )
+
+    async def _call(self, meta: RequestMeta, raw: bytes | None, changes: list[Change] | None) -> Reply | None:
+        eid = meta.exchange_id
+        handler = self.handlers.get(meta.service)
+        labels = (self.provider, meta.service)
+        if handler is None:
+            self.metrics.requests.labels(*labels, "provider_error").inc()
+            body = _problem(eid, 502, "provider_error", f"{self.provider} has no {meta.service}")
+            return Reply(exchange_id=eid, status=502, outcome=ReplyOutcome.PROVIDER_ERROR, body=body)
+        try:
+            request = Request(meta=meta, body=orjson.loads(raw or b""), changes=changes)
+        except orjson.JSONDecodeError:
+            return None
+        started = time.perf_counter()
+        try:
+            result = await handler(request)
+            reply = Reply(exchange_id=eid, status=200, outcome=ReplyOutcome.OK, body=orjson.dumps(result))
+        except BusinessError as exc:
+            reply = Reply(
+                exchange_id=eid,
+                status=exc.status,
+                outcome=ReplyOutcome.BUSINESS_ERROR,
+                body=orjson.dumps(exc.problem(eid)),
+            )
+        except Exception as exc:
+            log.exception("%s/%s: handler failed for %s", self.provider, meta.service, eid)
+            detail = f"{self.provider}/{meta.service} failed: {type(exc).__name__}"
+            reply = Reply(
+                exchange_id=eid,
+                status=502,
+                outcome=ReplyOutcome.PROVIDER_ERROR,
+                body=_problem(eid, 502, "provider_error", detail),
+            )
+        self.metrics.handler.labels(*labels).observe(time.perf_counter() - started)
+        self.metrics.requests.labels(*labels, reply.outcome.value).inc()
+        return reply

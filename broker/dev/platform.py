@@ -1,0 +1,239 @@
+"""`ndxp up`: the whole platform on this machine, and Ctrl-C stops all of it.
+
+Starts a local Apache Kafka (unless NDXP_KAFKA_BOOTSTRAP is set), the
+adapters of every simulated agency the catalog has, and the gateway, each
+part as its own process; prints the URL, demo keys and a curl example.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from broker.contracts.catalog import Catalog
+from broker.contracts.registry import Registry
+from broker.dev.localkafka import LocalKafka
+from broker.dev.ports import free_port, port_is_free
+from broker.errors import PlatformError
+from broker.ops.status import state_path
+from broker.settings import Settings, child_environment
+
+STOP_GRACE_S = 20.0
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+"""Waits before restarting a part that died, growing while it keeps dying."""
+STABLE_AFTER_S = 60.0
+"""A part up this long counts as healthy again: its next restart waits the shortest time."""
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise PlatformError(f"{shlex.join(map(str, p.args))} exited with {p.returncode}")  # type: ignore[arg-type]
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=2) as resp,  # noqa: S310 - loopback URL
+        ):
+            if resp.status == 200:
+                return
+        time.sleep(0.3)
+    raise PlatformError(f"{url} was not ready within {within_s:.0f}s")
+
+
+class Supervised:
+    """One part of the platform as a child process, restarted with backoff when it dies."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.proc = subprocess.Popen(argv, env=env)
+        self.started = time.monotonic()
+        self.failures = 0
+        self.restart_at: float | None = None
+
+    def check(self, progress: Callable[[str], Any]) -> None:
+        """Restart the part if it died (after its backoff); log what happens."""
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.restart_at = None
+                self.proc = subprocess.Popen(self.argv, env=self.env)
+                self.started = now
+                progress(f"ndxp up: {self.name} restarted (pid {self.proc.pid})")
+            return
+        code = self.proc.poll()
+        if code is None:
+            return
+        if now - self.started >= STABLE_AFTER_S:
+            self.failures = 0
+        wait = RESTART_BACKOFF_S[min(self.failures, len(RESTART_BACKOFF_S) - 1)]
+        self.failures += 1
+        self.restart_at = now + wait
+        progress(f"ndxp up: {self.name} exited with {code}; restarting in {wait:g}s")
+
+    def stop(self) -> None:
+        self.restart_at = None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _port(preferred: int) -> int:
+    """``preferred`` if it is free (the port deploy/prometheus scrapes), else any free port."""
+    return preferred if port_is_free(preferred) else free_port()
+
+
+def demo_text(settings: Settings, base_url: str) -> str:
+    """What `ndxp up` prints: URLs, demo keys and a ready-to-paste curl."""
+    catalog = Catalog.load(settings.schemas_dir)
+    registry = Registry.load(settings.registry_path, catalog)
+    lines = [f"NDXP gateway: {base_url}", "  catalog: " + base_url + "/v1/services"]
+    lines.append(f"  openapi: {base_url}/openapi.json   stats: {base_url}/v1/stats")
+    lines.append("demo API keys (client → key):")
+    example: tuple[str, str, Any] | None = None
+    for agency in registry:
+        key = f"demo-{agency.id}"
+        if registry.authenticate(key) is None:
+            continue
+        allowed = registry.allowed_services(agency.id)
+        publish, subscribe = registry.allowed_events(agency.id)
+        rights = [
+            f"{what} {len(names)} {noun}"
+            for what, names, noun in (
+                ("may call", allowed, "service(s)"),
+                ("publishes", publish, "event type(s)"),
+                ("subscribes to", subscribe, "event type(s)"),
+            )
+            if names
+        ]
+        if not rights:
+            continue
+        lines.append(f"  {agency.id:10} {key:18} " + ", ".join(rights))
+        for name in allowed:
+            svc = catalog.get(*name.split("/", 1))
+            if example is None and svc is not None and svc.examples:
+                example = (key, name, svc.examples[0])
+    if example is not None:
+        key, name, body = example
+        lines.append("try:")
+        lines.append(
+            f"  curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+            f"-d '{orjson.dumps(body).decode()}' {base_url}/v1/exchange/{name}"
+        )
+    if catalog.events:
+        lines.append("live events (start with --changes 5 to see some flow):")
+        lines.append(
+            "  curl -N -H 'Authorization: Bearer demo-hanoi' -H 'Accept: text/event-stream' "
+            f"{base_url}/v1/events/bca/address_changed"
+        )
+    return "\n".join(lines)
+
+
+def run_platform(
+    settings: Settings,
+    *,
+    data_dir: Path | None = None,
+    changes: float | None = None,
+    progress: Callable[[str], Any] = print,
+) -> int:
+    """Run everything until SIGINT/SIGTERM; return the exit code."""
+    stopping = False
+
+    def on_signal(signum: int, _: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    parts: list[Supervised] = []
+
+    def on_hangup(signum: int, _: Any) -> None:  # reload the registry: the gateway's to do
+        for part in parts:
+            if part.name == "gateway" and part.proc.poll() is None:
+                part.proc.send_signal(signal.SIGHUP)
+
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+    kafka: LocalKafka | None = None
+    if not port_is_free(settings.port):
+        progress(f"ndxp up: port {settings.port} is in use; choose another with --port")
+        return 1
+    try:
+        if not settings.kafka_bootstrap:
+            kafka = LocalKafka(settings, nodes=1, data_dir=data_dir, progress=progress)
+            settings = settings.replace(kafka_bootstrap=kafka.start())
+        catalog = Catalog.load(settings.schemas_dir)
+        ndxp = [sys.executable, "-m", "broker.cli"]
+        backend_port = free_port()
+        backend_url = f"http://127.0.0.1:{backend_port}"
+        env = child_environment(settings, LAND_BACKEND_URL=backend_url)
+
+        def start(name: str, *argv: str) -> list[subprocess.Popen[bytes]]:
+            parts.append(Supervised(name, [*ndxp, *argv], env))
+            return [p.proc for p in parts]
+
+        procs = start("land backend", "backend", "land", "--port", str(backend_port))
+        _wait_ready(backend_url + "/healthz", procs, within_s=30)
+        adapter_metrics = _port(9101)
+        counter_metrics = _port(9102)
+        start("adapters", "adapter", *catalog.providers(), "--metrics-port", str(adapter_metrics))
+        procs = start("counter", "counter", "--metrics-port", str(counter_metrics))
+        keeper_metrics = _port(9103)
+        procs = start("keeper", "keeper", "--metrics-port", str(keeper_metrics))
+        # Callers' first requests must find the adapters in their consumer groups.
+        _wait_ready(f"http://127.0.0.1:{adapter_metrics}/readyz", procs, within_s=120)
+        procs = start("gateway", "gateway", "--port", str(settings.port), "--workers", str(settings.workers))
+        base = f"http://{settings.host}:{settings.port}"
+        _wait_ready(base + "/readyz", procs, within_s=60)
+        if changes:
+            start("changes", "changes", "--url", base, "--rate", f"{changes:g}")
+        metrics = {"adapters": adapter_metrics, "counter": counter_metrics, "keeper": keeper_metrics}
+        state = state_path(settings.cache_dir, settings.port)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps({"gateway": base, "metrics": {
+            name: f"http://127.0.0.1:{port}/metrics" for name, port in metrics.items()}}))  # fmt: skip
+        progress(demo_text(settings, base))
+        progress(
+            f"metrics: gateway {base}/metrics, adapters http://127.0.0.1:{adapter_metrics}/metrics, "
+            f"counter http://127.0.0.1:{counter_metrics}/metrics, "
+            f"keeper http://127.0.0.1:{keeper_metrics}/metrics"
+        )
+        progress(f"platform up; Ctrl-C stops everything; an operator's view: ndxp status --url {base}")
+        while True:  # supervise: a part that dies is restarted, with backoff
+            for part in parts:
+                part.check(progress)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        progress("stopping the platform")
+        return 0
+    except PlatformError as exc:
+        progress(f"ndxp up: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for part in reversed(parts):  # gateway first, then the counter, adapters, the backend
+            part.stop()
+        if kafka is not None:
+            kafka.stop()
+        state_path(settings.cache_dir, settings.port).unlink(missing_ok=True)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        progress("stopped" if not stopping else "all parts stopped")

@@ -1,0 +1,132 @@
+"""Every topic of the platform, with its partitions and configs, in one place.
+
+The parts create the topics they use when they start (idempotently, see
+:func:`broker.kafka.admin.ensure_topics`), and ``deploy/k8s/topics.py``
+declares them all to Strimzi: both read them from :class:`Topics`, so the
+two cannot drift. Names come from :class:`broker.model.envelope.Names` and
+the settings (``NDXP_TOPIC_PREFIX``, ``NDXP_TX_TOPIC`` …).
+"""
+
+from __future__ import annotations
+
+from broker.contracts.catalog import Catalog, Effects
+from broker.kafka.admin import TopicSpec
+from broker.model.documents import EXCHANGES_PARTITIONS, MAX_ASYNC_TTL_MS
+from broker.settings import Settings
+
+REQUEST_PARTITIONS = 4
+"""Partitions of a request topic, created by the gateway or the adapter, whichever starts first."""
+TX_PARTITIONS = 4
+"""Partitions of the transaction topic (the counter's parallelism)."""
+DATA_PARTITIONS = 4
+"""Partitions of a provider's changes topic (``<prefix>.data.<provider>``)."""
+EVENT_PARTITIONS = 4
+"""Partitions of an event type's topic."""
+_HOUR_MS = 3600 * 1000
+
+
+class Topics:
+    """The topic specs of one platform (its settings)."""
+
+    __slots__ = ("settings",)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def tx(self) -> TopicSpec:
+        """Transaction records of every exchange, publication and delivery."""
+        return TopicSpec(name=self.settings.tx_topic, partitions=TX_PARTITIONS)
+
+    def tx_dlq(self) -> TopicSpec:
+        """Transaction records the counter cannot read."""
+        return TopicSpec(name=f"{self.settings.tx_topic}.dlq")
+
+    def stats(self) -> TopicSpec:
+        """The counter's counts: compacted, one record per key."""
+        return TopicSpec(
+            name=self.settings.stats_topic,
+            partitions=1,
+            configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"},
+        )
+
+    def seen_batches(self) -> TopicSpec:
+        """The exchange ids the counter counted, one message per batch, kept as long as it dedupes."""
+        retention = str(self.settings.dedupe_retention_hours * _HOUR_MS)
+        return TopicSpec(
+            name=f"{self.settings.stats_topic}.seen-batches",
+            configs={"cleanup.policy": "delete", "retention.ms": retention},
+        )
+
+    def exchanges(self) -> TopicSpec:
+        """Stored exchanges: compacted (latest document per exchange) and deleted by time.
+
+        Compaction waits for the longest async wait (``min.compaction.lag.ms``), so that an
+        exchange's pending document is never compacted away before the exchange is finished.
+        """
+        return TopicSpec(
+            name=self.settings.exchanges_topic,
+            partitions=EXCHANGES_PARTITIONS,
+            configs={
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(self.settings.exchanges_retention_hours * _HOUR_MS),
+                "min.compaction.lag.ms": str(MAX_ASYNC_TTL_MS + _HOUR_MS),
+                "segment.ms": str(_HOUR_MS),
+            },
+        )
+
+    def callbacks_dlq(self) -> TopicSpec:
+        """Callbacks that could not be delivered after every attempt."""
+        return TopicSpec(name=f"{self.settings.exchanges_topic}.callbacks.dlq")
+
+    def request(self, provider: str, service: str) -> TopicSpec:
+        return TopicSpec(name=self.settings.names.request(provider, service), partitions=REQUEST_PARTITIONS)
+
+    def dlq(self, provider: str) -> TopicSpec:
+        """Requests to ``provider`` that its adapter cannot decode."""
+        return TopicSpec(name=self.settings.names.dlq(provider))
+
+    def data(self, provider: str) -> TopicSpec:
+        """The changes made by ``provider``'s write-effect services."""
+        return TopicSpec(name=self.settings.names.data(provider), partitions=DATA_PARTITIONS)
+
+    def reply(self, topic: str) -> TopicSpec:
+        """A gateway worker's own reply topic (replies are read at once: an hour is plenty)."""
+        return TopicSpec(name=topic, partitions=1, configs={"retention.ms": str(_HOUR_MS)})
+
+    def events(self, catalog: Catalog, provider: str | None = None) -> list[TopicSpec]:
+        """The topics of every event type (of ``provider``), kept ``events_retention_hours``; the
+        gateway and the publishing adapter create them, whichever starts first."""
+        retention = str(self.settings.events_retention_hours * _HOUR_MS)
+        return [
+            TopicSpec(
+                name=self.settings.names.events(p, t),
+                partitions=EVENT_PARTITIONS,
+                configs={"retention.ms": retention},
+            )
+            for p, t in catalog.events
+            if provider in (None, p)
+        ]
+
+    def of_provider(self, catalog: Catalog, provider: str) -> list[TopicSpec]:
+        """What a provider's adapter uses: its request topics, its DLQ, and for writes its changes."""
+        services = catalog.of_provider(provider)
+        out = [self.dlq(provider), *(self.request(provider, s.service) for s in services)]
+        if any(s.effects is Effects.WRITE for s in services):
+            out.append(self.data(provider))
+        return out
+
+    def every(self, catalog: Catalog) -> list[TopicSpec]:
+        """Every topic of the platform (reply topics excepted: each gateway worker creates and
+        deletes its own)."""
+        out = [
+            self.tx(),
+            self.tx_dlq(),
+            self.stats(),
+            self.seen_batches(),
+            self.exchanges(),
+            self.callbacks_dlq(),
+        ]
+        for provider in catalog.providers():
+            out.extend(self.of_provider(catalog, provider))
+        out.extend(self.events(catalog))
+        return out
