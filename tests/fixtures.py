@@ -22,7 +22,7 @@ ECHO_REQUEST = {
     "required": ["msg"],
     "properties": {
         "msg": {"type": "string", "maxLength": 2000000},
-        "mode": {"enum": ["ok", "bad", "crash", "missing"]},
+        "mode": {"enum": ["ok", "bad", "crash", "missing", "hold"]},
         "sleep_ms": {"type": "integer", "minimum": 0, "maximum": 5000},
     },
 }
@@ -112,12 +112,18 @@ class EchoHandlers:
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.held = 0
+        """Requests with ``mode: hold`` that have reached the handler (they wait for ``release``)."""
+        self.release = asyncio.Event()
 
     async def echo(self, req: Request) -> Any:
         self.calls[req.body["msg"]] += 1
         if req.body.get("sleep_ms"):
             await asyncio.sleep(req.body["sleep_ms"] / 1000)
         mode = req.body.get("mode", "ok")
+        if mode == "hold":  # in flight for as long as the test wants: a condition, not a sleep
+            self.held += 1
+            await self.release.wait()
         if mode == "bad":
             return {"msg": 42, "via": req.meta.reply_to}
         if mode == "crash":

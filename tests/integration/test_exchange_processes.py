@@ -353,15 +353,15 @@ async def test_gateway_worker_killed_while_answering_leaves_no_answered_exchange
         with gateway_process(settings, 2, tmp_path / "gw.log", KAFKA_LINGER_MS="100") as (base, proc):
             workers = _workers(proc.pid)
             assert len(workers) == 2, workers
-            connector = aiohttp.TCPConnector(limit=64, force_close=True)  # spread over both workers
+            connector = aiohttp.TCPConnector(limit=128, force_close=True)  # spread over both workers
             async with aiohttp.ClientSession(base, connector=connector) as http:
 
-                async def call(i: int) -> None:
+                async def call(i: int, mode: str = "ok") -> None:
                     nonlocal failed
                     try:
                         async with http.post(
                             f"/v1/exchange/{provider}/echo",
-                            json={"msg": f"g-{i}", "sleep_ms": 20},
+                            json={"msg": f"g-{i}", "sleep_ms": 20, "mode": mode},
                             headers=ALICE,
                         ) as resp:
                             await resp.read()
@@ -370,16 +370,20 @@ async def test_gateway_worker_killed_while_answering_leaves_no_answered_exchange
                     except aiohttp.ClientError:
                         failed += 1  # the killed worker's callers: never answered
 
+                # 64 held exchanges over 64 connections, spread over both workers by the kernel:
+                # the kill is sure to hit exchanges in flight, whatever the machine's speed.
+                held = [asyncio.create_task(call(-i, "hold")) for i in range(1, 65)]
                 calls = [asyncio.create_task(call(i)) for i in range(1500)]
                 async with asyncio.timeout(60):
-                    while len(answered) < 200:
+                    while len(answered) < 200 or handlers.held < len(held):
                         await asyncio.sleep(0.01)
                 os.kill(workers[0], signal.SIGKILL)  # while answering: replies in hand, records in flight
+                handlers.release.set()
                 async with asyncio.timeout(120):
-                    await asyncio.gather(*calls)
+                    await asyncio.gather(*calls, *held)
         await _counted(counter, answered)
     print(f"answered {len(answered)}, failed at the kill {failed}")
-    assert failed > 0, "the kill hit no exchange in flight; make the stream denser"
+    assert failed > 0, "the kill hit none of the held exchanges: were they all on the other worker?"
     assert len(answered) + failed == 1500
 
 

@@ -33,9 +33,18 @@ GO_ENV = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]  # a first run compiles kustomize
 
 
-def run(cmd: list[str], *, cwd: Path = ROOT, env: Mapping[str, str] | None = None, timeout: int = 600) -> str:
+def run(
+    cmd: list[str], *, cwd: Path = ROOT, env: Mapping[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool; it must succeed. Its stdout is its output; stderr is only its talk (a first
+    ``go run`` says ``go: downloading …`` there), never parsed as output."""
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def report(done: subprocess.CompletedProcess[str]) -> str:
+    """What a checker said, wherever it said it (for messages that tell its verdict)."""
     return done.stdout + done.stderr
 
 
@@ -55,7 +64,7 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_every_yaml_file_passes_yamllint() -> None:
     files = [str(p) for p in sorted(DEPLOY.rglob("*.y*ml"))]
     config = "{extends: relaxed, rules: {line-length: {max: 200}}}"
-    out = run([str(BIN / "yamllint"), "--strict", "-d", config, *files])
+    out = report(run([str(BIN / "yamllint"), "--strict", "-d", config, *files]))
     assert "error" not in out, out
 
 
@@ -63,7 +72,7 @@ def test_compose_file_loads_with_compose_go(tmp_path: Path) -> None:
     need("go")
     checker = tmp_path / "composecheck"
     run(["go", "build", "-o", str(checker), "."], cwd=DEPLOY / "checks" / "composecheck", env=GO_ENV)
-    out = run([str(checker), "compose.yaml"], cwd=DEPLOY)
+    out = report(run([str(checker), "compose.yaml"], cwd=DEPLOY))
     assert "12 services valid" in out, out
 
 
@@ -71,8 +80,11 @@ def test_compose_file_loads_with_compose_go(tmp_path: Path) -> None:
 def rendered_overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
     need("go")
     out = tmp_path_factory.mktemp("k8s") / "small.yaml"
-    manifests = run(["go", "run", KUSTOMIZE, "build", str(DEPLOY / "k8s" / "overlays" / "small")], env=GO_ENV)
-    out.write_text(manifests[manifests.index("apiVersion") :])
+    manifests = run(
+        ["go", "run", KUSTOMIZE, "build", str(DEPLOY / "k8s" / "overlays" / "small")], env=GO_ENV
+    ).stdout
+    assert manifests.startswith("apiVersion"), manifests[:500]
+    out.write_text(manifests)
     return out
 
 
@@ -81,7 +93,7 @@ def test_kubernetes_manifests_validate_strictly(rendered_overlay: Path) -> None:
         str(p) for p in sorted((DEPLOY / "k8s" / "base").glob("*.yaml")) if p.name != "kustomization.yaml"
     ]
     for files in (base, [str(rendered_overlay)]):
-        out = run([str(BIN / "kubernetes-validate"), "--strict", *files])
+        out = report(run([str(BIN / "kubernetes-validate"), "--strict", *files]))
         assert "ERROR" not in out, out
     kinds = {d["kind"] for d in yaml.safe_load_all(rendered_overlay.read_text()) if d}
     assert kinds >= {
@@ -107,7 +119,9 @@ def test_strimzi_resources_fit_strimzis_own_model(rendered_overlay: Path, tmp_pa
     )
     files = [str(DEPLOY / "k8s" / "base" / "kafka.yaml"), str(DEPLOY / "k8s" / "base" / "topics.yaml"),
              str(rendered_overlay)]  # fmt: skip
-    out = run(["java", "-cp", classpath.read_text().strip(), str(check / "StrimziCheck.java"), *files])
+    out = report(
+        run(["java", "-cp", classpath.read_text().strip(), str(check / "StrimziCheck.java"), *files])
+    )
     assert ", 0 faults" in out, out
 
 

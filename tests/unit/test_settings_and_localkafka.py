@@ -154,3 +154,40 @@ def test_one_topic_prefix_names_every_topic_and_group_and_is_checked() -> None:
     for bad in ("a b", "x/y", "a" * 101):
         with pytest.raises(SettingsError, match="NDXP_TOPIC_PREFIX"):
             Settings.from_env({"NDXP_TOPIC_PREFIX": bad})
+
+
+def test_replace_keeps_derived_topic_names_under_the_new_prefix() -> None:
+    moved = Settings().replace(topic_prefix="x")
+    assert (moved.tx_topic, moved.stats_topic, moved.exchanges_topic) == ("x.tx", "x.stats", "x.exchanges")
+    assert moved.names.request("bca", "citizen") == "x.req.bca.citizen"
+    # Set explicitly, a topic keeps its name when the prefix changes; given in the same call, it wins.
+    kept = Settings.from_env({"NDXP_TX_TOPIC": "audit.tx"}).replace(topic_prefix="y")
+    assert (kept.tx_topic, kept.stats_topic) == ("audit.tx", "y.stats")
+    assert Settings().replace(topic_prefix="z", tx_topic="t").tx_topic == "t"
+
+
+def test_every_setting_is_declared_once_with_its_variable_bounds_and_help() -> None:
+    from broker.settings import configurable
+
+    fields = configurable()
+    assert {f.name for f in fields} == {f for f in Settings.__dataclass_fields__ if f != "names"}
+    for f in fields:
+        info = f.metadata["setting"]
+        assert info.help, f.name
+    # Bounds come from the declaration: below a minimum, above a maximum, outside the choices.
+    for env, says in (
+        ({"NDXP_WORKERS": "0"}, "NDXP_WORKERS='0': must be >= 1"),
+        ({"NDXP_COUNTER_BATCH": "20001"}, "NDXP_COUNTER_BATCH must be at most 20000"),
+        ({"NDXP_PORT": "70000"}, "NDXP_PORT must be at most 65535"),
+        ({"NDXP_KAFKA_SECURITY_PROTOCOL": "tls"}, "NDXP_KAFKA_SECURITY_PROTOCOL='TLS': one of"),
+        ({"NDXP_DEFAULT_RATE_LIMIT": "fast"}, "NDXP_DEFAULT_RATE_LIMIT='fast': expected a number"),
+    ):
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env(env)
+        assert str(caught.value).startswith(says), caught.value
+    assert Settings.from_env({"NDXP_KAFKA_SECURITY_PROTOCOL": "ssl"}).kafka_security_protocol == "SSL"
+    assert Settings.from_env({"KAFKA_HOME": "/opt/kafka"}).kafka_home == Path("/opt/kafka")
+    assert Settings.from_env({"NDXP_EXPOSE": ""}).expose == frozenset()
+    secret = Settings.from_env({"NDXP_KAFKA_SASL_PASSWORD": "hunter2"})
+    assert "hunter2" not in repr(secret)
+    assert "kafka_sasl_password='***'" in repr(secret)

@@ -1,0 +1,78 @@
+"""Tables of measured figures, made from the JSON the benchmark and fault scripts write.
+
+The documentation shows these (its build hook, ``docs/hooks.py``, replaces
+``<!-- figures: NAME.json -->`` with the table of ``docs/NAME.json``), so a
+page's figures are always those of the last run whose JSON was committed.
+
+    .venv/bin/python -m loadtests.figures docs/bench.json     # print one table
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+FAULT_NAMES = {
+    "broker-kill": "SIGKILL a Kafka broker (restarted after 10 s)",
+    "gateway-worker": "SIGKILL a gateway worker",
+    "adapters": "SIGKILL the adapters",
+    "counter": "SIGKILL the counter",
+    "broker-pause": "SIGSTOP a broker for 10 s",
+    "kafka-down": "SIGSTOP all of Kafka for 10 s",
+}
+
+
+def _n(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def bench_table(rows: list[dict[str, Any]]) -> str:
+    """``bench.py --out``'s ``bench.json``: one row per concurrency."""
+    out = [
+        "| callers | raw Kafka/s | exchanges/s | p50 ms | p99 ms | failed | of raw | counted = answered |"
+        " CPU ms per exchange |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        ex = r["exchange"]
+        cpu = ", ".join(f"{part} {ms:.3f}" for part, ms in r["cpu_ms_per_exchange"].items())
+        same = "=" if r["exact"] else "≠"
+        out.append(
+            f"| {r['users']} | {_n(r['raw']['rps'])} | {_n(ex['rps'])} | {ex['p50']:.1f} | {ex['p99']:.1f} "
+            f"| {ex['failures']} | {r['ratio']:.0%} "
+            f"| {_n(r['counted'])} {same} {_n(r['responses'])} | {cpu} |"
+        )
+    return "\n".join(out)
+
+
+def faults_table(rows: list[dict[str, Any]]) -> str:
+    """``faults.py``'s ``faults.json``: one row per fault."""
+    out = [
+        "| fault | answered | answered, not counted | counted twice | failed calls "
+        "| s to first success after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        name = FAULT_NAMES.get(r["fault"], r["fault"])
+        out.append(
+            f"| {name} | {_n(r['answered'])} | {r['not_counted']} | {r['counted_twice']} | {_n(r['failed'])} "
+            f"| {r['recovery_s']:.1f} |"
+        )
+    return "\n".join(out)
+
+
+def table(path: Path) -> str:
+    """The table of a figures file, chosen by its name."""
+    rows = json.loads(path.read_text())
+    if path.name.startswith("bench"):
+        return bench_table(rows)
+    if path.name.startswith("faults"):
+        return faults_table(rows)
+    raise ValueError(f"{path}: no table for this file (bench*.json or faults*.json)")
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print(table(Path(arg)))
