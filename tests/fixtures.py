@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -154,3 +156,22 @@ class EchoHandlers:
 async def delivered(producer: Sender, topic: str, value: bytes, **kw: Any) -> Written:
     """Send one record and wait until Kafka has acknowledged it."""
     return await (await producer.send(topic, value, **kw))
+
+
+def generate_client(document: dict[str, Any], out: Path, name: str = "ndxp_client") -> Path:
+    """A Python client generated from an OpenAPI document by openapi-python-client; returns its folder's
+    parent (put it on ``sys.path`` and import ``name``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "openapi.json"
+    spec.write_text(json.dumps(document))
+    config = out / "config.yaml"
+    config.write_text(f"project_name_override: {name}\npackage_name_override: {name}\npost_hooks: []\n")
+    tool = Path(sys.executable).parent / "openapi-python-client"
+    done = subprocess.run(
+        [str(tool), "generate", "--path", str(spec), "--meta", "none", "--config", str(config),
+         "--fail-on-warning"],
+        cwd=out, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (out / name / "client.py").is_file(), done.stdout
+    return out

@@ -1,4 +1,4 @@
-"""Metaservices: agencies, services, allowed, openapi.json, health, metrics."""
+"""Metaservices: agencies, services, allowed, stats, openapi.json, health, metrics."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from broker import __version__
-from broker.contracts.catalog import Catalog
 from broker.counter.stats import summarise
 from broker.errors import InvalidRequest, NotFound, Unavailable, UnknownService
 from broker.gateway.auth import authenticate
+from broker.gateway.openapi import openapi_document
 from broker.gateway.state import GATEWAY
 from broker.metrics import exposition
 from broker.model.records import day_of
@@ -97,122 +96,3 @@ async def metrics(request: web.Request) -> web.Response:
     if "metrics" not in gw.settings.expose:
         raise NotFound("/metrics is not exposed here (NDXP_EXPOSE)")
     return exposition(gw.metrics.registry, gw.settings.metrics_dir)
-
-
-_PROBLEM_SCHEMA = {
-    "type": "object",
-    "required": ["code", "status", "detail"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "code": {"type": "string"},
-        "detail": {"type": "string"},
-        "exchange_id": {"type": ["string", "null"]},
-        "errors": {"type": "array", "items": {"type": "object"}},
-    },
-}
-
-
-def openapi_document(catalog: Catalog) -> dict[str, Any]:
-    """OpenAPI 3.1, one operation per service with its own schemas."""
-    problem = {
-        "description": "Error (problem+json)",
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    }
-    paths: dict[str, Any] = {}
-    for svc in catalog:
-        examples = {f"example{i}": {"value": ex} for i, ex in enumerate(svc.examples)}
-        paths[f"/v1/exchange/{svc.provider}/{svc.service}"] = {
-            "post": {
-                "operationId": f"{svc.provider}__{svc.service}".replace("-", "_"),
-                "summary": svc.title,
-                "description": svc.description,
-                "tags": [svc.provider],
-                "security": [{"apiKey": []}],
-                "parameters": [
-                    {"name": "X-Request-Id", "in": "header", "schema": {"type": "string"}},
-                    {"name": "X-NDXP-User-Id", "in": "header", "schema": {"type": "string"}},
-                    {"name": "X-NDXP-Purpose", "in": "header", "schema": {"type": "string"}},
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "description": "1-255 visible ASCII; the same key and body within 24 h "
-                        "replays the first answer",
-                        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
-                    },
-                    {
-                        "name": "Prefer",
-                        "in": "header",
-                        "description": "respond-async: 202 + Location /v1/exchanges/{exchange_id}",
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": svc.request.schema, "examples": examples}},
-                },
-                "responses": {
-                    "200": {
-                        "description": "The provider's typed answer",
-                        "content": {"application/json": {"schema": svc.response.schema}},
-                    },
-                    "202": {"description": "Accepted (Prefer: respond-async); see the Location header"},
-                    "default": problem,
-                },
-                "x-ndxp-timeout-ms": svc.timeout_ms,
-                "x-ndxp-async-ttl-s": svc.async_ttl_s,
-                "x-ndxp-version": svc.version,
-            }
-        }
-    for ev in catalog.events.values():
-        paths[f"/v1/events/{ev.provider}/{ev.type}"] = {
-            "post": {
-                "operationId": f"publish__{ev.provider}__{ev.type}".replace("-", "_"),
-                "summary": f"Publish: {ev.title}",
-                "description": ev.description,
-                "tags": ["events", ev.provider],
-                "security": [{"apiKey": []}],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": ev.schema.schema}},
-                },
-                "responses": {"202": {"description": "Durable in Kafka: {event_id}"}, "default": problem},
-            },
-            "get": {
-                "operationId": f"subscribe__{ev.provider}__{ev.type}".replace("-", "_"),
-                "summary": f"Subscribe (Server-Sent Events): {ev.title}",
-                "tags": ["events", ev.provider],
-                "security": [{"apiKey": []}],
-                "parameters": [
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
-                    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-                ],
-                "responses": {
-                    "200": {"description": "A stream of events", "content": {"text/event-stream": {}}},
-                    "default": problem,
-                },
-                "x-ndxp-key": ev.key,
-            },
-        }
-    for path, summary in (
-        ("/v1/events", "Event types: schema, key and examples"),
-        ("/v1/agencies", "Registered agencies"),
-        ("/v1/services", "Service catalog"),
-        ("/v1/allowed", "Services the caller may call"),
-        ("/v1/stats", "Exact transaction counts of a day (?day=YYYY-MM-DD)"),
-        ("/v1/exchanges/{exchange_id}", "A stored exchange's status and result (owner only; Prefer: wait=N)"),
-        ("/healthz", "Liveness"),
-        ("/readyz", "Readiness"),
-    ):
-        paths[path] = {"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "NDXP data exchange gateway", "version": __version__},
-        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
-        "paths": paths,
-        "components": {
-            "schemas": {"Problem": _PROBLEM_SCHEMA},
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-        },
-    }

@@ -49,7 +49,7 @@ from broker.model.documents import (
     idempotency_hash,
     partition_for,
 )
-from broker.model.envelope import RequestMeta
+from broker.model.envelope import EXCHANGE_ID_PATTERN, RequestMeta
 from broker.model.records import TxRecord
 
 MAX_WAIT_S = 60
@@ -59,7 +59,7 @@ KEEPER_MARGIN_S = 3.0
 RECORDED_BY_KEEPER = web.ResponseKey("recorded_by_keeper", bool)
 """Set on a response whose exchange the keeper records (or that is no new exchange): no gateway record."""
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_EXCHANGE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_EXCHANGE_ID = re.compile(EXCHANGE_ID_PATTERN)
 JSON = "application/json"
 PROBLEM = "application/problem+json"
 

@@ -88,6 +88,10 @@ class Names:
         return f"{self.prefix}.events.sub.{client}.{provider}.{type_}"
 
 
+EXCHANGE_ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+"""An exchange id as the gateway writes it (what ``GET /v1/exchanges/{exchange_id}`` looks up)."""
+
+
 def new_exchange_id() -> str:
     """A fresh exchange id: a UUIDv7 (RFC 9562), time-ordered, 74 random bits.
 

@@ -28,7 +28,9 @@ import orjson
 from broker.model.envelope import new_exchange_id
 from broker.model.records import TxRecord
 
-_POSITIONS = re.compile(r"^\d{1,4}:\d{1,19}(,\d{1,4}:\d{1,19}){0,255}$")
+POSITIONS_PATTERN = r"^[0-9]{1,4}:[0-9]{1,19}(,[0-9]{1,4}:[0-9]{1,19}){0,255}$"
+"""A stream position (an SSE event id, ``Last-Event-ID``): next offset per partition."""
+_POSITIONS = re.compile(POSITIONS_PATTERN)
 
 
 def rfc3339(t_ms: float) -> str:

@@ -9,12 +9,18 @@ from contextlib import asynccontextmanager
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
 
 from adapters.runtime.adapter import Adapter
+from broker.contracts.catalog import Catalog
+from broker.contracts.registry import Registry
+from broker.counter.counter import TxCounter
 from broker.counter.stats import StatsView
 from broker.gateway.app import create_app
 from broker.gateway.state import GATEWAY, Gateway
 from broker.kafka import make_consumer, topic_partitions
+from broker.keeper.keeper import ExchangeKeeper
+from broker.metrics import CounterMetrics, KeeperMetrics
 from broker.settings import Settings
 from tests.fixtures import EchoHandlers, key_hash, write_contracts, write_registry
 
@@ -23,7 +29,9 @@ __all__ = [
     "counter_caught_up",
     "key_hash",
     "running_adapter",
+    "running_counter",
     "running_gateway",
+    "running_keeper",
     "view_caught_up",
     "write_contracts",
     "write_registry",
@@ -51,6 +59,22 @@ async def running_gateway(
             yield session, app[GATEWAY]
     finally:
         await server.close()
+
+
+@asynccontextmanager
+async def running_keeper(settings: Settings) -> AsyncIterator[ExchangeKeeper]:
+    catalog = Catalog.load(settings.schemas_dir)
+    keeper = ExchangeKeeper(
+        settings, catalog, Registry.load(settings.registry_path, catalog), KeeperMetrics(CollectorRegistry())
+    )
+    async with keeper:
+        yield keeper
+
+
+@asynccontextmanager
+async def running_counter(settings: Settings) -> AsyncIterator[TxCounter]:
+    async with TxCounter(settings, CounterMetrics(CollectorRegistry())) as counter:
+        yield counter
 
 
 async def counter_caught_up(settings: Settings, within_s: float = 60) -> None:

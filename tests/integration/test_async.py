@@ -16,17 +16,18 @@ import pytest
 import yaml
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 
-from broker.contracts.catalog import Catalog
-from broker.contracts.registry import Registry
-from broker.counter.counter import TxCounter
 from broker.gateway.view import Evicted
-from broker.keeper.keeper import ExchangeKeeper
-from broker.metrics import CounterMetrics, KeeperMetrics
 from broker.model.records import day_of
 from broker.settings import Settings
-from tests.integration.exchange_fixtures import EchoHandlers, running_adapter, running_gateway
+from tests.integration.exchange_fixtures import (
+    EchoHandlers,
+    running_adapter,
+    running_counter,
+    running_gateway,
+    running_keeper,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -34,22 +35,6 @@ ALICE = {"Authorization": "Bearer key-alice"}
 BOB = {"Authorization": "Bearer key-bob"}
 ASYNC = {**ALICE, "Prefer": "respond-async"}
 SECRET = "s3cret-for-callbacks-0123"
-
-
-@asynccontextmanager
-async def running_keeper(settings: Settings) -> AsyncIterator[ExchangeKeeper]:
-    catalog = Catalog.load(settings.schemas_dir)
-    keeper = ExchangeKeeper(
-        settings, catalog, Registry.load(settings.registry_path, catalog), KeeperMetrics(CollectorRegistry())
-    )
-    async with keeper:
-        yield keeper
-
-
-@asynccontextmanager
-async def running_counter(settings: Settings) -> AsyncIterator[TxCounter]:
-    async with TxCounter(settings, CounterMetrics(CollectorRegistry())) as counter:
-        yield counter
 
 
 class Receiver:

@@ -13,8 +13,8 @@ from aiohttp import ClientResponse, ClientSession
 
 from broker.model.events import rfc3339
 from broker.settings import Settings
-from tests.integration.exchange_fixtures import running_gateway
-from tests.integration.test_async import counted, running_counter
+from tests.integration.exchange_fixtures import running_counter, running_gateway
+from tests.integration.test_async import counted
 
 pytestmark = pytest.mark.kafka
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +18,17 @@ import aiohttp
 import orjson
 import pytest
 from aiokafka import TopicPartition
-from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
 from broker.dev.ports import free_port
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
-from broker.metrics import CounterMetrics
 from broker.model.envelope import H_HEARTBEAT, Reply, RequestMeta, now_ms
 from broker.settings import Settings, child_environment
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
     counter_caught_up,
     running_adapter,
+    running_counter,
     running_gateway,
     write_contracts,
 )
@@ -161,13 +160,6 @@ def _stop(*procs: subprocess.Popen[bytes] | None) -> None:
         if p is not None and p.poll() is None:
             p.kill()
             p.wait()
-
-
-@asynccontextmanager
-async def running_counter(settings: Settings) -> AsyncIterator[TxCounter]:
-    counter = TxCounter(settings, CounterMetrics(CollectorRegistry()))
-    async with counter:
-        yield counter
 
 
 async def _counted(counter: TxCounter, ids: set[str], within_s: float = 30) -> None:
