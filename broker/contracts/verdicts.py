@@ -14,6 +14,7 @@ from broker.contracts.catalog import Service
 from broker.errors import InvalidResponse, NdxpError, ProviderError, Timeout
 from broker.model.documents import Final, Pending, Status
 from broker.model.envelope import Reply, ReplyOutcome
+from broker.model.records import Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ def judge(svc: Service, reply: Reply) -> Verdict:
     if reply.outcome is ReplyOutcome.PROVIDER_ERROR:
         raise ProviderError(_detail(reply.body) or f"{svc.provider} failed to answer")
     if reply.outcome is ReplyOutcome.BUSINESS_ERROR:
-        return Verdict("business_error", reply.status, reply.body, problem=True)
+        return Verdict(Outcome.BUSINESS_ERROR, reply.status, reply.body, problem=True)
     try:
         answer = orjson.loads(reply.body)
     except orjson.JSONDecodeError as exc:
@@ -46,7 +47,7 @@ def judge(svc: Service, reply: Reply) -> Verdict:
             f"{svc.key} answered outside its contract",
             extra={"errors": [v.as_dict() for v in bad]},
         )
-    return Verdict("ok", 200, reply.body, problem=False)
+    return Verdict(Outcome.OK, 200, reply.body, problem=False)
 
 
 def finish(pending: Pending, svc: Service | None, reply: Reply | None, t_out: float) -> Final:
@@ -61,17 +62,17 @@ def finish(pending: Pending, svc: Service | None, reply: Reply | None, t_out: fl
         verdict = judge(svc, reply)
         body = orjson.loads(verdict.body)
         status, http_status, outcome = (
-            ("done" if verdict.outcome == "ok" else "failed"),
+            (Status.DONE if verdict.outcome == Outcome.OK else Status.FAILED),
             verdict.status,
             verdict.outcome,
         )
     except NdxpError as exc:
         body = exc.problem(eid)
         http_status, outcome = exc.status, exc.code
-        status = "expired" if reply is None else "failed"
+        status = Status.EXPIRED if reply is None else Status.FAILED
     except orjson.JSONDecodeError:  # a business error whose body is not JSON
         body = ProviderError("the provider's problem body is not JSON").problem(eid)
-        status, http_status, outcome = "failed", 502, "provider_error"
+        status, http_status, outcome = Status.FAILED, 502, Outcome.PROVIDER_ERROR
     return Final(
         exchange_id=eid,
         client=pending.client,

@@ -1,12 +1,26 @@
-"""POST /v1/exchange/{provider}/{service}: the hot path.
+"""POST /v1/exchange/{provider}/{service}: the exchange pipeline, the hot path.
 
-authenticate → authorize → admit (rate, in-flight) → read body (size limit)
-→ validate request → produce to ``ndxp.req.<provider>.<service>`` → await the
-reply on this worker's reply topic within the service timeout → validate the
-response → write the transaction record and await Kafka's acknowledgement →
-answer. The request bytes go to Kafka as they came. Whatever the outcome, the
-exchange is counted in metrics and in a transaction record; an exchange that
-reached its provider is answered only once its record is in Kafka.
+One :class:`~broker.gateway.context.Exchange` carries the exchange through
+the steps, top to bottom:
+
+1. **identify**: the caller from its credential, the service from the path,
+   the caller's right to it (``_identify``);
+2. **read**: the body within its size and time limits, checked against the
+   request schema (``_read``);
+3. **exchange**: a sync call is admitted (rate, in-flight), produced to
+   ``<prefix>.req.<provider>.<service>`` and its reply awaited on this
+   worker's reply topic until the deadline (``_round_trip``); the reply is
+   judged against the response schema (``broker.contracts.verdicts``). An
+   async or idempotent call takes the stored path (``broker.gateway.stored``);
+4. **record**: whoever the exchange's ``recorded_by`` names writes its
+   transaction record: this worker (the answer waits for Kafka's
+   acknowledgement, so that no answered exchange goes uncounted), its tally
+   (unauthenticated rejections), the keeper (stored exchanges) or nobody (a
+   replay). An exchange that reached its provider but cannot be recorded is
+   answered 503, not with its result.
+
+The request bytes go to Kafka as they came; whatever the outcome, the
+exchange is counted in the metrics.
 """
 
 from __future__ import annotations
@@ -19,8 +33,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from broker.contracts.catalog import Contract, Service
-from broker.contracts.registry import Agency
+from broker.contracts.catalog import Contract
 from broker.contracts.verdicts import judge
 from broker.errors import (
     AccessDenied,
@@ -34,13 +47,13 @@ from broker.errors import (
     UnknownService,
 )
 from broker.gateway.auth import authenticate
+from broker.gateway.context import Exchange, RecordedBy
 from broker.gateway.middleware import header, problem_response, request_id
 from broker.gateway.recorder import RECORD_WITHIN_S
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
-from broker.gateway.stored import RECORDED_BY_KEEPER, idempotency_key, preferences, stored_exchange
-from broker.model.documents import Mode
-from broker.model.envelope import Reply, RequestMeta, now_ms
-from broker.model.records import TxRecord
+from broker.gateway.stored import idempotency_key, preferences, stored_exchange
+from broker.model.envelope import Reply, now_ms
+from broker.model.records import Mode, Outcome
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
@@ -48,103 +61,76 @@ PROBLEM = "application/problem+json"
 
 
 async def exchange(request: web.Request) -> web.StreamResponse:
+    """The handler: run the pipeline, record the exchange, answer."""
     gw = request.app[GATEWAY]
-    started = time.perf_counter()
-    rec = TxRecord(
-        exchange_id=request[EXCHANGE_ID],
-        client="-",
-        provider="-",
-        service="-",
-        outcome="internal_error",
-        status=500,
-        t_in=time.time() * 1000,
-        gateway=gw.replies.topic,
-    )
+    ex = Exchange(id=request[EXCHANGE_ID], gateway=gw.replies.topic)
     try:
-        rec.request_id = request_id(request)
-        rec.user_id = header(request, "X-NDXP-User-Id")
-        rec.purpose = header(request, "X-NDXP-Purpose")
-        resp = await _exchange(gw, request, rec)
+        ex.request_id = request_id(request)
+        ex.user_id = header(request, "X-NDXP-User-Id")
+        ex.purpose = header(request, "X-NDXP-Purpose")
+        ex.traceparent = header(request, "traceparent")
+        resp = await _pipeline(gw, request, ex)
     except NdxpError as exc:
-        rec.outcome = exc.code
-        resp = problem_response(exc, rec.exchange_id)
+        ex.outcome = exc.code
+        resp = problem_response(exc, ex.id)
     except Exception:
-        log.exception("exchange %s failed unexpectedly", rec.exchange_id)
-        resp = problem_response(NdxpError("unexpected error; see the gateway log"), rec.exchange_id)
-    rec.status = resp.status
-    rec.response_bytes = len(resp.body) if isinstance(resp.body, bytes) else 0
-    rec.t_out = time.time() * 1000
-    if resp.get(RECORDED_BY_KEEPER):
-        pass  # a stored exchange: the keeper writes its record once it ends (or a replay: no new exchange)
-    elif rec.client == "-":
-        # Unauthenticated: tallied, one record a second (a failed-login flood costs no Kafka write each).
-        gw.recorder.tally(rec)
-    # With Kafka unreachable, a record is not even tried: counted lost at once, not after a wait.
-    elif not await gw.recorder.write(rec, RECORD_WITHIN_S if gw.kafka.ok else 0.0) and rec.t_sent is not None:
-        # The provider was asked, but the exchange cannot be counted: not answered either.
-        rec.outcome = "unavailable"
-        resp = problem_response(
-            Unavailable("the exchange could not be recorded; retry shortly", retry_after=1),
-            rec.exchange_id,
-        )
-    gw.metrics.exchanges.labels(rec.client, rec.provider, rec.service, rec.outcome).inc()
-    gw.metrics.duration.labels(rec.provider, rec.service).observe(time.perf_counter() - started)
+        log.exception("exchange %s failed unexpectedly", ex.id)
+        resp = problem_response(NdxpError("unexpected error; see the gateway log"), ex.id)
+    resp = await _record(gw, ex, resp)
+    gw.metrics.exchanges.labels(ex.client, ex.provider, ex.service, ex.outcome).inc()
+    gw.metrics.duration.labels(ex.provider, ex.service).observe(time.perf_counter() - ex.started)
     return resp
 
 
-async def _exchange(gw: Gateway, request: web.Request, rec: TxRecord) -> web.Response:
-    provider = request.match_info["provider"]
-    service = request.match_info["service"]
-    agency = authenticate(gw, request)
-    rec.client = agency.id
-    svc = gw.catalog.get(provider, service)
-    if svc is None:
-        raise UnknownService(f"no service {provider}/{service}; see GET /v1/services")
-    rec.provider, rec.service = provider, service
-    if not gw.registry.allowed(agency.id, provider, service):
-        raise AccessDenied(f"{agency.id} may not call {provider}/{service}")
-    mode: Mode = "async" if "respond-async" in preferences(request) else "sync"
-    rec.mode = mode
+async def _pipeline(gw: Gateway, request: web.Request, ex: Exchange) -> web.Response:
+    _identify(gw, request, ex)
     key = idempotency_key(request)
-    limit = gw.settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the body limit is {limit} bytes")
-    # The body is read before an in-flight slot is taken, within a time limit:
-    # slow uploads cannot hold the slots that other callers need.
-    body = await read_body(request, limit, gw.settings.body_timeout_s)
-    rec.request_bytes = len(body)
-    _validate_request(svc, body)
+    ex.mode = Mode.ASYNC if "respond-async" in preferences(request) else Mode.SYNC
+    await _read(gw, request, ex)
     if not gw.kafka.ok:  # fail fast: waiting for the timeout would help nobody
         raise Unavailable("Kafka is unreachable; retry shortly", retry_after=1)
-    if mode == "async" or key is not None:
-        return await stored_exchange(gw, request, svc, agency, body, rec, mode=mode, key=key)
-    with gw.limits.admit(agency):
-        reply = await _round_trip(gw, request, svc, agency, body, rec)
-    verdict = judge(svc, reply)
-    rec.outcome = verdict.outcome
+    if ex.mode is Mode.ASYNC or key is not None:
+        return await stored_exchange(gw, ex, key)
+    assert ex.agency is not None
+    assert ex.svc is not None
+    with gw.limits.admit(ex.agency):
+        reply = await _round_trip(gw, ex)
+    verdict = judge(ex.svc, reply)
+    ex.outcome = verdict.outcome
     return web.Response(
         body=verdict.body, status=verdict.status, content_type=PROBLEM if verdict.problem else JSON
     )
 
 
-async def _round_trip(
-    gw: Gateway, request: web.Request, svc: Service, agency: Agency, body: bytes, rec: TxRecord
-) -> Reply:
+def _identify(gw: Gateway, request: web.Request, ex: Exchange) -> None:
+    """Who calls (401 otherwise), which service (404), and whether the caller may call it (403)."""
+    provider = request.match_info["provider"]
+    service = request.match_info["service"]
+    ex.agency = authenticate(gw, request)
+    ex.svc = gw.catalog.get(provider, service)
+    if ex.svc is None:
+        raise UnknownService(f"no service {provider}/{service}; see GET /v1/services")
+    if not gw.registry.allowed(ex.agency.id, provider, service):
+        raise AccessDenied(f"{ex.agency.id} may not call {provider}/{service}")
+
+
+async def _read(gw: Gateway, request: web.Request, ex: Exchange) -> None:
+    """The body, read before an in-flight slot is taken and within a time limit (slow uploads cannot
+    hold the slots other callers need), then checked against the request schema."""
+    assert ex.svc is not None
+    limit = gw.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body limit is {limit} bytes")
+    ex.body = await read_body(request, limit, gw.settings.body_timeout_s)
+    validated(ex.svc.request, ex.body)
+
+
+async def _round_trip(gw: Gateway, ex: Exchange) -> Reply:
     """Produce the request and await its reply within the service timeout."""
-    eid = rec.exchange_id
-    meta = RequestMeta(
-        exchange_id=eid,
-        client=agency.id,
-        provider=svc.provider,
-        service=svc.service,
-        reply_to=gw.replies.topic,
-        deadline_ms=now_ms() + svc.timeout_ms,
-        request_id=rec.request_id,
-        user_id=rec.user_id,
-        purpose=rec.purpose,
-        traceparent=header(request, "traceparent"),
-    )
-    reply_future = gw.replies.expect(eid)
+    svc = ex.svc
+    assert svc is not None
+    meta = ex.meta(reply_to=gw.replies.topic, deadline_ms=now_ms() + svc.timeout_ms)
+    reply_future = gw.replies.expect(ex.id)
     gw.metrics.in_flight.inc()
     sent = time.perf_counter()
     try:
@@ -152,24 +138,47 @@ async def _round_trip(
         # acknowledging is "unavailable", not a slow provider); then the reply
         # is awaited until the deadline the provider was given.
         await gw.hand_off(
-            gw.settings.names.request(svc.provider, svc.service), body,
+            gw.settings.names.request(svc.provider, svc.service), ex.body,
             what="the request", headers=meta.headers(), at_most_s=svc.timeout_ms / 1000,
         )  # fmt: skip
-        rec.t_sent = time.time() * 1000
+        ex.sent()
         try:
             async with asyncio.timeout(max(0, meta.deadline_ms - now_ms()) / 1000):
                 reply = await reply_future
         except TimeoutError as exc:
             raise Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms") from exc
-        rec.t_reply = time.time() * 1000
+        ex.replied()
     finally:
-        gw.replies.forget(eid)
+        gw.replies.forget(ex.id)
         gw.metrics.in_flight.dec()
     gw.metrics.kafka_roundtrip.labels(svc.provider, svc.service).observe(time.perf_counter() - sent)
     return reply
 
 
+async def _record(gw: Gateway, ex: Exchange, resp: web.Response) -> web.Response:
+    """Write the exchange's record as its ``recorded_by`` says; the answer to send."""
+    if ex.agency is None:  # unauthenticated: tallied (a failed-login flood costs no Kafka write each)
+        ex.recorded_by = RecordedBy.TALLY
+    if ex.recorded_by in (RecordedBy.KEEPER, RecordedBy.NOBODY):
+        return resp
+    record = ex.record(
+        status=resp.status, response_bytes=len(resp.body) if isinstance(resp.body, bytes) else 0
+    )
+    if ex.recorded_by is RecordedBy.TALLY:
+        gw.recorder.tally(record)
+        return resp
+    # With Kafka unreachable, a record is not even tried: counted lost at once, not after a wait.
+    if await gw.recorder.write(record, RECORD_WITHIN_S if gw.kafka.ok else 0.0) or ex.t_sent is None:
+        return resp
+    # The provider was asked, but the exchange cannot be counted: not answered either.
+    ex.outcome = Outcome.UNAVAILABLE
+    return problem_response(
+        Unavailable("the exchange could not be recorded; retry shortly", retry_after=1), ex.id
+    )
+
+
 async def read_body(request: web.Request, limit: int, within_s: float) -> bytes:
+    """The request body, at most ``limit`` bytes and within ``within_s`` (413, 408, 499 otherwise)."""
     try:
         if request.content.is_eof():  # the whole body came with the headers: no timer needed
             body = await request.read()
@@ -185,10 +194,6 @@ async def read_body(request: web.Request, limit: int, within_s: float) -> bytes:
     if len(body) > limit:
         raise PayloadTooLarge(f"the body limit is {limit} bytes")
     return body
-
-
-def _validate_request(svc: Service, body: bytes) -> None:
-    validated(svc.request, body)
 
 
 def validated(contract: Contract, body: bytes) -> Any:

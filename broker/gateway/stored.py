@@ -25,8 +25,6 @@ import time
 import orjson
 from aiohttp import web
 
-from broker.contracts.catalog import Service
-from broker.contracts.registry import Agency
 from broker.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
@@ -36,6 +34,7 @@ from broker.errors import (
     Unavailable,
 )
 from broker.gateway.auth import authenticate
+from broker.gateway.context import Exchange, RecordedBy
 from broker.gateway.middleware import header, problem_response
 from broker.gateway.state import GATEWAY, SEND_WITHIN_S, Gateway
 from broker.model.documents import (
@@ -43,21 +42,19 @@ from broker.model.documents import (
     H_DOC,
     Doc,
     Final,
-    Mode,
     Pending,
+    Status,
     fingerprint,
     idempotency_hash,
     partition_for,
 )
-from broker.model.envelope import EXCHANGE_ID_PATTERN, RequestMeta
-from broker.model.records import TxRecord
+from broker.model.envelope import EXCHANGE_ID_PATTERN
+from broker.model.records import Mode, Outcome
 
 MAX_WAIT_S = 60
 """``Prefer: wait=N`` is honoured up to this many seconds."""
 KEEPER_MARGIN_S = 3.0
 """How long past an exchange's expiry a sync caller waits for the keeper's final document."""
-RECORDED_BY_KEEPER = web.ResponseKey("recorded_by_keeper", bool)
-"""Set on a response whose exchange the keeper records (or that is no new exchange): no gateway record."""
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _EXCHANGE_ID = re.compile(EXCHANGE_ID_PATTERN)
 JSON = "application/json"
@@ -90,32 +87,37 @@ def idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-async def stored_exchange(
-    gw: Gateway, request: web.Request, svc: Service, agency: Agency, body: bytes, rec: TxRecord,
-    *, mode: Mode, key: str | None,
-) -> web.Response:  # fmt: skip
-    """Accept an async exchange or run an idempotent one; see the module's docstring."""
+async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Response:
+    """Accept an async exchange or run an idempotent one; see the module's docstring.
+
+    The keeper records the exchange when it ends (``ex.recorded_by``), or nobody does when the call
+    replays an earlier exchange.
+    """
+    svc, agency = ex.svc, ex.agency
+    assert svc is not None
+    assert agency is not None
     view = gw.exchanges
     now = time.time() * 1000
     idem = idempotency_hash(agency.id, key) if key is not None else None
-    fp = fingerprint(svc.provider, svc.service, body) if key is not None else None
+    fp = fingerprint(svc.provider, svc.service, ex.body) if key is not None else None
     if idem is not None:
         held = view.claims.holder(idem, now)
         if held is not None:
-            return await _replay(gw, held, fp, mode, svc, rec)
-    eid = rec.exchange_id
-    deadline = int(now + (svc.async_ttl_s * 1000 if mode == "async" else svc.timeout_ms))
+            return await _replay(gw, ex, held, fp)
+    deadline = int(now + (svc.async_ttl_s * 1000 if ex.mode is Mode.ASYNC else svc.timeout_ms))
     pending = Pending(
-        exchange_id=eid, client=agency.id, provider=svc.provider, service=svc.service, mode=mode,
-        t_in=rec.t_in, deadline_ms=deadline, idempotency=idem, fingerprint=fp, request_id=rec.request_id,
-        user_id=rec.user_id, purpose=rec.purpose, request_bytes=len(body), gateway=gw.replies.topic,
+        exchange_id=ex.id, client=agency.id, provider=svc.provider, service=svc.service, mode=ex.mode,
+        t_in=ex.t_in, deadline_ms=deadline, idempotency=idem, fingerprint=fp, request_id=ex.request_id,
+        user_id=ex.user_id, purpose=ex.purpose, request_bytes=len(ex.body), gateway=gw.replies.topic,
     )  # fmt: skip
-    partition = partition_for(idem or eid, view.partitions)
+    partition = partition_for(idem or ex.id, view.partitions)
     with gw.limits.admit(agency):
         written = await gw.hand_off(
-            view.topic, pending.encode(), what="the request", key=eid.encode(), partition=partition,
+            view.topic, pending.encode(), what="the request", key=ex.id.encode(), partition=partition,
             headers=[(H_DOC, b"pending")],
         )  # fmt: skip
+        # From here on the exchange exists: the keeper finishes it (or expires it) and records it.
+        ex.recorded_by = RecordedBy.KEEPER
         if idem is not None:
             # Our claim is in the log: the first claim on the key there wins.
             if not await view.reached(partition, written.offset, SEND_WITHIN_S):
@@ -123,41 +125,41 @@ async def stored_exchange(
                     "the idempotency key could not be checked in time; retry shortly", retry_after=1
                 )
             held = view.claims.holder(idem, now)
-            if held is None or held[0] != eid:
-                return await _replay(gw, held, fp, mode, svc, rec)
-        meta = RequestMeta(
-            exchange_id=eid, client=agency.id, provider=svc.provider, service=svc.service,
-            reply_to=view.topic, reply_partition=partition, deadline_ms=deadline,
-            request_id=rec.request_id, user_id=rec.user_id, purpose=rec.purpose,
-            traceparent=header(request, "traceparent"),
-        )  # fmt: skip
+            if held is None or held[0] != ex.id:
+                return await _replay(gw, ex, held, fp)
+        meta = ex.meta(reply_to=view.topic, reply_partition=partition, deadline_ms=deadline)
         await gw.hand_off(
-            gw.settings.names.request(svc.provider, svc.service), body, what="the request",
+            gw.settings.names.request(svc.provider, svc.service), ex.body, what="the request",
             headers=meta.headers(),
         )  # fmt: skip
-        rec.t_sent = time.time() * 1000
-        if mode == "async":
+        ex.sent()
+        if ex.mode is Mode.ASYNC:
             gw.metrics.async_accepted.labels(agency.id, svc.provider, svc.service).inc()
-            rec.outcome = "accepted"
-            return _accepted(eid, replayed=False)
+            ex.outcome = Outcome.ACCEPTED
+            return _accepted(ex.id, replayed=False)
         # A sync idempotent exchange: the keeper finishes it; wait for its final document.
         within = (deadline + GRACE_MS - time.time() * 1000) / 1000 + KEEPER_MARGIN_S
-        doc = await view.final(eid, within)
-    rec.t_reply = time.time() * 1000
+        doc = await view.final(ex.id, within)
+    ex.replied()
     if not isinstance(doc, Final):
         # The keeper will finish and count it (expired): answered here, recorded there.
-        rec.outcome = Timeout.code
-        resp = problem_response(Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms"), eid)
-        resp[RECORDED_BY_KEEPER] = True
-        return resp
-    rec.outcome = doc.outcome
+        ex.outcome = Outcome.TIMEOUT
+        return problem_response(Timeout(f"{svc.key} did not answer within {svc.timeout_ms} ms"), ex.id)
+    ex.outcome = doc.outcome
     return _answer(doc, replayed=False)
 
 
 async def _replay(
-    gw: Gateway, held: tuple[str, str | None] | None, fp: str | None, mode: Mode, svc: Service, rec: TxRecord
+    gw: Gateway, ex: Exchange, held: tuple[str, str | None] | None, fp: str | None
 ) -> web.Response:
-    """Answer a call whose key another exchange holds: its outcome again, never a new exchange."""
+    """Answer a call whose key another exchange holds: its outcome again, never a new exchange.
+
+    Refused (409, 422), the call is an exchange of its own that the gateway records: a claim that lost
+    is never processed, nor recorded, by the keeper.
+    """
+    svc = ex.svc
+    assert svc is not None
+    ex.recorded_by = RecordedBy.GATEWAY
     if held is None:  # the claim vanished (retention): treat as in flight, the caller retries
         raise IdempotencyKeyInFlight("this Idempotency-Key is being settled; retry", retry_after=1)
     eid, held_fp = held
@@ -165,25 +167,26 @@ async def _replay(
         raise IdempotencyKeyReused("this Idempotency-Key was used for another request (service or body)")
     view = gw.exchanges
     doc = await view.get(eid)
-    if mode != "async" and isinstance(doc, Pending):
+    if ex.mode is not Mode.ASYNC and isinstance(doc, Pending):
         left = (doc.deadline_ms + GRACE_MS - time.time() * 1000) / 1000 + KEEPER_MARGIN_S
         if left <= svc.timeout_ms / 1000 + KEEPER_MARGIN_S + GRACE_MS / 1000:  # a sync one: wait for it
             doc = await view.final(eid, left)
-    if not isinstance(doc, Final) and mode != "async":
+    if not isinstance(doc, Final) and ex.mode is not Mode.ASYNC:
         raise IdempotencyKeyInFlight(
             f"the exchange {eid} with this Idempotency-Key is still in flight; see GET /v1/exchanges/{eid}",
             retry_after=1,
         )
-    gw.metrics.idempotent_replays.labels(rec.client, rec.provider, rec.service).inc()
-    rec.outcome = "replayed"
-    if mode == "async":
+    gw.metrics.idempotent_replays.labels(ex.client, ex.provider, ex.service).inc()
+    ex.outcome = Outcome.REPLAYED
+    ex.recorded_by = RecordedBy.NOBODY
+    if ex.mode is Mode.ASYNC:
         return _accepted(eid, replayed=True, doc=doc)
     assert isinstance(doc, Final)
     return _answer(doc, replayed=True)
 
 
 def _accepted(eid: str, *, replayed: bool, doc: Doc | None = None) -> web.Response:
-    view = doc.view() if doc is not None else {"exchange_id": eid, "status": "pending"}
+    view = doc.view() if doc is not None else {"exchange_id": eid, "status": Status.PENDING}
     resp = web.Response(
         body=orjson.dumps({"exchange_id": eid, "status": view["status"]}), status=202, content_type=JSON
     )
@@ -192,7 +195,6 @@ def _accepted(eid: str, *, replayed: bool, doc: Doc | None = None) -> web.Respon
     resp.headers["X-NDXP-Exchange-Id"] = eid
     if replayed:
         resp.headers["Idempotent-Replayed"] = "true"
-    resp[RECORDED_BY_KEEPER] = True
     return resp
 
 
@@ -200,12 +202,11 @@ def _answer(doc: Final, *, replayed: bool) -> web.Response:
     resp = web.Response(
         body=orjson.dumps(doc.body),
         status=doc.http_status,
-        content_type=JSON if doc.status == "done" else PROBLEM,
+        content_type=JSON if doc.status is Status.DONE else PROBLEM,
     )
     resp.headers["X-NDXP-Exchange-Id"] = doc.exchange_id
     if replayed:
         resp.headers["Idempotent-Replayed"] = "true"
-    resp[RECORDED_BY_KEEPER] = True
     return resp
 
 

@@ -59,9 +59,9 @@ from broker.kafka import (
     sweep_idle_topics,
 )
 from broker.metrics import KeeperMetrics
-from broker.model.documents import GRACE_MS, H_DOC, Claims, Final, Pending, decode, doc_kind
+from broker.model.documents import GRACE_MS, H_DOC, CallbackState, Claims, Final, Pending, decode, doc_kind
 from broker.model.envelope import Reply
-from broker.model.records import TxRecord
+from broker.model.records import Mode, TxRecord
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -313,9 +313,9 @@ class ExchangeKeeper(KafkaService):
             p = o.pending
             final = finish(p, self.catalog.get(p.provider, p.service), o.reply, now)
             agency = self.registry.agencies.get(p.client)
-            if p.mode == "async" and agency is not None and agency.callback_url:
+            if p.mode is Mode.ASYNC and agency is not None and agency.callback_url:
                 final = dataclasses.replace(
-                    final, callback={"state": "pending", "attempts": 0, "next_at": now}
+                    final, callback={"state": CallbackState.PENDING, "attempts": 0, "next_at": now}
                 )
             outgoing.append(_doc_out(tp, final))
             outgoing.append(Outgoing(self.settings.tx_topic, _record(p, final).encode()))
@@ -408,10 +408,10 @@ class ExchangeKeeper(KafkaService):
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         dead: Outgoing | None = None
         if error is None:
-            callback = {"state": "delivered", "attempts": attempts}
+            callback = {"state": CallbackState.DELIVERED, "attempts": attempts}
             self.metrics.callbacks.labels("delivered").inc()
         elif attempts >= self.settings.callback_attempts:
-            callback = {"state": "failed", "attempts": attempts, "error": error}
+            callback = {"state": CallbackState.FAILED, "attempts": attempts, "error": error}
             self.metrics.callbacks.labels("failed").inc()
             log.warning("keeper: callback of %s dead-lettered after %d attempts: %s", final.exchange_id,
                         attempts, error)  # fmt: skip
@@ -420,7 +420,7 @@ class ExchangeKeeper(KafkaService):
         else:
             delay = min(MAX_BACKOFF_S, self.settings.callback_backoff_s * 2 ** (attempts - 1))
             delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - equal jitter, not a secret
-            callback = {"state": "pending", "attempts": attempts, "error": error,
+            callback = {"state": CallbackState.PENDING, "attempts": attempts, "error": error,
                         "next_at": time.time() * 1000 + delay * 1000}  # fmt: skip
             self.metrics.callbacks.labels("retry").inc()
         self._results.append((tp, dataclasses.replace(final, callback=callback), dead))

@@ -23,11 +23,14 @@ the latest document of an exchange is what a reader sees.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
+
+from broker.model.records import Mode
 
 H_DOC = "ndxp-doc"
 """Header naming a document's kind (``pending`` or ``final``); adapter replies have none."""
@@ -41,8 +44,23 @@ this long past a deadline; the gateway's ``Prefer: wait`` too)."""
 MAX_ASYNC_TTL_MS = 48 * 3600 * 1000
 """The longest an async exchange may wait for its provider (``Prefer: wait`` aside)."""
 
-Mode = Literal["sync", "async"]
-Status = Literal["pending", "done", "failed", "expired"]
+
+class Status(enum.StrEnum):
+    """Where a stored exchange stands (the public ``status`` of ``GET /v1/exchanges/{id}``)."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class CallbackState(enum.StrEnum):
+    """Where an async exchange's callback stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    """Every attempt failed: dead-lettered."""
 
 
 def partition_for(token: str, partitions: int) -> int:
@@ -109,7 +127,7 @@ class Pending(_Stored):
 
     def view(self) -> dict[str, Any]:
         """The public status document while it waits."""
-        return {**self._public("pending", None), "expires_at": _iso(self.deadline_ms)}
+        return {**self._public(Status.PENDING, None), "expires_at": _iso(self.deadline_ms)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,13 +150,13 @@ class Final(_Stored):
 
     @property
     def callback_due(self) -> bool:
-        return self.callback is not None and self.callback.get("state") == "pending"
+        return self.callback is not None and self.callback.get("state") == CallbackState.PENDING
 
     def view(self) -> dict[str, Any]:
         """The public status document (also the callback's body)."""
         doc = {
             **self._public(self.status, self.http_status),
-            "result" if self.status == "done" else "problem": self.body,
+            "result" if self.status == Status.DONE else "problem": self.body,
             "finished_at": _iso(self.t_out),
         }
         if self.callback is not None:
@@ -158,8 +176,11 @@ def decode(raw: bytes) -> Doc:
     try:
         data = orjson.loads(raw)
         kind = data.pop("kind")
+        data["mode"] = Mode(data["mode"])
+        if kind == "final":
+            data["status"] = Status(data["status"])
         doc: Doc = Pending(**data) if kind == "pending" else Final(**data)
-    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as exc:
         raise ValueError(f"not an exchange document: {exc!r}") from exc
     if kind not in ("pending", "final") or not isinstance(doc.exchange_id, str):
         raise ValueError(f"not an exchange document: kind {kind!r}")

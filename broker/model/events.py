@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from broker.model.envelope import new_exchange_id
-from broker.model.records import TxRecord
+from broker.model.records import Mode, Outcome, TxRecord
 
 POSITIONS_PATTERN = r"^[0-9]{1,4}:[0-9]{1,19}(,[0-9]{1,4}:[0-9]{1,19}){0,255}$"
 """A stream position (an SSE event id, ``Last-Event-ID``): next offset per partition."""
@@ -75,8 +75,8 @@ def envelope(
 def published_record(event_id: str, provider: str, type_: str, t_ms: float, size: int) -> TxRecord:
     """The transaction record of a publication: counted exactly once, like an exchange (mode ``event``)."""
     return TxRecord(
-        exchange_id=event_id, client=provider, provider=provider, service=type_, outcome="published",
-        status=202, t_in=t_ms, t_out=t_ms, request_bytes=size, mode="event",
+        exchange_id=event_id, client=provider, provider=provider, service=type_, outcome=Outcome.PUBLISHED,
+        status=202, t_in=t_ms, t_out=t_ms, request_bytes=size, mode=Mode.EVENT,
     )  # fmt: skip
 
 
@@ -84,7 +84,7 @@ def delivered_record(subscriber: str, provider: str, type_: str, n: int, t_ms: f
     """``n`` events streamed to a subscriber (mode ``delivery``; resent events count again)."""
     return TxRecord(
         exchange_id=new_exchange_id(), client=subscriber, provider=provider, service=type_,
-        outcome="delivered", status=200, t_in=t_ms, t_out=t_ms, count=n, mode="delivery",
+        outcome=Outcome.DELIVERED, status=200, t_in=t_ms, t_out=t_ms, count=n, mode=Mode.DELIVERY,
     )  # fmt: skip
 
 

@@ -8,13 +8,68 @@ are epoch milliseconds; a step never reached is ``None``.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 
-@dataclass(slots=True, kw_only=True)
+class Mode(enum.StrEnum):
+    """What a transaction record stands for."""
+
+    SYNC = "sync"
+    """An exchange answered in its HTTP call."""
+    ASYNC = "async"
+    """An exchange accepted with ``Prefer: respond-async``; its result read or called back later."""
+    EVENT = "event"
+    """An event published (client = provider = publisher, service = event type)."""
+    DELIVERY = "delivery"
+    """``count`` events streamed to a subscriber (client)."""
+
+
+class Outcome(enum.StrEnum):
+    """How an exchange ended, as counted: success, the provider's own "no", or an error code.
+
+    The error codes are those of the public contract (``broker.errors``); a test
+    checks that every error class's ``code`` is a member.
+    """
+
+    OK = "ok"
+    BUSINESS_ERROR = "business_error"
+    """The provider's own answer that is not a success (e.g. citizen not found): passed through."""
+    ACCEPTED = "accepted"
+    """An async exchange accepted (202): its end is recorded by the keeper."""
+    REPLAYED = "replayed"
+    """Answered from an earlier exchange with the same Idempotency-Key: no new exchange."""
+    PUBLISHED = "published"
+    DELIVERED = "delivered"
+    INTERNAL_ERROR = "internal_error"
+    UNAUTHORIZED = "unauthorized"
+    ACCESS_DENIED = "access_denied"
+    UNKNOWN_SERVICE = "unknown_service"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    INVALID_REQUEST = "invalid_request"
+    INVALID_HEADER = "invalid_header"
+    REQUEST_TIMEOUT = "request_timeout"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    TIMEOUT = "timeout"
+    PROVIDER_ERROR = "provider_error"
+    INVALID_RESPONSE = "invalid_response"
+    UNAVAILABLE = "unavailable"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    IDEMPOTENCY_KEY_IN_FLIGHT = "idempotency_key_in_flight"
+    CLIENT_CLOSED = "client_closed"
+
+
+ANSWERED = frozenset({Outcome.OK, Outcome.BUSINESS_ERROR, Outcome.ACCEPTED, Outcome.REPLAYED})
+"""Outcomes where the caller got what it asked for (the provider's "no" included)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TxRecord:
     """One exchange, whatever its outcome."""
 
@@ -24,7 +79,7 @@ class TxRecord:
     provider: str
     service: str
     outcome: str
-    """``ok``, an error code of the public contract, or ``business_error``."""
+    """An :class:`Outcome` (kept as text: a record from a newer gateway may carry a code this one lacks)."""
     status: int
     t_in: float
     t_sent: float | None = None
@@ -41,10 +96,7 @@ class TxRecord:
     """Exchanges this record stands for: 1, or more for the gateway's tally of
     unauthenticated rejections (one record a second, not one per failed login)."""
 
-    mode: str = "sync"
-    """``sync``, or ``async`` for an exchange accepted with ``Prefer: respond-async``; ``event`` for an
-    event published (client = provider = publisher, service = event type), ``delivery`` for ``count``
-    events streamed to a subscriber (client)."""
+    mode: Mode = Mode.SYNC
 
     def count_fields(self) -> tuple[str, str, str, str]:
         """What a count row is keyed by, besides the day and the mode."""
@@ -71,13 +123,14 @@ class TxRecord:
             raise ValueError("not a transaction record: '|' in a counted name")
         if rec.mode not in MODES:
             raise ValueError(f"not a transaction record: mode {rec.mode!r}")
+        object.__setattr__(rec, "mode", Mode(rec.mode))
         if not rec.t_in == rec.t_in or abs(rec.t_in) > 1e15:  # NaN or absurd times
             raise ValueError("not a transaction record: t_in is not a time")
         return rec
 
 
-MODES = frozenset({"sync", "async", "event", "delivery"})
-EXCHANGE_MODES = frozenset({"sync", "async"})
+MODES = frozenset(Mode)
+EXCHANGE_MODES = frozenset({Mode.SYNC, Mode.ASYNC})
 _NUMBER = (int, float)
 _TEXT_OR_NONE = (str, type(None))
 _NUMBER_OR_NONE = (int, float, type(None))

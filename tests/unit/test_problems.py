@@ -89,3 +89,17 @@ async def test_a_valid_request_id_is_echoed_and_an_invalid_one_is_not(
     bad = await client.get("/nowhere", headers={"X-Request-Id": "<script>"})
     assert "X-Request-Id" not in bad.headers
     assert ok.headers["X-NDXP-Exchange-Id"] != bad.headers["X-NDXP-Exchange-Id"]
+
+
+def test_every_error_code_is_a_counted_outcome() -> None:
+    """Outcomes are a closed set: every error class's code is one of them."""
+    from broker import errors
+    from broker.model.records import Outcome
+
+    todo: list[type[errors.NdxpError]] = [errors.NdxpError]
+    codes = set()
+    while todo:
+        cls = todo.pop()
+        codes.add(cls.code)
+        todo.extend(cls.__subclasses__())
+    assert codes - set(Outcome) == set()

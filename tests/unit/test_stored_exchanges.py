@@ -24,12 +24,13 @@ from broker.model.documents import (
     partition_for,
 )
 from broker.model.envelope import Reply, ReplyOutcome
+from broker.model.records import Mode
 from tests.fixtures import write_contracts, write_registry
 
 
 def pending(eid: str, t_in: float = 1_000_000.0, idem: str | None = "k", fp: str | None = "f") -> Pending:
     return Pending(
-        exchange_id=eid, client="alice", provider="prov", service="echo", mode="async",
+        exchange_id=eid, client="alice", provider="prov", service="echo", mode=Mode.ASYNC,
         t_in=t_in, deadline_ms=int(t_in) + 5000, idempotency=idem, fingerprint=fp,
     )  # fmt: skip
 
