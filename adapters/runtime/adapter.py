@@ -197,9 +197,10 @@ class Adapter(KafkaService):
                     await asyncio.wait(list(self._tasks))
                 await self._write_idle.wait()
         await self._stop_helpers()
-        for task in self._tasks:
+        tasks = list(self._tasks)  # a task leaves the set as it ends
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.consumer is not None:

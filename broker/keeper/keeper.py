@@ -31,13 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import heapq
-import hmac
 import logging
-import random
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -58,36 +54,18 @@ from broker.kafka import (
     make_producer,
     sweep_idle_topics,
 )
+from broker.keeper import callbacks
+from broker.keeper.ledger import Ledger, Open
 from broker.metrics import KeeperMetrics
-from broker.model.documents import GRACE_MS, H_DOC, CallbackState, Claims, Final, Pending, decode, doc_kind
-from broker.model.envelope import Reply
+from broker.model.documents import H_DOC, CallbackState, Final, Pending
 from broker.model.records import Mode, TxRecord
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
 COMMIT_EVERY_S = 2.0
 """Offsets move on at least this often when nothing else is written."""
-MAX_BACKOFF_S = 600.0
 SWEEP_EVERY_S = 3600.0
 """How often the keeper looks for reply topics of gateway workers that are gone."""
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """``X-NDXP-Signature``: ``sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``."""
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, "sha256").hexdigest()
-
-
-@dataclass(slots=True)
-class _Open:
-    """An exchange of one of our partitions that is not over yet."""
-
-    first_offset: int
-    pending: Pending | None = None
-    reply: Reply | None = None
-    final: Final | None = None
-    """The latest final document, while its callback is still to deliver."""
-    busy: bool = False
-    """A write or a delivery for it is under way."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -95,18 +73,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.keeper = keeper
 
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
-        for tp in revoked:
-            self.keeper.open.pop(tp, None)
-            self.keeper.catching_up.pop(tp, None)
-            self.keeper._last_read.pop(tp, None)
+        self.keeper.ledger.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         consumer = self.keeper.consumer
         assert consumer is not None
-        ends = await consumer.end_offsets(list(assigned)) if assigned else {}
-        for tp in assigned:
-            self.keeper.open[tp] = {}
-            self.keeper.catching_up[tp] = ends.get(tp, 0)
+        self.keeper.ledger.assigned(await consumer.end_offsets(list(assigned)) if assigned else {})
 
 
 class ExchangeKeeper(KafkaService):
@@ -125,13 +97,8 @@ class ExchangeKeeper(KafkaService):
         self.topic = settings.exchanges_topic
         self.group_id = f"{self.topic}.keeper"
         self.dlq_topic = Topics(settings).callbacks_dlq().name
-        self.open: dict[TopicPartition, dict[str, _Open]] = {}
-        self.catching_up: dict[TopicPartition, int] = {}
-        """Partitions assigned and not yet read up to their end offset at assignment."""
-        self.claims = Claims()
-        self._due: list[tuple[float, str, int, str]] = []
-        """Heap of (when, topic, partition, exchange id): deadlines and callback retries."""
-        self._replied: set[tuple[TopicPartition, str]] = set()
+        self.ledger = Ledger()
+        """What is open and what is due: every decision of the keeper, no I/O."""
         self._results: list[tuple[TopicPartition, Final, Outgoing | None]] = []
         """Callback attempts' results, to write in the next transaction."""
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -139,7 +106,6 @@ class ExchangeKeeper(KafkaService):
         self._tx: Transactions | None = None
         self._session: aiohttp.ClientSession | None = None
         self._committed: dict[TopicPartition, int] = {}
-        self._last_read: dict[TopicPartition, int] = {}
         self._commit_at = 0.0
         self._gauges_at = 0.0
         self._sweep_at = time.monotonic() + 60.0
@@ -193,121 +159,40 @@ class ExchangeKeeper(KafkaService):
     # -- reading the log ------------------------------------------------------
 
     async def _on_batch(self, batch: Batch) -> None:
-        for tp, messages in batch.items():
-            opens = self.open.setdefault(tp, {})
-            for msg in messages:
-                self._apply(tp, opens, msg)
-            if messages:
-                self._last_read[tp] = messages[-1].offset
         consumer = self.consumer
         assert consumer is not None
-        for tp, end in list(self.catching_up.items()):
-            if await consumer.position(tp) >= end:
-                del self.catching_up[tp]
-                self._resume(tp)
+        for tp, messages in batch.items():
+            for msg in messages:
+                self.ledger.apply(tp, msg.offset, msg.headers or (), msg.value or b"")
+        for tp in list(self.ledger.catching_up):
+            self.ledger.read_to(tp, await consumer.position(tp))
         await self._act()
-
-    def _apply(self, tp: TopicPartition, opens: dict[str, _Open], msg: object) -> None:
-        headers = getattr(msg, "headers", None)
-        value: bytes = getattr(msg, "value", None) or b""
-        offset: int = getattr(msg, "offset", 0)
-        kind = doc_kind(headers)
-        if kind is None:  # an adapter's reply
-            try:
-                reply = Reply.from_message(headers or (), value)
-            except ValueError as exc:
-                log.warning("keeper: ignoring a malformed message at %s@%s: %s", tp, offset, exc)
-                return
-            o = opens.get(reply.exchange_id)
-            if o is not None and o.pending is not None and o.final is None and o.reply is None:
-                o.reply = reply
-                self._replied.add((tp, reply.exchange_id))
-            return
-        try:
-            doc = decode(value)
-        except ValueError as exc:
-            log.warning("keeper: ignoring a malformed document at %s@%s: %s", tp, offset, exc)
-            return
-        if isinstance(doc, Pending):
-            if not self.claims.apply(doc) or doc.exchange_id in opens:
-                return  # a claim that lost its key, or a document seen before
-            opens[doc.exchange_id] = _Open(first_offset=offset, pending=doc)
-            self._schedule(doc.deadline_ms + GRACE_MS, tp, doc.exchange_id)
-            return
-        o = opens.get(doc.exchange_id)
-        if not doc.callback_due:
-            opens.pop(doc.exchange_id, None)  # over
-            self._replied.discard((tp, doc.exchange_id))
-            return
-        if o is None:
-            o = opens[doc.exchange_id] = _Open(first_offset=offset)
-        o.final, o.reply, o.busy = doc, None, False
-        self._replied.discard((tp, doc.exchange_id))
-        self._schedule(float((doc.callback or {}).get("next_at", 0)), tp, doc.exchange_id)
-
-    def _schedule(self, at_ms: float, tp: TopicPartition, eid: str) -> None:
-        heapq.heappush(self._due, (at_ms, tp.topic, tp.partition, eid))
-
-    def _resume(self, tp: TopicPartition) -> None:
-        """Caught up with a partition: act on what its log left open."""
-        for eid, o in self.open.get(tp, {}).items():
-            if o.reply is not None:
-                self._replied.add((tp, eid))
-            if o.final is not None:
-                self._schedule(float((o.final.callback or {}).get("next_at", 0)), tp, eid)
 
     # -- acting -----------------------------------------------------------------
 
     async def _act(self) -> None:
-        now = time.time() * 1000
-        to_finish: list[tuple[TopicPartition, _Open]] = []
-        for tp, eid in list(self._replied):
-            o = self.open.get(tp, {}).get(eid)
-            if tp in self.catching_up:
-                continue
-            self._replied.discard((tp, eid))
-            if o is not None and not o.busy and o.final is None and o.pending is not None:
-                to_finish.append((tp, o))
-        while self._due and self._due[0][0] <= now:
-            _, topic, partition, eid = heapq.heappop(self._due)
-            tp = TopicPartition(topic, partition)
-            if tp in self.catching_up:
-                continue  # scheduled again by _resume
-            o = self.open.get(tp, {}).get(eid)
-            if o is None or o.busy:
-                continue
-            if o.final is not None and o.final.callback_due:
-                self._deliver(tp, o)
-            elif o.final is None and o.pending is not None and now >= o.pending.deadline_ms + GRACE_MS:
-                to_finish.append((tp, o))
+        work = self.ledger.due(time.time() * 1000)
+        for tp, o in work.deliver:
+            self._deliver(tp, o)
         if time.monotonic() >= self._sweep_at and (self._sweeper is None or self._sweeper.done()):
             self._sweep_at = time.monotonic() + SWEEP_EVERY_S
             self._sweeper = asyncio.create_task(self._sweep(), name="reply topic sweep")
         if time.monotonic() >= self._gauges_at:  # a walk over every open exchange: once a second
             self._gauges_at = time.monotonic() + 1.0
-            self._gauges()
-        if to_finish or self._results or time.monotonic() >= self._commit_at:
-            await self._write(to_finish)
+            waiting, callbacks = self.ledger.counts()
+            self.metrics.pending.set(waiting)
+            self.metrics.callbacks_pending.set(callbacks)
+        if work.finish or self._results or time.monotonic() >= self._commit_at:
+            await self._write(work.finish)
 
-    def _gauges(self) -> None:
-        waiting = callbacks = 0
-        for opens in self.open.values():
-            for o in opens.values():
-                if o.final is None:
-                    waiting += 1
-                else:
-                    callbacks += 1
-        self.metrics.pending.set(waiting)
-        self.metrics.callbacks_pending.set(callbacks)
-
-    async def _write(self, to_finish: list[tuple[TopicPartition, _Open]]) -> None:
+    async def _write(self, to_finish: list[tuple[TopicPartition, Open]]) -> None:
         """One transaction: final documents, their transaction records, callback results, offsets."""
         tx, consumer = self._tx, self.consumer
         assert tx is not None
         assert consumer is not None
         now = time.time() * 1000
         outgoing: list[Outgoing] = []
-        finals: list[tuple[TopicPartition, _Open, Final]] = []
+        finals: list[tuple[TopicPartition, Open, Final]] = []
         for tp, o in to_finish:
             assert o.pending is not None
             p = o.pending
@@ -320,23 +205,17 @@ class ExchangeKeeper(KafkaService):
             outgoing.append(_doc_out(tp, final))
             outgoing.append(Outgoing(self.settings.tx_topic, _record(p, final).encode()))
             finals.append((tp, o, final))
-            o.busy = True
         results, self._results = self._results, []
         for tp, final, dead in results:
             outgoing.append(_doc_out(tp, final))
             if dead is not None:
                 outgoing.append(dead)
-        offsets = self._offsets()
+        offsets = self.ledger.offsets()
         if not outgoing and offsets == self._committed:
             self._commit_at = time.monotonic() + COMMIT_EVERY_S
             return
         if not await tx.commit(outgoing, offsets):
-            for tp, o, final in finals:
-                o.busy = False
-                if o.reply is not None:
-                    self._replied.add((tp, final.exchange_id))
-                else:
-                    self._schedule(0, tp, final.exchange_id)
+            self.ledger.retry((tp, o) for tp, o, _ in finals)
             self._results = results + self._results
             return
         self._committed = offsets
@@ -344,19 +223,6 @@ class ExchangeKeeper(KafkaService):
         for _, _, final in finals:
             self.metrics.finished.labels(final.provider, final.service, final.mode, final.status).inc()
         # The exchanges stay busy until their final documents are read back.
-
-    def _offsets(self) -> dict[TopicPartition, int]:
-        """Commit up to the first document of the oldest open exchange of each partition."""
-        offsets: dict[TopicPartition, int] = {}
-        for tp, opens in self.open.items():
-            if tp in self.catching_up:
-                continue
-            last = self._last_read.get(tp)
-            if last is None:
-                continue
-            oldest = min((o.first_offset for o in opens.values()), default=last + 1)
-            offsets[tp] = min(oldest, last + 1)
-        return offsets
 
     async def _sweep(self) -> None:
         """Delete the reply topics of gateway workers that are gone (no heartbeat for long)."""
@@ -373,10 +239,9 @@ class ExchangeKeeper(KafkaService):
 
     # -- callbacks --------------------------------------------------------------
 
-    def _deliver(self, tp: TopicPartition, o: _Open) -> None:
+    def _deliver(self, tp: TopicPartition, o: Open) -> None:
         assert o.final is not None
         agency = self.registry.agencies.get(o.final.client)
-        o.busy = True
         task = asyncio.create_task(self._post(tp, o.final, agency.callback_url if agency else None,
                                               agency.callback_secret if agency else None))  # fmt: skip
         self._deliveries.add(task)
@@ -392,37 +257,25 @@ class ExchangeKeeper(KafkaService):
             attempts = self.settings.callback_attempts
         else:
             body = orjson.dumps(final.view())
-            stamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json",
-                "X-NDXP-Exchange-Id": final.exchange_id,
-                "X-NDXP-Timestamp": stamp,
-                "X-NDXP-Signature": sign(secret, stamp, body),
-                "X-NDXP-Delivery-Attempt": str(attempts),
-            }
+            sent = callbacks.headers(final.exchange_id, secret, str(int(time.time())), body, attempts)
             try:
                 # Never follow a redirect: the registry's URL is the only place callbacks go.
-                async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                async with self._session.post(url, data=body, headers=sent, allow_redirects=False) as resp:
                     error = None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        callback = callbacks.after_attempt(
+            attempts, error, max_attempts=self.settings.callback_attempts,
+            first_backoff_s=self.settings.callback_backoff_s, now_ms=time.time() * 1000,
+        )  # fmt: skip
         dead: Outgoing | None = None
-        if error is None:
-            callback = {"state": CallbackState.DELIVERED, "attempts": attempts}
-            self.metrics.callbacks.labels("delivered").inc()
-        elif attempts >= self.settings.callback_attempts:
-            callback = {"state": CallbackState.FAILED, "attempts": attempts, "error": error}
-            self.metrics.callbacks.labels("failed").inc()
+        state = callback["state"]
+        self.metrics.callbacks.labels("retry" if state is CallbackState.PENDING else state.value).inc()
+        if state is CallbackState.FAILED:
             log.warning("keeper: callback of %s dead-lettered after %d attempts: %s", final.exchange_id,
                         attempts, error)  # fmt: skip
             dead = Outgoing(self.dlq_topic, orjson.dumps(final.view()), final.exchange_id.encode(),
-                            [("ndxp-error", error.encode())])  # fmt: skip
-        else:
-            delay = min(MAX_BACKOFF_S, self.settings.callback_backoff_s * 2 ** (attempts - 1))
-            delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - equal jitter, not a secret
-            callback = {"state": CallbackState.PENDING, "attempts": attempts, "error": error,
-                        "next_at": time.time() * 1000 + delay * 1000}  # fmt: skip
-            self.metrics.callbacks.labels("retry").inc()
+                            [("ndxp-error", (error or "").encode())])  # fmt: skip
         self._results.append((tp, dataclasses.replace(final, callback=callback), dead))
 
 

@@ -12,7 +12,7 @@ from broker.contracts.catalog import Catalog
 from broker.contracts.registry import Registry
 from broker.contracts.verdicts import finish
 from broker.errors import RegistryError
-from broker.keeper.keeper import sign
+from broker.keeper.callbacks import sign
 from broker.model.documents import (
     IDEMPOTENCY_WINDOW_MS,
     Claims,
