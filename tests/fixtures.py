@@ -117,6 +117,19 @@ class EchoHandlers:
         self.held = 0
         """Requests with ``mode: hold`` that have reached the handler (they wait for ``release``)."""
         self.release = asyncio.Event()
+        """Set: every held request goes on."""
+        self.gates: dict[str, asyncio.Event] = {}
+        """Set ``gate(msg)``: the held request of that message goes on."""
+
+    def gate(self, msg: str) -> asyncio.Event:
+        return self.gates.setdefault(msg, asyncio.Event())
+
+    async def _hold(self, msg: str) -> None:
+        self.held += 1
+        waits = [asyncio.ensure_future(self.release.wait()), asyncio.ensure_future(self.gate(msg).wait())]
+        _, left = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in left:
+            w.cancel()
 
     async def echo(self, req: Request) -> Any:
         self.calls[req.body["msg"]] += 1
@@ -124,8 +137,7 @@ class EchoHandlers:
             await asyncio.sleep(req.body["sleep_ms"] / 1000)
         mode = req.body.get("mode", "ok")
         if mode == "hold":  # in flight for as long as the test wants: a condition, not a sleep
-            self.held += 1
-            await self.release.wait()
+            await self._hold(req.body["msg"])
         if mode == "bad":
             return {"msg": 42, "via": req.meta.reply_to}
         if mode == "crash":
@@ -175,3 +187,10 @@ def generate_client(document: dict[str, Any], out: Path, name: str = "ndxp_clien
     assert done.returncode == 0, done.stdout + done.stderr
     assert (out / name / "client.py").is_file(), done.stdout
     return out
+
+
+def sample(registry: Any, name: str, **labels: str) -> float:
+    """A metric's value as Prometheus would scrape it (0 when it has no sample yet): the public
+    exposition, never a client library's private state."""
+    value = registry.get_sample_value(name, labels or None)
+    return float(value) if value is not None else 0.0

@@ -16,7 +16,7 @@ from broker.model.envelope import (
     now_ms,
 )
 from broker.settings import Settings
-from tests.fixtures import delivered
+from tests.fixtures import delivered, sample
 from tests.integration.exchange_fixtures import EchoHandlers, running_adapter
 
 pytestmark = pytest.mark.kafka
@@ -70,13 +70,14 @@ async def test_redelivered_exchange_is_answered_from_memory_and_expired_ones_are
         finally:
             await producer.stop()
         async with asyncio.timeout(10):
-            while adapter.metrics.expired.labels(provider, "echo")._value.get() < 1:
+            labels = {"provider": provider, "service": "echo"}
+            while sample(adapter.metrics.registry, "ndxp_adapter_expired_total", **labels) < 1:
                 await asyncio.sleep(0.05)
     answers = [Reply.from_message(h, v) for h, v in got]
     assert [a.exchange_id for a in answers] == ["dup-1", "dup-1"]
     assert answers[0].body == answers[1].body
     assert handlers.calls == {"once": 1}
-    assert adapter.metrics.redelivered.labels(provider)._value.get() == 1
+    assert sample(adapter.metrics.registry, "ndxp_adapter_redelivered_total", provider=provider) == 1
 
 
 async def test_undecodable_messages_go_to_the_dead_letter_topic(

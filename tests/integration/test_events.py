@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp import ClientResponse, ClientSession
 
+from broker.kafka import make_consumer, topic_partitions
 from broker.model.events import rfc3339
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import running_counter, running_gateway
@@ -69,6 +70,21 @@ async def subscribe(
     return await http.get(f"/v1/events/{provider}/changed{query}", headers={**headers, **SSE, **extra})
 
 
+async def position_committed(settings: Settings, client: str, provider: str, within_s: float = 30) -> None:
+    """Wait until the subscriber's durable position (its group's offsets) is at the end of the topic."""
+    topic = settings.names.events(provider, "changed")
+    consumer = make_consumer(settings, group_id=settings.names.subscriber_group(client, provider, "changed"))
+    await consumer.start()  # not subscribed: it reads the group's offsets, it joins nothing
+    try:
+        tps = await topic_partitions(consumer, topic)
+        ends = await consumer.end_offsets(tps)
+        async with asyncio.timeout(within_s):
+            while [tp for tp in tps if (await consumer.committed(tp) or 0) < ends[tp]]:
+                await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
+
+
 def check_order(events: list[tuple[str, dict[str, Any]]]) -> None:
     last: dict[str, int] = defaultdict(lambda: -1)
     for _, ev in events:
@@ -80,7 +96,7 @@ def check_order(events: list[tuple[str, dict[str, Any]]]) -> None:
 async def test_two_subscribers_get_every_event_in_order_and_others_are_refused(
     exchange_settings: Settings, provider: str
 ) -> None:
-    async with running_gateway(exchange_settings) as (http, _), running_counter(exchange_settings):
+    async with running_gateway(exchange_settings) as (http, gw), running_counter(exchange_settings):
         published = await publish_all(http, provider, subjects=20, per_subject=50)
         assert len(published) == 1000
         by_id = {p["event_id"]: p["data"] for p in published}
@@ -100,10 +116,10 @@ async def test_two_subscribers_get_every_event_in_order_and_others_are_refused(
         assert (await refused.json())["code"] == "access_denied"
         allowed = await (await http.get("/v1/allowed", headers=ALICE)).json()
         assert allowed["events"] == {"publish": [], "subscribe": [f"{provider}/changed"]}
-        stats = await counted(http, exchange_settings, 0, within_s=5)
+        stats = await counted(http, gw, exchange_settings, 0, within_s=5)
         async with asyncio.timeout(30):
             while stats["events"]["published"].get(f"{provider}/changed", 0) < 1000:
-                stats = await counted(http, exchange_settings, 0, within_s=1)
+                stats = await counted(http, gw, exchange_settings, 0, within_s=1)
     assert stats["events"]["published"] == {f"{provider}/changed": 1000}, stats
     assert stats["total"] == 0, "events are not exchanges"
 
@@ -155,7 +171,7 @@ async def test_replay_from_a_time_and_the_durable_position(
         assert {e["event_id"] for _, e in replayed} == {p["event_id"] for p in later}
         # Without Last-Event-ID or ?from, the subscriber resumes at its own committed position.
         resp = await subscribe(http, provider, ALICE)
-        await asyncio.sleep(2.5)  # the stream commits its position every second
+        await position_committed(exchange_settings, "alice", provider)  # every second, by the stream
         resp.close()
         newest = await publish_all(http, provider, subjects=1, per_subject=3)
         resp = await subscribe(http, provider, ALICE)
