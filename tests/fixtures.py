@@ -40,10 +40,10 @@ def write_contracts(root: Path, provider: str, echo_timeout_ms: int = 5000) -> P
     """schemas/<provider>/{echo,slow,store}.json for the test provider (store has write effects)."""
     d = root / "schemas" / provider
     d.mkdir(parents=True)
-    for name, timeout, effects in (
-        ("echo", echo_timeout_ms, "read"),
-        ("slow", 300, "read"),
-        ("store", 30000, "write"),
+    for name, timeout, effects, more in (
+        ("echo", echo_timeout_ms, "read", {}),
+        ("slow", 300, "read", {"async_ttl_s": 2}),  # an async exchange nobody answers expires soon
+        ("store", 30000, "write", {}),
     ):
         (d / f"{name}.json").write_text(
             json.dumps(
@@ -55,6 +55,7 @@ def write_contracts(root: Path, provider: str, echo_timeout_ms: int = 5000) -> P
                     "request": ECHO_REQUEST,
                     "response": ECHO_RESPONSE,
                     "examples": [{"msg": "hello"}],
+                    **more,
                 }
             )
         )

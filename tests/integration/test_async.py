@@ -38,6 +38,7 @@ pytestmark = pytest.mark.kafka
 
 ALICE = {"Authorization": "Bearer key-alice"}
 BOB = {"Authorization": "Bearer key-bob"}
+SLOWPOKE = {"Authorization": "Bearer key-slowpoke"}
 ASYNC = {**ALICE, "Prefer": "respond-async"}
 SECRET = "s3cret-for-callbacks-0123"
 
@@ -319,17 +320,28 @@ async def test_one_idempotency_key_through_two_workers_runs_once_and_counts_once
         other = await http0.post(url, json={"msg": "refund"}, headers={**ALICE, **key})
         assert other.status == 422
         assert (await other.json())["code"] == "idempotency_key_reused"
-        # Bob's key of the same text is his own: no replay of Alice's exchange.
+        # Another caller may call the service: the same key text, the same body, is its own key. It
+        # runs a new exchange of its own, never a replay of Alice's.
+        theirs = await http0.post(url, json={"msg": "pay", "sleep_ms": 200}, headers={**SLOWPOKE, **key})
+        assert theirs.status == 200, await theirs.text()
+        assert "Idempotent-Replayed" not in theirs.headers
+        assert theirs.headers["X-NDXP-Exchange-Id"] not in ids
+        # And Slowpoke's key, on the other worker (its own rate bucket), replays Slowpoke's exchange.
+        mine = await http1.post(url, json={"msg": "pay", "sleep_ms": 200}, headers={**SLOWPOKE, **key})
+        assert mine.status == 200, await mine.text()
+        assert mine.headers["Idempotent-Replayed"] == "true"
+        assert mine.headers["X-NDXP-Exchange-Id"] == theirs.headers["X-NDXP-Exchange-Id"]
+        # Bob may not call the service at all: 403 whatever his key.
         bobs = await http0.post(url, json={"msg": "pay"}, headers={**BOB, **key})
         assert bobs.status == 403
         bad = await http0.post(url, json={"msg": "pay"}, headers={**ALICE, "Idempotency-Key": "é" * 3})
         assert (bad.status, (await bad.json())["code"]) == (400, "invalid_header")
-        stats = await counted(http0, gw0, exchange_settings, 4)
-    assert handlers.calls["pay"] == 1, "the provider processed the exchange once"
-    # 1 exchange + the 422, the 403 and the 400, each its own (failed) exchange.
-    assert stats["total"] == 4, stats
+        stats = await counted(http0, gw0, exchange_settings, 5)
+    assert handlers.calls["pay"] == 2, "Alice's exchange once, Slowpoke's once"
+    # 2 exchanges + the 422, the 403 and the 400, each its own (failed) exchange; replays count nothing.
+    assert stats["total"] == 5, stats
     assert stats["by_outcome"] == {
-        "ok": 1,
+        "ok": 2,
         "idempotency_key_reused": 1,
         "access_denied": 1,
         "invalid_header": 1,
@@ -409,3 +421,92 @@ async def test_results_beyond_the_memory_budget_are_read_back_from_kafka(
             assert (code, doc["status"], doc["result"]["msg"]) == (200, "done", f"m{i}")
         code, _ = await status(http, ids[0], BOB)
         assert code == 404, "read back or not, another caller gets nothing"
+
+
+async def test_an_async_exchange_nobody_answers_expires_and_is_counted_once(
+    exchange_settings: Settings, provider: str
+) -> None:
+    async with (
+        running_gateway(exchange_settings) as (http, gw),
+        running_keeper(exchange_settings),
+        running_counter(exchange_settings),
+    ):
+        resp = await http.post(f"/v1/exchange/{provider}/slow", json={"msg": "nobody"}, headers=ASYNC)
+        assert resp.status == 202  # no adapter runs: the provider never answers
+        eid = (await resp.json())["exchange_id"]
+        doc = await until_status(http, eid, "expired", within_s=60)
+        stats = await counted(http, gw, exchange_settings, 1)
+    assert (doc["http_status"], doc["problem"]["code"]) == (504, "timeout"), doc
+    assert doc["problem"]["exchange_id"] == eid
+    assert stats["total"] == 1, stats
+    assert stats["by_outcome"] == {"timeout": 1}, stats
+    assert stats["by_mode"] == {"async": 1}, stats
+
+
+async def test_a_sync_call_with_the_key_of_an_async_exchange_in_flight_gets_409_then_its_result(
+    exchange_settings: Settings, provider: str
+) -> None:
+    handlers = EchoHandlers()
+    url = f"/v1/exchange/{provider}/echo"
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    body = {"msg": "held", "mode": "hold"}
+    async with (
+        running_adapter(exchange_settings, provider, handlers),
+        running_gateway(exchange_settings) as (http, _),
+        running_keeper(exchange_settings),
+    ):
+        first = await http.post(url, json=body, headers={**ASYNC, **key})
+        assert first.status == 202
+        eid = (await first.json())["exchange_id"]
+        async with asyncio.timeout(30):
+            while handlers.held < 1:
+                await asyncio.sleep(0.02)
+        # The async exchange may take its whole TTL: a sync caller is told to come back, not kept waiting.
+        busy = await http.post(url, json=body, headers={**ALICE, **key})
+        problem = await busy.json()
+        assert (busy.status, problem["code"]) == (409, "idempotency_key_in_flight"), problem
+        assert busy.headers["Retry-After"] == "1"
+        assert eid in problem["detail"], "it names the exchange to look at"
+        handlers.release.set()
+        await until_status(http, eid, "done")
+        replay = await http.post(url, json=body, headers={**ALICE, **key})
+        assert replay.status == 200
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.headers["X-NDXP-Exchange-Id"] == eid
+    assert handlers.calls["held"] == 1, "processed once"
+
+
+async def test_keepers_that_lose_partitions_and_stop_with_exchanges_open_leave_nothing_unfinished(
+    exchange_settings: Settings, provider: str
+) -> None:
+    """Keeper A holds open exchanges; keeper B joins (A loses partitions to B) and A stops (B takes
+    them all); the provider answers only then. Every exchange finishes once and is counted once."""
+    handlers = EchoHandlers()
+    url = f"/v1/exchange/{provider}/echo"
+    other_instance = exchange_settings.replace(instance_id=f"{exchange_settings.instance_id}-b")
+    async with (
+        running_gateway(exchange_settings) as (http, gw),
+        running_counter(exchange_settings),
+        running_keeper(exchange_settings) as first,
+    ):
+        ids = []
+        for i in range(8):
+            resp = await http.post(url, json={"msg": f"k{i}"}, headers=ASYNC)
+            assert resp.status == 202
+            ids.append((await resp.json())["exchange_id"])
+        for eid in ids:
+            await until_open(first, eid)
+        async with running_keeper(other_instance) as second:  # its own transactional id
+            async with asyncio.timeout(60):  # the group rebalanced: both hold partitions
+                while not (second.ledger.open and len(first.ledger.open) < 8):
+                    await asyncio.sleep(0.05)
+            await first.stop()  # its partitions, with exchanges open, go to the second
+            for eid in ids:
+                await until_open(second, eid)
+            async with running_adapter(exchange_settings, provider, handlers):
+                docs = [await until_status(http, eid, "done", within_s=60) for eid in ids]
+            stats = await counted(http, gw, exchange_settings, 8)
+    assert [d["result"]["msg"] for d in docs] == [f"k{i}" for i in range(8)]
+    assert all(handlers.calls[f"k{i}"] == 1 for i in range(8)), handlers.calls
+    assert stats["total"] == 8, stats
+    assert stats["by_mode"] == {"async": 8}, stats
