@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from broker.dev.ports import free_port
@@ -47,17 +48,16 @@ from loadtests.running import cmdline, descendants, ndxp_up
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TICK = os.sysconf("SC_CLK_TCK")
 PARTS = ("kafka", "gateway", "adapters", "counter", "keeper", "backend", "generator")
 
 
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (0 if it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return float(times.user + times.system)
 
 
 def _parts(up: int) -> dict[str, list[int]]:

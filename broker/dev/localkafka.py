@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -27,9 +26,12 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psutil
+from filelock import FileLock
 
 from broker.dev.ports import free_port, port_is_free
 from broker.errors import LocalKafkaError
@@ -89,17 +91,6 @@ def _pom() -> str:
     )
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def resolve_classpath(settings: Settings, progress: Progress = _quiet) -> str:
     """The Java classpath of Apache Kafka, resolving jars with Maven once."""
     if settings.kafka_home is not None:
@@ -121,7 +112,9 @@ def resolve_classpath(settings: Settings, progress: Progress = _quiet) -> str:
             "install it (Debian: apt-get install maven), point NDXP_KAFKA_HOME at an "
             "unpacked Kafka, or set NDXP_KAFKA_BOOTSTRAP to use an existing cluster"
         )
-    with _file_lock(settings.cache_dir / f"kafka-{KAFKA_VERSION}.lock"):
+    lock = settings.cache_dir / f"kafka-{KAFKA_VERSION}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock):  # one resolver at a time: parallel test sessions share the cache
         if (home / ".complete").exists():  # another process resolved it meanwhile
             return f"{lib}/*"
         progress(f"resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central into {lib} (once)")
@@ -303,18 +296,11 @@ def _tail(path: Path, lines: int) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a child of ours that exited stays a zombie until reaped: not alive)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    # A child of ours that exited stays a zombie until reaped.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _is_our_kafka(pid: int, node_dir: Path) -> bool:

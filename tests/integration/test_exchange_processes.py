@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psutil
 import pytest
 from aiokafka import TopicPartition
 
@@ -327,9 +328,8 @@ async def _committed(settings: Settings, topic: str, what: Callable[[Any], str])
 
 def _workers(pid: int) -> list[int]:
     """The gateway's worker processes (not multiprocessing's resource tracker)."""
-    raw = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    children = [int(p) for p in raw.split()]
-    return [c for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+    children = psutil.Process(pid).children()
+    return [c.pid for c in children if not any("resource_tracker" in part for part in c.cmdline())]
 
 
 async def test_gateway_worker_killed_while_answering_leaves_no_answered_exchange_uncounted(
