@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from adapters.runtime.decisions import DeadLetter, Expired, Replay, ReplyMemory, change_records, triage
 from adapters.runtime.request import Change, Handler, Request
 from broker.contracts.catalog import Catalog, Effects
 from broker.errors import BusinessError, TransactionFenced
@@ -63,12 +63,10 @@ from broker.kafka import (
 from broker.metrics import AdapterMetrics
 from broker.model.envelope import (
     H_ERROR,
-    H_EXCHANGE_ID,
     Reply,
     ReplyOutcome,
     RequestMeta,
 )
-from broker.model.events import envelope, published_record
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +125,7 @@ class Adapter(KafkaService):
         self.group_id = names.adapter_group(provider)
         self.topics = [names.request(provider, s) for s in sorted(self.handlers)]
         self._write_topics = {names.request(provider, s) for s in self.writes}
-        self._memory: OrderedDict[str, Reply] = OrderedDict()
+        self._memory = ReplyMemory(settings.adapter_dedupe_size)
         self._shared_producer = producer
         self._producer: Producer | None = None
         self._txn_producer: Producer | None = None
@@ -338,12 +336,7 @@ class Adapter(KafkaService):
 
     def _remember(self, outs: list[_Out]) -> None:
         """Keep the replies that went out, to answer a redelivered exchange without processing it."""
-        for out in outs:
-            if out.reply is not None:
-                self._memory[out.reply.exchange_id] = out.reply
-                self._memory.move_to_end(out.reply.exchange_id)
-        while len(self._memory) > self.settings.adapter_dedupe_size:
-            self._memory.popitem(last=False)
+        self._memory.remember(out.reply for out in outs if out.reply is not None)
 
     def _dead_letter(self, msg: Record, reason: str) -> _Out:
         self.metrics.dead_letters.labels(self.provider).inc()
@@ -353,15 +346,14 @@ class Adapter(KafkaService):
         return _Out(self.names.dlq(self.provider), msg.value or b"", msg.key, headers)
 
     async def _handle(self, msg: Record, *, changes: bool) -> list[_Out]:
-        try:
-            meta = RequestMeta.from_headers(msg.headers or ())
-        except ValueError as exc:
-            return [self._dead_letter(msg, f"undecodable headers: {exc}")]
-        remembered = self._memory.get(meta.exchange_id)
-        if remembered is not None:
+        decided = triage(msg.headers or (), self._memory)
+        if isinstance(decided, DeadLetter):
+            return [self._dead_letter(msg, decided.reason)]
+        if isinstance(decided, Replay):
             self.metrics.redelivered.labels(self.provider).inc()
-            return [self._reply_out(meta, remembered)]
-        if meta.expired():
+            return [self._reply_out(decided.meta, decided.reply)]
+        meta = decided.meta
+        if isinstance(decided, Expired):
             self.metrics.expired.labels(self.provider, meta.service).inc()
             return []
         recorded: list[Change] | None = [] if changes else None
@@ -381,19 +373,8 @@ class Adapter(KafkaService):
             ]
         outs = [self._reply_out(meta, reply)]
         if recorded and reply.outcome is ReplyOutcome.OK:
-            header = [(H_EXCHANGE_ID, meta.exchange_id.encode())]
-            topic = self.names.data(self.provider)
-            for c in recorded:
-                if c.event is None:
-                    outs.append(_Out(topic, orjson.dumps(c.value), c.key.encode(), header))
-                    continue
-                event_id, value, t_ms = envelope(
-                    provider=self.provider, type_=c.event, key=c.key, data=c.value, user_id=meta.user_id,
-                    purpose=meta.purpose, exchange_id=meta.exchange_id,
-                )  # fmt: skip
-                outs.append(_Out(self.names.events(self.provider, c.event), value, c.key.encode(), header))
-                record = published_record(event_id, self.provider, c.event, t_ms, len(value))
-                outs.append(_Out(self.settings.tx_topic, record.encode()))
+            records = change_records(self.names, self.settings.tx_topic, self.provider, meta, recorded)
+            outs.extend(_Out(r.topic, r.value, r.key, r.headers) for r in records)
         return outs
 
     def _reply_out(self, meta: RequestMeta, reply: Reply) -> _Out:

@@ -1,0 +1,120 @@
+"""What the adapter runtime decides about a request, as plain code (no Kafka, no handler).
+
+- :class:`ReplyMemory`: the bounded memory of recent replies, by exchange id,
+  that answers a redelivered request without processing it again;
+- :func:`triage`: what becomes of a request before its handler runs (dead
+  letter, an answer from memory, skipped past its deadline, or handled);
+- :func:`change_records`: what a write's recorded changes become in its
+  transaction (data records, events, and the events' transaction records).
+
+The runtime (``adapters.runtime.adapter``) does the I/O around them; the
+unit tests drive them directly.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from adapters.runtime.request import Change
+from broker.kafka import Outgoing
+from broker.model.envelope import H_EXCHANGE_ID, Names, Reply, RequestMeta
+from broker.model.events import envelope, published_record
+
+
+class ReplyMemory:
+    """The last ``size`` replies, by exchange id (exchange ids are assigned by the gateway only)."""
+
+    __slots__ = ("_replies", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._replies: OrderedDict[str, Reply] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    def get(self, exchange_id: str) -> Reply | None:
+        return self._replies.get(exchange_id)
+
+    def remember(self, replies: Iterable[Reply]) -> None:
+        """Replies that went out (the oldest are forgotten beyond ``size``)."""
+        for reply in replies:
+            self._replies[reply.exchange_id] = reply
+            self._replies.move_to_end(reply.exchange_id)
+        while len(self._replies) > self.size:
+            self._replies.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Not a request we can read: to ``<prefix>.dlq.<provider>``, with why."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Answered before (a redelivery): the same reply again, not processed twice."""
+
+    meta: RequestMeta
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """Its deadline passed: its caller is gone; skipped and counted."""
+
+    meta: RequestMeta
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """A request to hand to its handler."""
+
+    meta: RequestMeta
+
+
+Triage = DeadLetter | Replay | Expired | Handle
+
+
+def triage(
+    headers: Sequence[tuple[str, bytes | None]], memory: ReplyMemory, now_ms: int | None = None
+) -> Triage:
+    """What becomes of a request with these headers, before any handler runs."""
+    try:
+        meta = RequestMeta.from_headers(headers)
+    except ValueError as exc:
+        return DeadLetter(f"undecodable headers: {exc}")
+    remembered = memory.get(meta.exchange_id)
+    if remembered is not None:
+        return Replay(meta, remembered)
+    if meta.expired(now_ms):
+        return Expired(meta)
+    return Handle(meta)
+
+
+def change_records(
+    names: Names, tx_topic: str, provider: str, meta: RequestMeta, changes: Iterable[Change]
+) -> list[Outgoing]:
+    """The records of a write's changes, to go in the transaction of its reply: each data change to
+    ``<prefix>.data.<provider>``, each event to its topic with its transaction record (counted like
+    any publication)."""
+    header = [(H_EXCHANGE_ID, meta.exchange_id.encode())]
+    out: list[Outgoing] = []
+    for c in changes:
+        if c.event is None:
+            out.append(Outgoing(names.data(provider), orjson.dumps(c.value), c.key.encode(), header))
+            continue
+        event_id, value, t_ms = envelope(
+            provider=provider, type_=c.event, key=c.key, data=c.value, user_id=meta.user_id,
+            purpose=meta.purpose, exchange_id=meta.exchange_id,
+        )  # fmt: skip
+        out.append(Outgoing(names.events(provider, c.event), value, c.key.encode(), header))
+        out.append(
+            Outgoing(tx_topic, published_record(event_id, provider, c.event, t_ms, len(value)).encode())
+        )
+    return out

@@ -1,0 +1,98 @@
+"""The adapter runtime's decisions without Kafka: the reply memory, the triage of a request, the records
+of a write's changes, and the at-least-once offset bookkeeping of lookups."""
+
+from __future__ import annotations
+
+import orjson
+from aiokafka import TopicPartition
+
+from adapters.runtime.decisions import (
+    DeadLetter,
+    Expired,
+    Handle,
+    Replay,
+    ReplyMemory,
+    change_records,
+    triage,
+)
+from adapters.runtime.request import Change
+from broker.kafka import OffsetTracker
+from broker.model.envelope import Names, Reply, ReplyOutcome, RequestMeta, now_ms
+from broker.model.records import Mode, TxRecord
+
+TP = TopicPartition("ndxp.req.prov.echo", 0)
+
+
+def meta(eid: str, deadline_ms: int | None = None) -> RequestMeta:
+    return RequestMeta(
+        exchange_id=eid, client="alice", provider="prov", service="echo", reply_to="ndxp.reply.w0",
+        deadline_ms=deadline_ms if deadline_ms is not None else now_ms() + 5_000, user_id="officer-7",
+    )  # fmt: skip
+
+
+def reply(eid: str) -> Reply:
+    return Reply(exchange_id=eid, status=200, outcome=ReplyOutcome.OK, body=b"{}")
+
+
+def test_the_reply_memory_answers_the_last_replies_and_forgets_the_oldest() -> None:
+    memory = ReplyMemory(size=2)
+    memory.remember([reply("a"), reply("b")])
+    memory.remember([reply("a")])  # seen again: now the newest
+    memory.remember([reply("c")])
+    assert (memory.get("a"), memory.get("b")) == (reply("a"), None)
+    assert memory.get("c") == reply("c")
+    assert len(memory) == 2
+
+
+def test_a_request_is_dead_lettered_replayed_skipped_or_handled() -> None:
+    memory = ReplyMemory(size=10)
+    memory.remember([reply("seen")])
+    assert isinstance(triage([("ndxp-exchange-id", None)], memory), DeadLetter)
+    assert isinstance(triage([], memory), DeadLetter)
+    replayed = triage(meta("seen").headers(), memory)
+    assert isinstance(replayed, Replay)
+    assert replayed.reply == reply("seen")
+    late = meta("late", deadline_ms=1_000)
+    assert isinstance(triage(late.headers(), memory, now_ms=1_000), Expired), "at its deadline: skipped"
+    assert isinstance(triage(late.headers(), memory, now_ms=999), Handle)
+    # An answer from memory wins over the deadline: its caller may still be waiting for it.
+    memory.remember([reply("late")])
+    assert isinstance(triage(late.headers(), memory, now_ms=5_000), Replay)
+
+
+def test_a_writes_changes_become_data_records_and_counted_events() -> None:
+    names = Names("ndxp")
+    m = meta("w1")
+    records = change_records(
+        names, "ndxp.tx", "bca", m,
+        [Change("001090000111", {"address": "Hà Nội"}), Change("001090000111", {"to": "x"}, event="moved")],
+    )  # fmt: skip
+    data, event, counted = records
+    assert (data.topic, data.key, orjson.loads(data.value)) == ("ndxp.data.bca", b"001090000111",
+                                                                 {"address": "Hà Nội"})  # fmt: skip
+    assert data.headers == [("ndxp-exchange-id", b"w1")]
+    assert (event.topic, event.key) == ("ndxp.events.bca.moved", b"001090000111")
+    sent = orjson.loads(event.value)
+    assert (sent["type"], sent["exchange_id"], sent["user_id"]) == ("bca/moved", "w1", "officer-7")
+    rec = TxRecord.decode(counted.value)
+    assert (counted.topic, rec.exchange_id) == ("ndxp.tx", sent["event_id"])
+    assert (rec.mode, rec.outcome) == (Mode.EVENT, "published")
+
+
+def test_lookup_offsets_commit_up_to_the_oldest_request_still_in_progress() -> None:
+    offsets = OffsetTracker()
+    for offset in (10, 11, 12):
+        offsets.fetched(TP, offset)
+    assert offsets.committable() == {TP: 10}, "nothing finished: a crash redelivers all three"
+    offsets.done(TP, 11)
+    assert offsets.committable() == {TP: 10}, "11 is done but 10 is not: never skip 10"
+    offsets.done(TP, 10)
+    assert offsets.committable() == {TP: 12}
+    offsets.committed({TP: 12})
+    assert offsets.committable() == {}, "only what moved since the last commit"
+    offsets.done(TP, 12)
+    assert offsets.committable() == {TP: 13}
+    assert offsets.in_progress() == 0
+    offsets.fetched(TP, 13)
+    offsets.forget([TP])  # revoked: the next member continues from the committed offset
+    assert offsets.committable() == {}
