@@ -48,20 +48,26 @@ async def _until_ok(http: ClientSession, url: str, within_s: float) -> list[int]
     raise AssertionError(f"no 200 within {within_s}s after Kafka came back: {seen}")
 
 
+async def own_kafka(base_settings: Settings, tmp_path: Path, provider: str) -> tuple[LocalKafka, Settings]:
+    """A Kafka of the test's own (it stops and starts it: same data dir, same ports, same topics) and
+    settings for the test provider on it."""
+    kafka = LocalKafka(base_settings, nodes=1, data_dir=tmp_path / "kafka")
+    bootstrap = await asyncio.to_thread(kafka.start)
+    return kafka, base_settings.replace(
+        kafka_bootstrap=bootstrap,
+        schemas_dir=write_contracts(tmp_path, provider),
+        registry_path=write_registry(tmp_path, provider),
+        instance_id=f"test-{uuid.uuid4().hex[:8]}",
+        shutdown_grace_s=3.0,
+    )
+
+
 async def test_kafka_outage_gives_fast_503_not_ready_bounded_shutdown_and_recovery(
     base_settings: Settings, tmp_path: Path
 ) -> None:
     provider = f"tp{uuid.uuid4().hex[:10]}"
-    kafka = LocalKafka(base_settings, nodes=1, data_dir=tmp_path / "kafka")
-    bootstrap = await asyncio.to_thread(kafka.start)
+    kafka, settings = await own_kafka(base_settings, tmp_path, provider)
     try:
-        settings = base_settings.replace(
-            kafka_bootstrap=bootstrap,
-            schemas_dir=write_contracts(tmp_path, provider),
-            registry_path=write_registry(tmp_path, provider),
-            instance_id=f"test-{uuid.uuid4().hex[:8]}",
-            shutdown_grace_s=3.0,
-        )
         url = f"/v1/exchange/{provider}/echo"
         async with running_adapter(settings, provider, EchoHandlers()):
             gateway = running_gateway(settings)
@@ -102,16 +108,8 @@ async def test_an_open_event_stream_survives_a_kafka_outage_and_misses_nothing(
     from tests.integration.test_events import PROVIDER, SSE, publish_all, read_events
 
     provider = f"tp{uuid.uuid4().hex[:10]}"
-    kafka = LocalKafka(base_settings, nodes=1, data_dir=tmp_path / "kafka")
-    bootstrap = await asyncio.to_thread(kafka.start)
+    kafka, settings = await own_kafka(base_settings, tmp_path, provider)
     try:
-        settings = base_settings.replace(
-            kafka_bootstrap=bootstrap,
-            schemas_dir=write_contracts(tmp_path, provider),
-            registry_path=write_registry(tmp_path, provider),
-            instance_id=f"test-{uuid.uuid4().hex[:8]}",
-            shutdown_grace_s=3.0,
-        )
         gateway = running_gateway(settings)
         http, _ = await gateway.__aenter__()
         try:
