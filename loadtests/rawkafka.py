@@ -30,7 +30,7 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-COMMIT_INTERVAL_S = 0.1
+RAW_COMMIT_EVERY_S = 0.1
 PAYLOAD = orjson.dumps({"cccd": "001090000111", "padding": "x" * 200})
 
 
@@ -70,7 +70,7 @@ async def echo(bootstrap: str, topic: str) -> None:
 
     async def committer() -> None:
         while True:
-            await asyncio.sleep(COMMIT_INTERVAL_S)
+            await asyncio.sleep(RAW_COMMIT_EVERY_S)
             if offsets:
                 todo = dict(offsets)
                 offsets.clear()

@@ -8,7 +8,7 @@ Delivery follows each service's declared effects (DESIGN §2):
   without stop-and-wait: every record gets its own task as soon as it is
   polled (at most ``adapter_concurrency`` in flight; the consumer stops
   polling when that many are), its reply is produced as soon as its handler
-  returns, and a committer commits, every ``COMMIT_INTERVAL_S``, each
+  returns, and a committer commits, every ``LOOKUP_COMMIT_EVERY_S``, each
   partition's offset up to its oldest record still in progress. A crash
   redelivers at most what was in progress or not yet committed; the gateway
   ignores a second reply for the same exchange.
@@ -70,7 +70,7 @@ from broker.model.envelope import (
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
-COMMIT_INTERVAL_S = 0.1
+LOOKUP_COMMIT_EVERY_S = 0.1
 """How often a lookup adapter commits its offsets (bounds what a crash redelivers)."""
 WRITE_BATCH = 256
 """Most write requests in one transaction."""
@@ -281,7 +281,7 @@ class Adapter(KafkaService):
         assert consumer is not None
         lag_at = 0.0
         while True:
-            await asyncio.sleep(COMMIT_INTERVAL_S)
+            await asyncio.sleep(LOOKUP_COMMIT_EVERY_S)
             await self._commit_lookups()
             if time.monotonic() >= lag_at:
                 lag_at = time.monotonic() + 1.0

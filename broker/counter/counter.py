@@ -3,7 +3,7 @@
 Exactly once, by construction:
 
 - The counter consumes ``ndxp.tx`` (``read_committed``) in a consumer group
-  and gathers records for up to ``COMMIT_INTERVAL_S`` or ``counter_batch``
+  and gathers records for up to ``COUNT_GATHER_S`` or ``counter_batch``
   records (the consumer keeps fetching meanwhile); then it writes in
   **one Kafka transaction** the updated
   count rows (compacted stats topic), the exchange ids it counted (one
@@ -49,7 +49,7 @@ from broker.model.records import TxRecord, day_of
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
-COMMIT_INTERVAL_S = 0.25
+COUNT_GATHER_S = 0.25
 """Longest a counted record waits for its transaction: transactions amortised over big batches."""
 
 
@@ -182,7 +182,7 @@ class TxCounter(KafkaService):
             self._gathered.setdefault(tp, []).extend(messages)
             self._gathered_n += len(messages)
         if self._gathered and (
-            self._gathered_n >= self.settings.counter_batch or now - self._gathered_since >= COMMIT_INTERVAL_S
+            self._gathered_n >= self.settings.counter_batch or now - self._gathered_since >= COUNT_GATHER_S
         ):
             await self._commit()
 

@@ -46,7 +46,7 @@ _EXTRA_DEPENDENCIES = (
     ("org.apache.logging.log4j", "log4j-slf4j2-impl", "2.24.3"),
     ("org.apache.logging.log4j", "log4j-core", "2.24.3"),
 )
-STOP_GRACE_S = 30.0
+KAFKA_STOP_GRACE_S = 30.0
 
 Progress = Callable[[str], None]
 
@@ -567,14 +567,14 @@ class LocalKafka:
             f"{self.settings.kafka_start_timeout_s:.0f}s ({last_error})\n" + self.log_tail()
         )
 
-    def stop_node(self, node_id: int, *, grace: float = STOP_GRACE_S) -> None:
+    def stop_node(self, node_id: int, *, grace: float = KAFKA_STOP_GRACE_S) -> None:
         """Stop one node: SIGTERM, then SIGKILL after ``grace`` seconds."""
         pid = self.pids.pop(node_id, None)
         proc = self._procs.pop(node_id, None)
         if pid is not None:
             _terminate([(pid, proc)], grace)
 
-    def stop(self, *, grace: float = STOP_GRACE_S) -> None:
+    def stop(self, *, grace: float = KAFKA_STOP_GRACE_S) -> None:
         """Stop every node (all at once, so no quorum is left waiting) and clean up."""
         victims = [(pid, self._procs.get(node_id)) for node_id, pid in self.pids.items()]
         _terminate(victims, grace)

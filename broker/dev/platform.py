@@ -29,7 +29,7 @@ from broker.errors import PlatformError
 from broker.ops.status import state_path
 from broker.settings import Settings, child_environment
 
-STOP_GRACE_S = 20.0
+PART_STOP_GRACE_S = 20.0
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 """Waits before restarting a part that died, growing while it keeps dying."""
 STABLE_AFTER_S = 60.0
@@ -89,7 +89,7 @@ class Supervised:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(STOP_GRACE_S)
+                self.proc.wait(PART_STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -70,7 +70,7 @@ async def _bounded(stopping: Awaitable[None], within_s: float, what: str) -> Non
         log.error("the %s failed to stop: %r", what, task.exception())
 
 
-HEARTBEAT_S = 600.0
+REPLY_TOPIC_HEARTBEAT_S = 600.0
 """How often a worker writes "still here" to its reply topic (the keeper deletes reply topics idle
 for ``NDXP_REPLY_TOPIC_IDLE_HOURS``: those of workers that were killed and never came back)."""
 
@@ -81,7 +81,7 @@ async def _heartbeat(gw: Gateway) -> None:
             await gw.producer.send(gw.replies.topic, b"", headers=[(H_HEARTBEAT, b"1")])
         except KafkaError as exc:
             log.warning("reply topic heartbeat not sent: %s", exc)
-        await asyncio.sleep(HEARTBEAT_S)
+        await asyncio.sleep(REPLY_TOPIC_HEARTBEAT_S)
 
 
 def create_app(

@@ -10,7 +10,7 @@
   ``Last-Event-ID`` when given, else from ``?from=<RFC 3339 time>``, else
   from the subscriber's durable position (its own consumer group, committed
   every second and when the stream ends), else from the start of the
-  topic's retention. A comment line every ``HEARTBEAT_S`` keeps proxies from
+  topic's retention. A comment line every ``STREAM_HEARTBEAT_S`` keeps proxies from
   cutting an idle stream. A slow subscriber only slows its own stream (the
   writes wait for its socket; nobody else waits for it).
 """
@@ -48,8 +48,8 @@ from broker.model.events import (
 )
 
 log = logging.getLogger(__name__)
-HEARTBEAT_S = 15.0
-COMMIT_EVERY_S = 1.0
+STREAM_HEARTBEAT_S = 15.0
+STREAM_COMMIT_EVERY_S = 1.0
 BATCH = 500
 
 
@@ -227,10 +227,10 @@ class _Stream:
                 self.delivered += len(chunks)
                 metrics.events_delivered.labels(*labels).inc(len(chunks))
                 last_write = now
-            elif now - last_write >= HEARTBEAT_S:
+            elif now - last_write >= STREAM_HEARTBEAT_S:
                 await resp.write(b": keep-alive\n\n")
                 last_write = now
-            if now - commit_at >= COMMIT_EVERY_S:
+            if now - commit_at >= STREAM_COMMIT_EVERY_S:
                 commit_at = now
                 await self.commit()
                 lag = sum(

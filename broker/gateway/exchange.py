@@ -48,16 +48,22 @@ from broker.errors import (
 )
 from broker.gateway.auth import authenticate
 from broker.gateway.context import Exchange, RecordedBy
-from broker.gateway.middleware import header, problem_response, request_id
+from broker.gateway.middleware import (
+    JSON,
+    PROBLEM,
+    header,
+    idempotency_key,
+    preferences,
+    problem_response,
+    request_id,
+)
 from broker.gateway.recorder import RECORD_WITHIN_S
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
-from broker.gateway.stored import idempotency_key, preferences, stored_exchange
+from broker.gateway.stored import stored_exchange
 from broker.model.envelope import Reply, now_ms
 from broker.model.records import Mode, Outcome
 
 log = logging.getLogger(__name__)
-JSON = "application/json"
-PROBLEM = "application/problem+json"
 
 
 async def exchange(request: web.Request) -> web.StreamResponse:

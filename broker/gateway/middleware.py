@@ -22,6 +22,11 @@ from broker.model.envelope import new_exchange_id
 
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+MAX_WAIT_S = 60
+"""``Prefer: wait=N`` is honoured up to this many seconds."""
+JSON = "application/json"
+PROBLEM = "application/problem+json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -30,7 +35,7 @@ def problem_response(exc: NdxpError, exchange_id: str) -> web.Response:
     resp = web.Response(
         body=orjson.dumps(exc.problem(exchange_id)),
         status=exc.status,
-        content_type="application/problem+json",
+        content_type=PROBLEM,
     )
     if exc.retry_after is not None:
         resp.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.499)))
@@ -61,6 +66,32 @@ def request_id(request: web.Request) -> str | None:
     if given is not None and _REQUEST_ID.match(given) is None:
         raise InvalidRequest("X-Request-Id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     return given
+
+
+def preferences(request: web.Request) -> dict[str, str]:
+    """``Prefer`` (RFC 7240) as ``{name: value}``: ``respond-async`` → "", ``wait=10`` → "10"."""
+    raw = header(request, "Prefer")
+    prefs: dict[str, str] = {}
+    for part in (raw or "").split(","):
+        token = part.split(";", 1)[0].strip()
+        name, _, value = token.partition("=")
+        if name:
+            prefs.setdefault(name.strip().lower(), value.strip().strip('"'))
+    return prefs
+
+
+def wait_seconds(prefs: dict[str, str]) -> float:
+    try:
+        return max(0.0, min(float(MAX_WAIT_S), float(prefs.get("wait", "0"))))
+    except ValueError:
+        return 0.0
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    key = header(request, "Idempotency-Key")
+    if key is not None and _IDEMPOTENCY_KEY.match(key) is None:
+        raise InvalidHeader("Idempotency-Key must be 1-255 visible ASCII characters")
+    return key
 
 
 @web.middleware

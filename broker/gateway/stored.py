@@ -28,18 +28,18 @@ from aiohttp import web
 from broker.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
-    InvalidHeader,
     NotFound,
     Timeout,
     Unavailable,
 )
 from broker.gateway.auth import authenticate
 from broker.gateway.context import Exchange, RecordedBy
-from broker.gateway.middleware import header, problem_response
+from broker.gateway.middleware import JSON, PROBLEM, preferences, problem_response, wait_seconds
 from broker.gateway.state import GATEWAY, SEND_WITHIN_S, Gateway
 from broker.model.documents import (
     GRACE_MS,
     H_DOC,
+    Claim,
     Doc,
     Final,
     Pending,
@@ -51,40 +51,9 @@ from broker.model.documents import (
 from broker.model.envelope import EXCHANGE_ID_PATTERN
 from broker.model.records import Mode, Outcome
 
-MAX_WAIT_S = 60
-"""``Prefer: wait=N`` is honoured up to this many seconds."""
 KEEPER_MARGIN_S = 3.0
 """How long past an exchange's expiry a sync caller waits for the keeper's final document."""
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _EXCHANGE_ID = re.compile(EXCHANGE_ID_PATTERN)
-JSON = "application/json"
-PROBLEM = "application/problem+json"
-
-
-def preferences(request: web.Request) -> dict[str, str]:
-    """``Prefer`` (RFC 7240) as ``{name: value}``: ``respond-async`` → "", ``wait=10`` → "10"."""
-    raw = header(request, "Prefer")
-    prefs: dict[str, str] = {}
-    for part in (raw or "").split(","):
-        token = part.split(";", 1)[0].strip()
-        name, _, value = token.partition("=")
-        if name:
-            prefs.setdefault(name.strip().lower(), value.strip().strip('"'))
-    return prefs
-
-
-def wait_seconds(prefs: dict[str, str]) -> float:
-    try:
-        return max(0.0, min(float(MAX_WAIT_S), float(prefs.get("wait", "0"))))
-    except ValueError:
-        return 0.0
-
-
-def idempotency_key(request: web.Request) -> str | None:
-    key = header(request, "Idempotency-Key")
-    if key is not None and _IDEMPOTENCY_KEY.match(key) is None:
-        raise InvalidHeader("Idempotency-Key must be 1-255 visible ASCII characters")
-    return key
 
 
 async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Response:
@@ -125,7 +94,7 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
                     "the idempotency key could not be checked in time; retry shortly", retry_after=1
                 )
             held = view.claims.holder(idem, now)
-            if held is None or held[0] != ex.id:
+            if held is None or held.exchange_id != ex.id:
                 return await _replay(gw, ex, held, fp)
         meta = ex.meta(reply_to=view.topic, reply_partition=partition, deadline_ms=deadline)
         await gw.hand_off(
@@ -134,6 +103,10 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
         )  # fmt: skip
         ex.sent()
         if ex.mode is Mode.ASYNC:
+            if idem is None:
+                # Read-your-writes: this worker's view holds the exchange before its caller learns its id,
+                # so a GET right after the 202 finds it here (bounded: the 202 is due either way).
+                await view.reached(partition, written.offset, SEND_WITHIN_S)
             gw.metrics.async_accepted.labels(agency.id, svc.provider, svc.service).inc()
             ex.outcome = Outcome.ACCEPTED
             return _accepted(ex.id, replayed=False)
@@ -149,9 +122,7 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
     return _answer(doc, replayed=False)
 
 
-async def _replay(
-    gw: Gateway, ex: Exchange, held: tuple[str, str | None] | None, fp: str | None
-) -> web.Response:
+async def _replay(gw: Gateway, ex: Exchange, held: Claim | None, fp: str | None) -> web.Response:
     """Answer a call whose key another exchange holds: its outcome again, never a new exchange.
 
     Refused (409, 422), the call is an exchange of its own that the gateway records: a claim that lost
@@ -162,8 +133,8 @@ async def _replay(
     ex.recorded_by = RecordedBy.GATEWAY
     if held is None:  # the claim vanished (retention): treat as in flight, the caller retries
         raise IdempotencyKeyInFlight("this Idempotency-Key is being settled; retry", retry_after=1)
-    eid, held_fp = held
-    if held_fp != fp:
+    eid = held.exchange_id
+    if held.fingerprint != fp:
         raise IdempotencyKeyReused("this Idempotency-Key was used for another request (service or body)")
     view = gw.exchanges
     doc = await view.get(eid)

@@ -62,10 +62,20 @@ from broker.model.records import Mode, TxRecord
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
-COMMIT_EVERY_S = 2.0
+KEEPER_COMMIT_EVERY_S = 2.0
 """Offsets move on at least this often when nothing else is written."""
 SWEEP_EVERY_S = 3600.0
 """How often the keeper looks for reply topics of gateway workers that are gone."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Attempted:
+    """A callback attempt's result, to write in the next transaction: the exchange's new final document
+    (its callback state) and, after the last attempt, the dead letter."""
+
+    tp: TopicPartition
+    final: Final
+    dead_letter: Outgoing | None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -99,7 +109,7 @@ class ExchangeKeeper(KafkaService):
         self.dlq_topic = Topics(settings).callbacks_dlq().name
         self.ledger = Ledger()
         """What is open and what is due: every decision of the keeper, no I/O."""
-        self._results: list[tuple[TopicPartition, Final, Outgoing | None]] = []
+        self._results: list[_Attempted] = []
         """Callback attempts' results, to write in the next transaction."""
         self._deliveries: set[asyncio.Task[None]] = set()
         self._producer: Producer | None = None
@@ -206,20 +216,20 @@ class ExchangeKeeper(KafkaService):
             outgoing.append(Outgoing(self.settings.tx_topic, _record(p, final).encode()))
             finals.append((tp, o, final))
         results, self._results = self._results, []
-        for tp, final, dead in results:
-            outgoing.append(_doc_out(tp, final))
-            if dead is not None:
-                outgoing.append(dead)
+        for done in results:
+            outgoing.append(_doc_out(done.tp, done.final))
+            if done.dead_letter is not None:
+                outgoing.append(done.dead_letter)
         offsets = self.ledger.offsets()
         if not outgoing and offsets == self._committed:
-            self._commit_at = time.monotonic() + COMMIT_EVERY_S
+            self._commit_at = time.monotonic() + KEEPER_COMMIT_EVERY_S
             return
         if not await tx.commit(outgoing, offsets):
             self.ledger.retry((tp, o) for tp, o, _ in finals)
             self._results = results + self._results
             return
         self._committed = offsets
-        self._commit_at = time.monotonic() + COMMIT_EVERY_S
+        self._commit_at = time.monotonic() + KEEPER_COMMIT_EVERY_S
         for _, _, final in finals:
             self.metrics.finished.labels(final.provider, final.service, final.mode, final.status).inc()
         # The exchanges stay busy until their final documents are read back.
@@ -276,7 +286,7 @@ class ExchangeKeeper(KafkaService):
                         attempts, error)  # fmt: skip
             dead = Outgoing(self.dlq_topic, orjson.dumps(final.view()), final.exchange_id.encode(),
                             [("ndxp-error", (error or "").encode())])  # fmt: skip
-        self._results.append((tp, dataclasses.replace(final, callback=callback), dead))
+        self._results.append(_Attempted(tp, dataclasses.replace(final, callback=callback), dead))
 
 
 def _doc_out(tp: TopicPartition, doc: Final) -> Outgoing:

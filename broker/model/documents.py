@@ -195,31 +195,45 @@ def doc_kind(headers: Any) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The exchange holding an idempotency key: the first claim on it in the log."""
+
+    exchange_id: str
+    t_in: float
+    fingerprint: str | None
+    """Service and body of the claiming request (a reused key with another one is refused)."""
+
+
 class Claims:
     """The first claim on each idempotency key, as read from the log (same rule everywhere)."""
 
     __slots__ = ("_first",)
 
     def __init__(self) -> None:
-        self._first: dict[str, tuple[str, float, str | None]] = {}
+        self._first: dict[str, Claim] = {}
 
     def apply(self, doc: Pending) -> bool:
         """Record a pending document; False when it is a claim that lost (another holds the key)."""
         if doc.idempotency is None:
             return True
         held = self._first.get(doc.idempotency)
-        if held is not None and held[0] != doc.exchange_id and doc.t_in - held[1] < IDEMPOTENCY_WINDOW_MS:
+        if (
+            held is not None
+            and held.exchange_id != doc.exchange_id
+            and doc.t_in - held.t_in < IDEMPOTENCY_WINDOW_MS
+        ):
             return False
-        if held is None or held[0] != doc.exchange_id:
-            self._first[doc.idempotency] = (doc.exchange_id, doc.t_in, doc.fingerprint)
+        if held is None or held.exchange_id != doc.exchange_id:
+            self._first[doc.idempotency] = Claim(doc.exchange_id, doc.t_in, doc.fingerprint)
         return True
 
-    def holder(self, idempotency: str, now_ms: float) -> tuple[str, str | None] | None:
-        """The exchange id and fingerprint holding the key, if a claim within the window does."""
+    def holder(self, idempotency: str, now_ms: float) -> Claim | None:
+        """The claim holding the key, if one within the window does."""
         held = self._first.get(idempotency)
-        if held is None or now_ms - held[1] >= IDEMPOTENCY_WINDOW_MS:
+        if held is None or now_ms - held.t_in >= IDEMPOTENCY_WINDOW_MS:
             return None
-        return held[0], held[2]
+        return held
 
     def forget_before(self, t_ms: float) -> None:
-        self._first = {k: v for k, v in self._first.items() if v[1] >= t_ms}
+        self._first = {k: v for k, v in self._first.items() if v.t_in >= t_ms}

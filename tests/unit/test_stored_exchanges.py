@@ -40,11 +40,15 @@ def test_the_first_claim_on_a_key_wins_for_24_hours_then_a_new_one_may() -> None
     assert claims.apply(pending("a"))
     assert not claims.apply(pending("b", t_in=1_000_500.0)), "a later claim within 24 h loses"
     assert claims.apply(pending("a")), "the holder's own document read again still holds"
-    assert claims.holder("k", 1_000_600.0) == ("a", "f")
+    held = claims.holder("k", 1_000_600.0)
+    assert held is not None
+    assert (held.exchange_id, held.fingerprint) == ("a", "f")
     later = 1_000_000.0 + IDEMPOTENCY_WINDOW_MS
     assert claims.holder("k", later) is None, "the key is free after 24 h"
     assert claims.apply(pending("c", t_in=later)), "a claim 24 h after the first wins anew"
-    assert claims.holder("k", later + 1) == ("c", "f")
+    again = claims.holder("k", later + 1)
+    assert again is not None
+    assert (again.exchange_id, again.fingerprint) == ("c", "f")
     assert claims.apply(pending("d", idem=None)), "no key: no claim to lose"
 
 
