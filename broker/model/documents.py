@@ -28,6 +28,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from broker.model.records import Mode
@@ -171,19 +172,17 @@ def _fields(doc: _Stored) -> dict[str, Any]:
     return {name: getattr(doc, name) for name in doc.__dataclass_fields__}
 
 
+_KINDS: dict[str, type[Pending] | type[Final]] = {"pending": Pending, "final": Final}
+
+
 def decode(raw: bytes) -> Doc:
-    """A pending or final document; ``ValueError`` when it is neither."""
+    """A pending or final document, every field type-checked (msgspec); ``ValueError`` when it is neither."""
     try:
-        data = orjson.loads(raw)
-        kind = data.pop("kind")
-        data["mode"] = Mode(data["mode"])
-        if kind == "final":
-            data["status"] = Status(data["status"])
-        doc: Doc = Pending(**data) if kind == "pending" else Final(**data)
-    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as exc:
+        data = msgspec.json.decode(raw)
+        kind = _KINDS[data.pop("kind")]
+        doc: Doc = msgspec.convert(data, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not an exchange document: {exc!r}") from exc
-    if kind not in ("pending", "final") or not isinstance(doc.exchange_id, str):
-        raise ValueError(f"not an exchange document: kind {kind!r}")
     return doc
 
 
