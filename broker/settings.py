@@ -11,6 +11,7 @@ Secrets hide themselves in ``repr``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -25,6 +26,7 @@ from broker.errors import SettingsError
 from broker.model.envelope import Names
 
 PREFIX = "NDXP_"
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _EXPOSABLE = frozenset({"stats", "metrics"})
@@ -51,6 +53,8 @@ class Setting:
     """The default as the documentation shows it, when it is computed (a host name, a path)."""
     also: str = ""
     """A second variable read when the first is unset (``KAFKA_HOME``)."""
+    parse: Callable[[str, str], Any] | None = None
+    """How to read the variable's text (name, raw) when its type alone does not say."""
 
 
 def setting(
@@ -140,6 +144,11 @@ class Settings:
     auth_failure_rate: float = setting(
         5.0, minimum=0,
         help="Failed authentications per second allowed per source address (burst 4x), split across workers.",
+    )  # fmt: skip
+    trusted_proxies: tuple[IPNetwork, ...] = setting(
+        (), parse=lambda name, raw: _networks(name, raw), shown="none",
+        help="Addresses or networks (comma-separated, CIDR) of the proxies in front of the gateway: from "
+        "them, the client's address is taken from X-Forwarded-For (for the failed-login allowance).",
     )  # fmt: skip
     shutdown_grace_s: float = setting(
         10.0, minimum=0, help="How long a stopping part finishes what it holds."
@@ -268,7 +277,7 @@ class Settings:
             if raw in (None, ""):
                 continue
             assert raw is not None
-            kw[f.name] = _cast(name, raw, hints[f.name], info)
+            kw[f.name] = info.parse(name, raw) if info.parse else _cast(name, raw, hints[f.name], info)
         _check_together(kw)
         return cls(**kw)
 
@@ -335,6 +344,15 @@ def _cast(name: str, raw: str, hint: Any, info: Setting) -> Any:
     if name == PREFIX + "TOPIC_PREFIX" and _TOPIC_PREFIX.match(value) is None:
         raise SettingsError(f"{name}={raw!r}: 1-100 characters of A-Z a-z 0-9 . _ -")
     return value
+
+
+def _networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip()
+        )
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r}: expected addresses or CIDR networks, comma-separated") from exc
 
 
 def _expose(name: str, raw: str) -> frozenset[str]:

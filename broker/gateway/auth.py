@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from aiohttp import web
 
 from broker.contracts.registry import Agency
@@ -11,13 +13,15 @@ from broker.gateway.state import Gateway
 
 
 def authenticate(gw: Gateway, request: web.Request) -> Agency:
-    """The calling agency, from ``Authorization: Bearer <api key>`` only.
+    """The calling agency, from ``Authorization: Bearer <api key>`` or a verified client certificate.
 
-    Failed attempts are limited per source address: past the allowance the
-    address gets 429 ``rate_limited`` without its key being looked at.
+    A valid credential is admitted whatever its address has done: behind a NAT,
+    a load balancer or a proxy many agencies share one address, and an
+    outsider's wrong guesses must not lock them out. Failures are limited per
+    source address (``client_address``): past the allowance they get 429
+    ``rate_limited`` instead of 401, and cost no more.
     """
-    address = request.remote or "-"
-    gw.limits.check_address(address)
+    address = client_address(gw, request)
     try:
         auth = header(request, "Authorization") or ""
         by_cert = _certificate_agency(gw, request)
@@ -32,10 +36,43 @@ def authenticate(gw: Gateway, request: web.Request) -> Agency:
         if by_cert is not None and by_cert.id != agency.id:
             raise Unauthorized("the client certificate and the API key name different agencies")
     except NdxpError:
-        gw.limits.auth_failed(address)
         gw.metrics.auth_failures.inc()
+        gw.limits.check_address(address)  # past the allowance: 429, not another 401
+        gw.limits.auth_failed(address)
         raise
     return agency
+
+
+def client_address(gw: Gateway, request: web.Request) -> str:
+    """Where the call comes from: the peer, or, when the peer is a trusted proxy
+    (``NDXP_TRUSTED_PROXIES``), the nearest address in ``X-Forwarded-For`` that is not one."""
+    peer = request.remote or "-"
+    trusted = gw.settings.trusted_proxies
+    if not trusted or not _within(peer, trusted):
+        return peer
+    forwarded = [
+        a.strip() for a in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if a.strip()
+    ]
+    for hop in reversed(forwarded):  # the right-most hops were added by our own proxies
+        if not _within(hop, trusted):
+            return hop if _is_ip(hop) else peer
+    return peer
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _within(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 def _certificate_agency(gw: Gateway, request: web.Request) -> Agency | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from ipaddress import ip_network
+from typing import Any
 
 import pytest
 from aiohttp import ClientSession
@@ -254,9 +256,9 @@ async def test_failed_logins_are_limited_per_address_and_tallied_not_written_one
             async with http.post(url, json={"msg": "x"}, headers={"Authorization": f"Bearer guess-{i}"}) as r:
                 statuses[r.status] += 1
         elapsed = time.monotonic() - started
-        # The right key from a blocked address is refused too: its key is not even looked at.
+        # The right key from that address is admitted: a shared address (a NAT, a proxy) is no lockout.
         async with http.post(url, json={"msg": "x"}, headers=ALICE) as r:
-            blocked = r.status
+            admitted = r.status
         async with asyncio.timeout(30):
             while sum(counter.counts.values()) < 60:
                 await asyncio.sleep(0.1)
@@ -267,8 +269,9 @@ async def test_failed_logins_are_limited_per_address_and_tallied_not_written_one
     assert 20 <= statuses[401] <= 21 + 5 * elapsed, (statuses, elapsed)
     assert statuses[429] > 0, statuses
     assert statuses[401] + statuses[429] == 60
-    assert blocked == 429
-    assert outcomes == {"unauthorized": statuses[401], "rate_limited": statuses[429] + 1}  # all counted
+    assert admitted == 200, "a valid key is never refused for its address's failed logins"
+    assert outcomes["unauthorized"] == statuses[401]
+    assert outcomes["rate_limited"] == statuses[429]  # all counted
     assert written <= 10, f"{written} Kafka records for 61 rejected calls: they must be tallied"
 
 
@@ -281,3 +284,41 @@ async def test_stats_and_metrics_are_served_only_where_the_operator_exposes_them
         shown = [(await http.get(p)).status for p in ("/v1/stats", "/metrics")]
     assert hidden == [404, 404]
     assert shown == [200, 404]
+
+
+async def test_a_valid_key_is_admitted_from_an_address_whose_failed_logins_are_spent(
+    exchange_settings: Settings, provider: str
+) -> None:
+    """Security review, finding 2: 21 wrong keys from one address used to lock out every agency behind it."""
+    settings = exchange_settings.replace(auth_failure_rate=1.0)  # burst 4
+    url = f"/v1/exchange/{provider}/echo"
+    async with running_adapter(settings, provider, EchoHandlers()), running_gateway(settings) as (http, _):
+        wrong = [(await http.post(url, json={"msg": "x"}, headers={"Authorization": f"Bearer no-{i}"})).status
+                 for i in range(10)]  # fmt: skip
+        assert wrong[:4] == [401] * 4
+        assert set(wrong[4:]) == {429}, wrong
+        for headers in (ALICE, {"Authorization": "Bearer key-slowpoke"}):
+            ok = await http.post(url, json={"msg": "still served"}, headers=headers)
+            assert ok.status == 200, await ok.text()
+
+
+async def test_behind_a_trusted_proxy_the_allowance_is_per_forwarded_address(
+    exchange_settings: Settings, provider: str
+) -> None:
+    url = f"/v1/exchange/{provider}/echo"
+
+    async def failures(http: Any, forwarded_for: str, n: int) -> list[int]:
+        headers = {"Authorization": "Bearer wrong", "X-Forwarded-For": forwarded_for}
+        return [(await http.post(url, json={"msg": "x"}, headers=headers)).status for _ in range(n)]
+
+    trusting = exchange_settings.replace(auth_failure_rate=1.0, trusted_proxies=(ip_network("127.0.0.0/8"),))
+    async with running_gateway(trusting) as (http, _):
+        assert (await failures(http, "203.0.113.7", 6))[-1] == 429
+        # Another caller behind the same proxy keeps its own allowance; a client's own X-Forwarded-For
+        # entry before the proxy's is not believed (the right-most untrusted hop is the client).
+        assert await failures(http, "203.0.113.7, 203.0.113.8", 1) == [401]
+        assert await failures(http, "198.51.100.1", 1) == [401]
+    plain = exchange_settings.replace(auth_failure_rate=1.0)  # no proxy trusted: the header is ignored
+    async with running_gateway(plain) as (http, _):
+        assert (await failures(http, "203.0.113.7", 6))[-1] == 429
+        assert await failures(http, "198.51.100.1", 1) == [429], "every caller here is 127.0.0.1"
