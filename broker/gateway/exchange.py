@@ -26,7 +26,9 @@ exchange is counted in the metrics.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -203,7 +205,11 @@ async def read_body(request: web.Request, limit: int, within_s: float) -> bytes:
 
 
 def validated(contract: Contract, body: bytes) -> Any:
-    """The body parsed and checked against ``contract``; InvalidRequest (400, with paths) if it is not."""
+    """The body parsed and checked against ``contract``; InvalidRequest (400, with paths) if it is not.
+
+    A key given twice in one object is refused: the contract would check one value (the parser keeps
+    the last) while the provider, which gets the bytes unchanged, might read the other.
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -211,6 +217,7 @@ def validated(contract: Contract, body: bytes) -> Any:
             f"the body is not valid JSON: {exc}",
             extra={"errors": [{"path": "/", "schema_path": "/", "message": "invalid JSON"}]},
         ) from exc
+    _no_duplicate_keys(body, doc)
     bad = contract.violations(doc)
     if bad:
         raise InvalidRequest(
@@ -218,3 +225,47 @@ def validated(contract: Contract, body: bytes) -> Any:
             extra={"errors": [v.as_dict() for v in bad]},
         )
     return doc
+
+
+_KEY_END = re.compile(rb'"\s*:')
+"""The end of every object key in JSON text (and of strings that happen to hold ``":``)."""
+
+
+def _keys(doc: Any) -> int:
+    n, todo = 0, [doc]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            n += len(item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return n
+
+
+def _no_duplicate_keys(body: bytes, doc: Any) -> None:
+    """InvalidRequest if an object of ``body`` has a key twice.
+
+    Fast path: the text has at least one key end per key it holds; with no duplicate and no string
+    holding ``":``, exactly as many as the parsed document. Only when the counts differ is the text
+    parsed again, keeping every pair, to find the key.
+    """
+    if len(_KEY_END.findall(body)) == _keys(doc):
+        return
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise InvalidRequest(
+                    f"the key {key[:64]!r} appears twice in one object",
+                    extra={
+                        "errors": [
+                            {"path": "/", "schema_path": "/", "message": f"duplicate key {key[:64]!r}"}
+                        ]
+                    },
+                )
+            seen[key] = value
+        return seen
+
+    json.loads(body, object_pairs_hook=pairs)
