@@ -263,6 +263,9 @@ class FakeConsumer:
     async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self._end(tp) for tp in partitions}
 
+    async def beginning_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 0)  # nothing is ever deleted here
+
     async def offsets_for_times(self, timestamps: Mapping[TopicPartition, int]) -> dict[TopicPartition, Any]:
         out: dict[TopicPartition, Any] = {}
         for tp, ts in timestamps.items():

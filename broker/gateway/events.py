@@ -49,6 +49,8 @@ from broker.model.events import (
 
 log = logging.getLogger(__name__)
 STREAM_HEARTBEAT_S = 15.0
+SETUP_WITHIN_S = 10.0
+"""Longest a stream may take to be set up (consumer, partitions, position) before it answers 503."""
 STREAM_COMMIT_EVERY_S = 1.0
 BATCH = 500
 
@@ -133,14 +135,17 @@ async def _serve(
         max_poll_records=BATCH,
     )
     try:
-        await consumer.start()
-        tps = await topic_partitions(consumer, gw.settings.names.events(ev.provider, ev.type))
-        consumer.assign(tps)
-        await _position(consumer, tps, resume, since)
-        positions = {tp.partition: await consumer.position(tp) for tp in tps}
-    except KafkaError as exc:
+        # Bounded: a stream that cannot be set up releases its consumer and its slot.
+        async with asyncio.timeout(SETUP_WITHIN_S):
+            await consumer.start()
+            tps = await topic_partitions(consumer, gw.settings.names.events(ev.provider, ev.type))
+            consumer.assign(tps)
+            await _position(consumer, tps, resume, since)
+            positions = {tp.partition: await consumer.position(tp) for tp in tps}
+    except (KafkaError, TimeoutError) as exc:
+        log.warning("event stream of %s on %s could not be opened: %r", agency.id, ev.name, exc)
         await consumer.stop()
-        raise Unavailable(f"the event stream could not be opened: {exc}", retry_after=1) from exc
+        raise Unavailable("the event stream could not be opened; retry shortly", retry_after=1) from exc
     except BaseException:
         await consumer.stop()
         raise
@@ -168,6 +173,16 @@ async def _position(
         unknown = set(resume) - {tp.partition for tp in tps}
         if unknown:
             raise InvalidRequest("Last-Event-ID names partitions this stream does not have")
+        firsts, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+        for tp in tps:
+            at = resume.get(tp.partition)
+            if at is not None and not firsts[tp] <= at <= ends[tp]:
+                # Past the end would wait for offsets that do not exist yet (or overflow the client),
+                # before the beginning would silently replay the whole retention: neither is a resume.
+                raise InvalidRequest(
+                    f"Last-Event-ID is outside this stream: partition {tp.partition} holds "
+                    f"{firsts[tp]}..{ends[tp]}; subscribe without it (or with ?from=) to start again"
+                )
         for tp in tps:
             if tp.partition in resume:
                 consumer.seek(tp, resume[tp.partition])

@@ -42,7 +42,10 @@ def parse_time(raw: str) -> float:
     when = dt.datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     if when.tzinfo is None:
         raise ValueError("an RFC 3339 time has a UTC offset (e.g. Z or +07:00)")
-    return when.timestamp() * 1000
+    t_ms = when.timestamp() * 1000
+    if t_ms < 0:
+        raise ValueError("a time before 1970 holds no event")
+    return t_ms
 
 
 def envelope(

@@ -226,3 +226,27 @@ async def test_a_client_holds_a_bounded_number_of_streams(exchange_settings: Set
         async with asyncio.timeout(15):
             while gw.streams:
                 await asyncio.sleep(0.2)
+
+
+async def test_a_last_event_id_outside_the_stream_or_a_time_before_1970_is_400_and_frees_its_slot(
+    exchange_settings: Settings, provider: str
+) -> None:
+    """Security review, findings 7 and 13: an offset above 2^63-1 killed the client's fetcher and held
+    the stream slot for good; one past the end waited for offsets that do not exist; ?from= before
+    1970 was a 500."""
+    settings = exchange_settings.replace(max_streams=1)
+    async with running_gateway(settings) as (http, _):
+        await publish_all(http, provider, subjects=1, per_subject=2)
+        for last_event_id in ("0:9223372036854775808", "0:99999", "0:1,1:5000000000000000000"):
+            async with asyncio.timeout(30):  # a hang guard: the old code never answered
+                resp = await subscribe(http, provider, ALICE, **{"Last-Event-ID": last_event_id})
+                problem = await resp.json()
+            assert (resp.status, problem["code"]) == (400, "invalid_request"), problem
+            assert "outside this stream" in problem["detail"]
+        resp = await subscribe(http, provider, ALICE, since="1960-01-01T00:00:00Z")
+        assert (resp.status, (await resp.json())["code"]) == (400, "invalid_request")
+        # The one slot this client has here is free: a good subscription still opens.
+        ok = await subscribe(http, provider, ALICE, **{"Last-Event-ID": "0:0,1:0,2:0,3:0"})
+        got = await read_events(ok, 2)
+        ok.close()
+    assert len(got) == 2
