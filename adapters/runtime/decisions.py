@@ -110,8 +110,8 @@ def change_records(
             out.append(Outgoing(names.data(provider), orjson.dumps(c.value), c.key.encode(), header))
             continue
         event_id, value, t_ms = envelope(
-            provider=provider, type_=c.event, key=c.key, data=c.value, user_id=meta.user_id,
-            purpose=meta.purpose, exchange_id=meta.exchange_id,
+            provider=provider, type_=c.event, key=c.key, data=c.value,
+            purpose=meta.purpose, exchange_id=meta.exchange_id,  # the caller's officer stays with the caller
         )  # fmt: skip
         out.append(Outgoing(names.events(provider, c.event), value, c.key.encode(), header))
         out.append(

@@ -44,6 +44,14 @@ class SchemaViolation:
         return {"path": self.path, "schema_path": self.schema_path, "message": self.message}
 
 
+ECHO_LIMIT = 200
+"""Most characters of a caller's value (or path) a violation echoes back: an answer stays small."""
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= ECHO_LIMIT else f"{text[:ECHO_LIMIT]}… ({len(text)} characters)"
+
+
 def _pointer(parts: Any) -> str:
     return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
@@ -67,9 +75,9 @@ class Contract:
                 break
             found.append(
                 SchemaViolation(
-                    path=_pointer(err.instance_path),
-                    schema_path=_pointer(err.schema_path),
-                    message=err.message,
+                    path=_short(_pointer(err.instance_path)),
+                    schema_path=_short(_pointer(err.schema_path)),
+                    message=_short(err.message),
                 )
             )
         return found

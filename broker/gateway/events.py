@@ -33,7 +33,7 @@ from broker.contracts.registry import Agency
 from broker.errors import AccessDenied, InvalidRequest, NotFound, PayloadTooLarge, Unavailable
 from broker.gateway.auth import authenticate
 from broker.gateway.exchange import read_body, validated
-from broker.gateway.middleware import header
+from broker.gateway.middleware import header, purpose
 from broker.gateway.recorder import RECORD_WITHIN_S
 from broker.gateway.state import GATEWAY, Gateway
 from broker.kafka import Consumer, make_consumer, topic_partitions
@@ -88,7 +88,7 @@ async def publish(request: web.Request) -> web.Response:
         key = str(data[ev.key])
         event_id, value, t_ms = envelope(
             provider=ev.provider, type_=ev.type, key=key, data=data,
-            user_id=header(request, "X-NDXP-User-Id"), purpose=header(request, "X-NDXP-Purpose"),
+            purpose=purpose(request),  # the publisher's officer (X-NDXP-User-Id) is not fanned out
         )  # fmt: skip
         await gw.hand_off(
             gw.settings.names.events(ev.provider, ev.type), value, what="the event", key=key.encode()

@@ -57,7 +57,9 @@ from broker.gateway.middleware import (
     idempotency_key,
     preferences,
     problem_response,
+    purpose,
     request_id,
+    user_id,
 )
 from broker.gateway.recorder import RECORD_WITHIN_S
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
@@ -74,8 +76,8 @@ async def exchange(request: web.Request) -> web.StreamResponse:
     ex = Exchange(id=request[EXCHANGE_ID], gateway=gw.replies.topic)
     try:
         ex.request_id = request_id(request)
-        ex.user_id = header(request, "X-NDXP-User-Id")
-        ex.purpose = header(request, "X-NDXP-Purpose")
+        ex.user_id = user_id(request)
+        ex.purpose = purpose(request)
         ex.traceparent = header(request, "traceparent")
         resp = await _pipeline(gw, request, ex)
     except NdxpError as exc:

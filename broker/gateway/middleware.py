@@ -57,6 +57,31 @@ def header(request: web.Request, name: str) -> str | None:
     return value
 
 
+USER_ID_PATTERN = r"^[\w.:@+-]{1,128}$"
+"""``X-NDXP-User-Id``: the officer or citizen acted for, an identifier (letters of any script, digits,
+``. : @ + - _``), never free text."""
+PURPOSE_PATTERN = r"^[\w.:/+ -]{1,128}$"
+"""``X-NDXP-Purpose``: the purpose of processing, a short label or code (spaces allowed)."""
+_USER_ID = re.compile(USER_ID_PATTERN)
+_PURPOSE = re.compile(PURPOSE_PATTERN)
+
+
+def user_id(request: web.Request) -> str | None:
+    """``X-NDXP-User-Id``, checked (InvalidRequest otherwise): it is recorded and travels to the provider."""
+    given = header(request, "X-NDXP-User-Id")
+    if given is not None and _USER_ID.match(given) is None:
+        raise InvalidRequest("X-NDXP-User-Id must be 1-128 letters, digits or . : @ + - _ (an identifier)")
+    return given
+
+
+def purpose(request: web.Request) -> str | None:
+    """``X-NDXP-Purpose``, checked (InvalidRequest otherwise)."""
+    given = header(request, "X-NDXP-Purpose")
+    if given is not None and _PURPOSE.match(given) is None:
+        raise InvalidRequest("X-NDXP-Purpose must be 1-128 letters, digits, spaces or . : / + - _")
+    return given
+
+
 def request_id(request: web.Request) -> str | None:
     """The caller's ``X-Request-Id`` (a correlation label, never a key), or None if absent.
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from broker import __version__
 from broker.contracts.catalog import Catalog
+from broker.gateway.middleware import PURPOSE_PATTERN, USER_ID_PATTERN
 from broker.model.envelope import EXCHANGE_ID_PATTERN
 from broker.model.events import POSITIONS_PATTERN
 
@@ -153,8 +154,8 @@ def _exchange_headers() -> list[dict[str, Any]]:
             "Your correlation label: echoed, carried, recorded; never a key",
             pattern="^[A-Za-z0-9._:-]{1,128}$",
         ),
-        _header("X-NDXP-User-Id", "The officer or citizen acted for"),
-        _header("X-NDXP-Purpose", "Purpose of processing"),
+        _header("X-NDXP-User-Id", "The officer or citizen acted for", pattern=USER_ID_PATTERN),
+        _header("X-NDXP-Purpose", "Purpose of processing", pattern=PURPOSE_PATTERN),
         _header(
             "Idempotency-Key",
             "The same key and body within 24 h replay the first answer",

@@ -322,3 +322,28 @@ async def test_behind_a_trusted_proxy_the_allowance_is_per_forwarded_address(
     async with running_gateway(plain) as (http, _):
         assert (await failures(http, "203.0.113.7", 6))[-1] == 429
         assert await failures(http, "198.51.100.1", 1) == [429], "every caller here is 127.0.0.1"
+
+
+async def test_user_and_purpose_headers_are_identifiers_not_free_text(
+    exchange_settings: Settings, provider: str
+) -> None:
+    """Security review, finding 10: ~8 KB of anything (names, phone numbers, HTML/SQL) travelled in
+    X-NDXP-User-Id and X-NDXP-Purpose to the provider and into events other agencies read."""
+    url = f"/v1/exchange/{provider}/echo"
+    async with (
+        running_adapter(exchange_settings, provider, EchoHandlers()),
+        running_gateway(exchange_settings) as (http, _),
+    ):
+        for name, value in (
+            ("X-NDXP-User-Id", "Nguyễn Văn A 0912345678"),  # a name and a phone number: not an identifier
+            ("X-NDXP-User-Id", "x" * 129),
+            ("X-NDXP-User-Id", "<script>alert(1)</script>"),
+            ("X-NDXP-Purpose", "'; DROP TABLE citizens; --"),
+            ("X-NDXP-Purpose", "p" * 129),
+        ):
+            resp = await http.post(url, json={"msg": "x"}, headers={**ALICE, name: value})
+            problem = await resp.json()
+            assert (resp.status, problem["code"]) == (400, "invalid_request"), (name, value, problem)
+            assert name in problem["detail"]
+        fine = {"X-NDXP-User-Id": "cán-bộ.042@hanoi", "X-NDXP-Purpose": "ho-so 123/2026"}
+        assert (await http.post(url, json={"msg": "x"}, headers={**ALICE, **fine})).status == 200

@@ -73,7 +73,8 @@ def test_a_writes_changes_become_data_records_and_counted_events() -> None:
     assert data.headers == [("ndxp-exchange-id", b"w1")]
     assert (event.topic, event.key) == ("ndxp.events.bca.moved", b"001090000111")
     sent = orjson.loads(event.value)
-    assert (sent["type"], sent["exchange_id"], sent["user_id"]) == ("bca/moved", "w1", "officer-7")
+    assert (sent["type"], sent["exchange_id"]) == ("bca/moved", "w1")
+    assert "user_id" not in sent, "the caller's officer is not fanned out to subscribers (review finding 10)"
     rec = TxRecord.decode(counted.value)
     assert (counted.topic, rec.exchange_id) == ("ndxp.tx", sent["event_id"])
     assert (rec.mode, rec.outcome) == (Mode.EVENT, "published")

@@ -49,3 +49,15 @@ def test_a_key_twice_in_one_object_is_refused(body: bytes) -> None:
 )
 def test_bodies_without_a_repeated_key_pass(body: bytes) -> None:
     assert validated(CONTRACT, body)["cccd"] == "001090012345"
+
+
+def test_a_huge_invalid_value_is_not_echoed_back_whole() -> None:
+    """Security review, finding 14: a 900 KB invalid field gave a 1.8 MB answer."""
+    import orjson
+
+    body = orjson.dumps({"cccd": "9" * 900_000, "x" * 5000: 1})
+    with pytest.raises(InvalidRequest) as caught:
+        validated(CONTRACT, body)
+    answer = orjson.dumps(caught.value.problem("e1"))
+    assert len(answer) < 10_000, len(answer)
+    assert "characters)" in answer.decode(), "the echo says it was cut"
