@@ -86,8 +86,8 @@ async def readyz(request: web.Request) -> web.Response:
         raise Unavailable("reply consumer not assigned yet", retry_after=1)
     if not gw.exchanges.healthy:
         raise Unavailable("exchange view not caught up yet", retry_after=1)
-    if not gw.kafka.ok:
-        raise Unavailable(f"Kafka unreachable: {gw.kafka.last_error}", retry_after=1)
+    if not gw.kafka.ok:  # the cause (broker hosts, ports) is in the log, not in the answer
+        raise Unavailable("Kafka unreachable", retry_after=1)
     return json_response({"status": "ready", "reply_topic": gw.replies.topic, "worker": gw.worker})
 
 
