@@ -269,7 +269,10 @@ async def test_failed_logins_are_limited_per_address_and_tallied_not_written_one
     assert 20 <= statuses[401] <= 21 + 5 * elapsed, (statuses, elapsed)
     assert statuses[429] > 0, statuses
     assert statuses[401] + statuses[429] == 60
-    assert admitted == 200, "a valid key is never refused for its address's failed logins"
+    # Authenticated (no provider runs here: its exchange then times out), never refused for the address.
+    assert admitted not in (401, 429), (
+        f"a valid key is never refused for its address's failed logins: {admitted}"
+    )
     assert outcomes["unauthorized"] == statuses[401]
     assert outcomes["rate_limited"] == statuses[429]  # all counted
     assert written <= 10, f"{written} Kafka records for 61 rejected calls: they must be tallied"
