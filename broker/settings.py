@@ -55,6 +55,8 @@ class Setting:
     """A second variable read when the first is unset (``KAFKA_HOME``)."""
     parse: Callable[[str, str], Any] | None = None
     """How to read the variable's text (name, raw) when its type alone does not say."""
+    empty_is_a_value: bool = False
+    """Set but empty means something (``NDXP_EXPOSE=``: neither), not "unset"."""
 
 
 def setting(
@@ -116,7 +118,8 @@ class Settings:
         "HOST exposes.",
     )
     expose: frozenset[str] = setting(
-        frozenset({"stats", "metrics"}), choices=tuple(sorted(_EXPOSABLE)), shown="stats,metrics",
+        frozenset({"stats", "metrics"}), parse=lambda name, raw: _expose(name, raw), empty_is_a_value=True,
+        choices=tuple(sorted(_EXPOSABLE)), shown="stats,metrics",
         help="Which of stats (/v1/stats) and metrics (/metrics) the gateway port serves (comma-separated; "
         "empty: neither, scrape the parts' internal ports instead).",
     )  # fmt: skip
@@ -173,6 +176,7 @@ class Settings:
     # -- Kafka names --
     topic_prefix: str = setting(
         "ndxp",
+        parse=lambda name, raw: _topic_prefix(name, raw),
         help="The first part of every topic and consumer group name (and of TX_TOPIC, STATS_TOPIC and "
         "EXCHANGES_TOPIC when unset): platforms with different prefixes share nothing.",
     )
@@ -268,13 +272,9 @@ class Settings:
             info = _info(f)
             name = PREFIX + (info.env or f.name.upper())
             raw = env.get(name)
-            if f.name == "expose":  # set but empty means "neither"
-                if raw is not None:
-                    kw[f.name] = _expose(name, raw)
-                continue
             if raw in (None, "") and info.also:
                 raw, name = env.get(info.also), info.also
-            if raw in (None, ""):
+            if raw is None or (raw == "" and not info.empty_is_a_value):
                 continue
             assert raw is not None
             kw[f.name] = info.parse(name, raw) if info.parse else _cast(name, raw, hints[f.name], info)
@@ -341,9 +341,13 @@ def _cast(name: str, raw: str, hint: Any, info: Setting) -> Any:
         value = str(value).upper()
         if value not in info.choices:
             raise SettingsError(f"{name}={value!r}: one of {sorted(info.choices)}")
-    if name == PREFIX + "TOPIC_PREFIX" and _TOPIC_PREFIX.match(value) is None:
-        raise SettingsError(f"{name}={raw!r}: 1-100 characters of A-Z a-z 0-9 . _ -")
     return value
+
+
+def _topic_prefix(name: str, raw: str) -> str:
+    if _TOPIC_PREFIX.match(raw) is None:
+        raise SettingsError(f"{name}={raw!r}: 1-100 characters of A-Z a-z 0-9 . _ -")
+    return raw
 
 
 def _networks(name: str, raw: str) -> tuple[IPNetwork, ...]:

@@ -334,9 +334,9 @@ class Adapter(KafkaService):
 
     # -- one request ----------------------------------------------------------
 
-    def _remember(self, outs: list[_Out]) -> None:
+    def _remember(self, outs: list[Outgoing]) -> None:
         """Keep the replies that went out, to answer a redelivered exchange without processing it."""
-        self._memory.remember(out.reply for out in outs if out.reply is not None)
+        self._memory.remember(out.reply for out in outs if isinstance(out, _Out) and out.reply is not None)
 
     def _dead_letter(self, msg: Record, reason: str) -> _Out:
         self.metrics.dead_letters.labels(self.provider).inc()
@@ -345,7 +345,7 @@ class Adapter(KafkaService):
         headers.append((H_ERROR, reason.encode()))
         return _Out(self.names.dlq(self.provider), msg.value or b"", msg.key, headers)
 
-    async def _handle(self, msg: Record, *, changes: bool) -> list[_Out]:
+    async def _handle(self, msg: Record, *, changes: bool) -> list[Outgoing]:
         decided = triage(msg.headers or (), self._memory)
         if isinstance(decided, DeadLetter):
             return [self._dead_letter(msg, decided.reason)]
@@ -371,10 +371,9 @@ class Adapter(KafkaService):
                 self._dead_letter(msg, "request body is not valid JSON"),
                 self._reply_out(meta, failed),
             ]
-        outs = [self._reply_out(meta, reply)]
+        outs: list[Outgoing] = [self._reply_out(meta, reply)]
         if recorded and reply.outcome is ReplyOutcome.OK:
-            records = change_records(self.names, self.settings.tx_topic, self.provider, meta, recorded)
-            outs.extend(_Out(r.topic, r.value, r.key, r.headers) for r in records)
+            outs.extend(change_records(self.names, self.settings.tx_topic, self.provider, meta, recorded))
         return outs
 
     def _reply_out(self, meta: RequestMeta, reply: Reply) -> _Out:

@@ -102,8 +102,9 @@ class TxCounter(KafkaService):
         self.settings = settings
         self.metrics = metrics
         self.group_id = f"{settings.stats_topic}.counter"
-        self.seen_topic = Topics(settings).seen_batches().name
-        self.dlq_topic = Topics(settings).tx_dlq().name
+        self.topics = Topics(settings)
+        self.seen_topic = self.topics.seen_batches().name
+        self.dlq_topic = self.topics.tx_dlq().name
         self.counts: dict[StatKey, int] = {}
         self.seen = SeenIds()
         """Exchange ids counted, by day, for the dedupe window (``dedupe_retention_hours``)."""
@@ -116,10 +117,9 @@ class TxCounter(KafkaService):
         self._lag_at = 0.0
 
     async def _open(self) -> None:
-        topics = Topics(self.settings)
         await ensure_topics(
             self.settings,
-            [topics.tx(), topics.tx_dlq(), topics.stats(), topics.seen_batches()],
+            [self.topics.tx(), self.topics.tx_dlq(), self.topics.stats(), self.topics.seen_batches()],
         )
         # The producer first: starting it (InitProducerId with our transactional
         # id) aborts the transaction a killed predecessor left open, and waits

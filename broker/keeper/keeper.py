@@ -106,7 +106,8 @@ class ExchangeKeeper(KafkaService):
         self.metrics = metrics
         self.topic = settings.exchanges_topic
         self.group_id = f"{self.topic}.keeper"
-        self.dlq_topic = Topics(settings).callbacks_dlq().name
+        self.topics = Topics(settings)
+        self.dlq_topic = self.topics.callbacks_dlq().name
         self.ledger = Ledger()
         """What is open and what is due: every decision of the keeper, no I/O."""
         self._results: list[_Attempted] = []
@@ -123,9 +124,8 @@ class ExchangeKeeper(KafkaService):
 
     async def _open(self) -> None:
         await ensure_topics(
-            self.settings, [Topics(self.settings).exchanges(), Topics(self.settings).callbacks_dlq()]
+            self.settings, [self.topics.exchanges(), self.topics.callbacks_dlq(), self.topics.tx()]
         )
-        await ensure_topics(self.settings, [Topics(self.settings).tx()])
         self._producer = make_producer(
             self.settings,
             client_id="ndxp-keeper",

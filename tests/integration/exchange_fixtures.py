@@ -32,6 +32,7 @@ __all__ = [
     "running_counter",
     "running_gateway",
     "running_keeper",
+    "settled",
     "view_caught_up",
     "write_contracts",
     "write_registry",
@@ -117,6 +118,13 @@ async def counter_caught_up(settings: Settings, within_s: float = 60) -> None:
     finally:
         await probe.stop()
         await group.stop()
+
+
+async def settled(gw: Gateway, settings: Settings) -> None:
+    """Nothing more can be counted: this gateway's tally of rejections is written and the counter is
+    past every record in Kafka."""
+    await gw.recorder.flush(5.0)
+    await counter_caught_up(settings)
 
 
 async def view_caught_up(view: StatsView, within_s: float = 30) -> None:

@@ -26,11 +26,11 @@ from broker.model.records import day_of
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
-    counter_caught_up,
     running_adapter,
     running_counter,
     running_gateway,
     running_keeper,
+    settled,
     view_caught_up,
 )
 
@@ -128,8 +128,7 @@ async def counted(
             while stats.get("total", 0) < total:
                 stats = await (await http.get(f"/v1/stats?day={day}")).json()
                 await asyncio.sleep(0.2)
-    await gw.recorder.flush(5.0)  # tallied rejections too
-    await counter_caught_up(settings)
+    await settled(gw, settings)
     await view_caught_up(gw.stats)
     stats = await (await http.get(f"/v1/stats?day={day}")).json()
     return stats

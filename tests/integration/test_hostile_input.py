@@ -14,7 +14,6 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
-from broker.gateway.state import Gateway
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.metrics import CounterMetrics
 from broker.model.envelope import (
@@ -29,9 +28,9 @@ from broker.settings import Settings
 from tests.fixtures import delivered, sample
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
-    counter_caught_up,
     running_adapter,
     running_gateway,
+    settled,
 )
 
 pytestmark = pytest.mark.kafka
@@ -161,12 +160,6 @@ async def test_a_rejected_call_under_an_id_never_erases_a_later_exchange_under_t
         outcomes = Counter({k.outcome: n for k, n in counter.counts.items()})
     assert len(ids) == 2
     assert outcomes == {"unauthorized": 1, "ok": 1}
-
-
-async def settled(gw: Gateway, settings: Settings) -> None:
-    """Nothing more can be counted: the tally is written and the counter is past every record."""
-    await gw.recorder.flush(5.0)
-    await counter_caught_up(settings)
 
 
 async def test_slow_uploads_get_408_without_holding_a_slot_others_need(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -51,11 +50,7 @@ class RealCluster:
     async def close(self) -> None:
         for client in reversed(self.clients):
             await client.stop()
-        # A fenced aiokafka producer leaves futures with ProducerFenced that nobody retrieves; their
-        # finalizers log. Collected here, not in the middle of a later import (where CPython 3.11.7's
-        # parser trips over a finalizer running inside it: "AST constructor recursion depth mismatch").
-        self.clients.clear()
-        gc.collect()
+        self.clients.clear()  # the finalizers of a fenced producer's futures run after the test (conftest)
 
 
 class TestRealKafka(KafkaContract):
