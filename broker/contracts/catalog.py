@@ -8,8 +8,9 @@ a schema does not compile or an example does not pass its own schema.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,16 @@ class Effects(enum.StrEnum):
     """Changes the provider's data: served exactly once, in a Kafka transaction."""
 
 
+class VersionState(enum.StrEnum):
+    """Where a service version is in its life."""
+
+    ACTIVE = "active"
+    DEPRECATED = "deprecated"
+    """Still served, with ``Deprecation`` (and ``Sunset``) headers: callers should move on."""
+    RETIRED = "retired"
+    """No longer served."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     """One service version: the data contract both sides are held to."""
@@ -101,8 +112,18 @@ class Service:
     title: str
     description: str
     version: str
+    """``MAJOR`` or ``MAJOR.MINOR``: callers pin the major (``…/v{MAJOR}``)."""
     mode: str
     timeout_ms: int
+    major: int = 1
+    minor: int = 0
+    state: VersionState = VersionState.ACTIVE
+    sunset: dt.date | None = None
+    """When a deprecated version stops being served (the ``Sunset`` header)."""
+    default: bool = False
+    """The provider marks this version the one unpinned calls get (else: the newest active major)."""
+    binding: dict[str, Any] | None = None
+    """How a generic adapter calls the provider's own backend (DESIGN §4), if it is bound."""
     effects: Effects = Effects.READ
     """``read`` (a lookup: served at least once) or ``write`` (side effects: exactly once)."""
     async_ttl_s: int = DEFAULT_ASYNC_TTL_S
@@ -110,7 +131,10 @@ class Service:
     request: Contract = field(repr=False)
     response: Contract = field(repr=False)
     examples: tuple[Any, ...]
-    source: Path
+    source: object
+    """Where it came from: a file's path, or the registry."""
+    document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """The document as published (what ``registry export`` writes back)."""
 
     @property
     def key(self) -> str:
@@ -124,6 +148,8 @@ class Service:
             "title": self.title,
             "description": self.description,
             "version": self.version,
+            "state": self.state.value,
+            **({"sunset": self.sunset.isoformat()} if self.sunset else {}),
             "mode": self.mode,
             "timeout_ms": self.timeout_ms,
             "effects": self.effects.value,
@@ -136,42 +162,89 @@ class Service:
 
 def load_service(path: Path, provider: str, service: str) -> Service:
     """Load and check one contract file."""
+    return service_from_document(_read_json(path), provider, service, source=path)
+
+
+def _read_json(path: Path) -> Any:
     try:
-        raw = orjson.loads(path.read_bytes())
+        return orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:
         raise CatalogError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def parse_version(raw: Any, where: object) -> tuple[int, int]:
+    """A service version: ``MAJOR`` or ``MAJOR.MINOR`` (``"1"``, ``"2.3"``); callers pin the major."""
+    text = str(raw)
+    major, _, minor = text.partition(".")
+    if not major.isdigit() or (minor and not minor.isdigit()) or int(major) < 1 or len(text) > 16:
+        raise CatalogError(f"{where}: version must be MAJOR or MAJOR.MINOR (like 2 or 1.3), not {text!r}")
+    return int(major), int(minor or 0)
+
+
+SERVICE_FIELDS = frozenset({
+    "provider", "service", "title", "description", "version", "mode", "timeout_ms", "effects",
+    "async_ttl_s", "request", "response", "examples", "state", "sunset", "default", "binding",
+    "x-ndxp-subject",
+})  # fmt: skip
+"""The fields of a service document (a ``schemas/`` file, or what a provider publishes)."""
+
+
+def service_from_document(raw: Any, provider: str, service: str, *, source: object) -> Service:
+    """Check one service version's document (a ``schemas/`` file or a published one)."""
+    where = source
     if not isinstance(raw, dict):
-        raise CatalogError(f"{path}: a contract must be a JSON object")
+        raise CatalogError(f"{where}: a contract must be a JSON object")
     for key in ("provider", "service"):
         if key in raw and raw[key] != {"provider": provider, "service": service}[key]:
-            raise CatalogError(f"{path}: {key} {raw[key]!r} does not match the file's location")
+            raise CatalogError(f"{where}: {key} {raw[key]!r} does not match the file's location")
+    unknown = sorted(set(raw) - SERVICE_FIELDS)
+    if unknown:
+        raise CatalogError(f"{where}: unknown field {unknown[0]!r}")
     missing = [k for k in ("title", "request", "response", "timeout_ms") if k not in raw]
     if missing:
-        raise CatalogError(f"{path}: missing {', '.join(missing)}")
+        raise CatalogError(f"{where}: missing {', '.join(missing)}")
     timeout_ms = raw["timeout_ms"]
     if not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= 300_000:
-        raise CatalogError(f"{path}: timeout_ms must be an integer from 1 to 300000")
+        raise CatalogError(f"{where}: timeout_ms must be an integer from 1 to 300000")
     async_ttl_s = raw.get("async_ttl_s", DEFAULT_ASYNC_TTL_S)
     if not isinstance(async_ttl_s, int) or not 1 <= async_ttl_s <= MAX_ASYNC_TTL_S:
-        raise CatalogError(f"{path}: async_ttl_s must be an integer from 1 to {MAX_ASYNC_TTL_S}")
+        raise CatalogError(f"{where}: async_ttl_s must be an integer from 1 to {MAX_ASYNC_TTL_S}")
     try:
         effects = Effects(raw.get("effects", "read"))
     except ValueError as exc:
-        raise CatalogError(f"{path}: effects must be 'read' or 'write'") from exc
+        raise CatalogError(f"{where}: effects must be 'read' or 'write'") from exc
+    try:
+        state = VersionState(raw.get("state", "active"))
+    except ValueError as exc:
+        raise CatalogError(f"{where}: state must be 'active', 'deprecated' or 'retired'") from exc
+    sunset = raw.get("sunset")
+    if sunset is not None:
+        try:
+            sunset = dt.date.fromisoformat(str(sunset))
+        except ValueError as exc:
+            raise CatalogError(f"{where}: sunset must be a date (YYYY-MM-DD)") from exc
+    if not isinstance(raw.get("default", False), bool):
+        raise CatalogError(f"{where}: default must be true or false")
+    binding = raw.get("binding")
+    if binding is not None:
+        check_binding(binding, where)
+    major, minor = parse_version(raw.get("version", "1"), where)
     contracts = {}
     for part in ("request", "response"):
         try:
+            if not isinstance(raw[part], dict):
+                raise TypeError("a JSON Schema here is an object")
             contracts[part] = Contract(raw[part])
         except (jsonschema_rs.ValidationError, ValueError, TypeError) as exc:
-            raise CatalogError(f"{path}: the {part} schema does not compile: {exc}") from exc
+            raise CatalogError(f"{where}: the {part} schema does not compile: {exc}") from exc
     examples = raw.get("examples", [])
     if not isinstance(examples, list):
-        raise CatalogError(f"{path}: examples must be a list of request bodies")
+        raise CatalogError(f"{where}: examples must be a list of request bodies")
     for i, example in enumerate(examples):
         bad = contracts["request"].violations(example)
         if bad:
             raise CatalogError(
-                f"{path}: example {i} fails its own request schema: "
+                f"{where}: example {i} fails its own request schema: "
                 + "; ".join(f"{v.path}: {v.message}" for v in bad)
             )
     return Service(
@@ -180,6 +253,12 @@ def load_service(path: Path, provider: str, service: str) -> Service:
         title=str(raw["title"]),
         description=str(raw.get("description", "")),
         version=str(raw.get("version", "1")),
+        major=major,
+        minor=minor,
+        state=state,
+        sunset=sunset,
+        default=bool(raw.get("default", False)),
+        binding=binding,
         mode=str(raw.get("mode", "sync")),
         timeout_ms=timeout_ms,
         effects=effects,
@@ -187,8 +266,50 @@ def load_service(path: Path, provider: str, service: str) -> Service:
         request=contracts["request"],
         response=contracts["response"],
         examples=tuple(examples),
-        source=path,
+        source=source,
+        document={k: v for k, v in raw.items() if k not in ("provider", "service")},
     )
+
+
+_BINDING_SCHEMA = Contract({
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "rest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["method", "url"],
+            "properties": {
+                "method": {"enum": ["GET", "POST", "PUT"]},
+                "url": {"type": "string", "pattern": "^https?://", "maxLength": 2048},
+                "headers": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 4096}},
+                "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 300000},
+                "not_found": {"type": "array", "items": {"type": "integer", "minimum": 400, "maximum": 599}},
+            },
+        },
+        "soap": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["wsdl", "operation"],
+            "properties": {
+                "wsdl": {"type": "string", "maxLength": 2048},
+                "operation": {"type": "string", "maxLength": 256},
+                "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 300000},
+            },
+        },
+        "request": {"type": "string", "maxLength": 8192},
+        "response": {"type": "string", "maxLength": 8192},
+    },
+    "oneOf": [{"required": ["rest"]}, {"required": ["soap"]}],
+})  # fmt: skip
+"""The shape of a service's ``binding`` (DESIGN §4): how a generic adapter calls the provider's backend."""
+
+
+def check_binding(binding: Any, where: object) -> None:
+    """A binding of the right shape (its fields named when not), or a CatalogError."""
+    bad = _BINDING_SCHEMA.violations(binding, limit=1)
+    if bad:
+        raise CatalogError(f"{where}: binding{bad[0].path if bad[0].path != '/' else ''}: {bad[0].message}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,7 +329,7 @@ class EventType:
     key: str
     schema: Contract = field(repr=False)
     examples: tuple[Any, ...]
-    source: Path
+    source: object
 
     @property
     def name(self) -> str:
@@ -228,11 +349,13 @@ class EventType:
 
 
 def load_event(path: Path, provider: str, type_: str) -> EventType:
-    """Load and check one event type: its schema compiles, its key is a required string, its examples pass."""
-    try:
-        raw = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as exc:
-        raise CatalogError(f"{path}: not valid JSON: {exc}") from exc
+    """Load and check one event type file."""
+    return event_from_document(_read_json(path), provider, type_, source=path)
+
+
+def event_from_document(raw: Any, provider: str, type_: str, *, source: object) -> EventType:
+    """Check an event type: its schema compiles, its key is a required string, its examples pass."""
+    path = source
     if not isinstance(raw, dict) or not raw.get("title") or not isinstance(raw.get("examples"), list):
         raise CatalogError(f"{path}: an event type is a JSON Schema with a title and examples")
     key = raw.get("x-ndxp-key")
@@ -260,14 +383,21 @@ def load_event(path: Path, provider: str, type_: str) -> EventType:
 
 
 class Catalog:
-    """Every service contract, by ``(provider, service)``, and every event type."""
+    """Every service version, by ``(provider, service)`` and major, and every event type.
+
+    The live registry changes it in place (:meth:`put`, :meth:`put_event`): readers in the same
+    event loop see one whole change or none, never half of one.
+    """
 
     def __init__(
         self,
-        services: Mapping[tuple[str, str], Service],
+        services: Mapping[tuple[str, str], Service] | Iterable[Service] = (),
         events: Mapping[tuple[str, str], EventType] | None = None,
     ) -> None:
-        self._services = dict(sorted(services.items()))
+        self._versions: dict[tuple[str, str], dict[int, Service]] = {}
+        self._default: dict[tuple[str, str], Service] = {}
+        for svc in services.values() if isinstance(services, Mapping) else services:
+            self.put(svc)
         self.events: dict[tuple[str, str], EventType] = dict(sorted((events or {}).items()))
         """Event types by ``(provider, type)``."""
 
@@ -275,12 +405,12 @@ class Catalog:
     def load(cls, directory: Path) -> Catalog:
         if not directory.is_dir():
             raise CatalogError(f"{directory}: schemas directory not found")
-        services: dict[tuple[str, str], Service] = {}
+        services: list[Service] = []
         for path in sorted(directory.glob("*/*.json")):
             provider, service = path.parent.name, path.stem
             if not (valid_name(provider) and valid_name(service)):
                 raise CatalogError(f"{path}: provider and service names must match [a-z0-9_-]+")
-            services[(provider, service)] = load_service(path, provider, service)
+            services.append(load_service(path, provider, service))
         events: dict[tuple[str, str], EventType] = {}
         for path in sorted(directory.glob("*/events/*.json")):
             provider, type_ = path.parent.parent.name, path.stem
@@ -289,20 +419,64 @@ class Catalog:
             events[(provider, type_)] = load_event(path, provider, type_)
         return cls(services, events)
 
+    def put(self, svc: Service) -> None:
+        """Add or replace one service version."""
+        name = (svc.provider, svc.service)
+        versions = self._versions.setdefault(name, {})
+        versions[svc.major] = svc
+        self._versions[name] = dict(sorted(versions.items()))
+        if len(self._versions) > 1 and list(self._versions)[-1] == name and len(versions) == 1:
+            self._versions = dict(sorted(self._versions.items()))
+        self._choose_default(name)
+
+    def put_event(self, ev: EventType) -> None:
+        self.events[(ev.provider, ev.type)] = ev
+        self.events = dict(sorted(self.events.items()))
+
+    def _choose_default(self, name: tuple[str, str]) -> None:
+        """The version unpinned calls get: the one marked default, else the newest active, else
+        the newest deprecated; a service with only retired versions has none."""
+        served = [s for s in self._versions.get(name, {}).values() if s.state is not VersionState.RETIRED]
+        marked = [s for s in served if s.default]
+        active = [s for s in served if s.state is VersionState.ACTIVE]
+        choice = marked or active or served
+        if not choice:
+            self._default.pop(name, None)
+        else:
+            self._default[name] = choice[-1]
+            self._default = dict(sorted(self._default.items()))
+
     def event(self, provider: str, type_: str) -> EventType | None:
         return self.events.get((provider, type_))
 
-    def get(self, provider: str, service: str) -> Service | None:
-        return self._services.get((provider, service))
+    def get(self, provider: str, service: str, major: int | None = None) -> Service | None:
+        """The default version of a service, or version ``major`` (None if retired or unknown)."""
+        if major is None:
+            return self._default.get((provider, service))
+        svc = self._versions.get((provider, service), {}).get(major)
+        return None if svc is None or svc.state is VersionState.RETIRED else svc
+
+    def version(self, provider: str, service: str, major: int) -> Service | None:
+        """Version ``major`` whatever its state (retired included)."""
+        return self._versions.get((provider, service), {}).get(major)
+
+    def versions(self, provider: str | None = None) -> list[Service]:
+        """Every version of every service (of ``provider``), retired included."""
+        return [s for (p, _), vs in self._versions.items() if provider in (None, p) for s in vs.values()]
 
     def __iter__(self) -> Iterator[Service]:
-        return iter(self._services.values())
+        """The default version of every service that is served."""
+        return iter(list(self._default.values()))
 
     def __len__(self) -> int:
-        return len(self._services)
+        return len(self._default)
 
     def providers(self) -> list[str]:
-        return sorted({p for p, _ in self._services})
+        return sorted({p for p, _ in self._versions})
 
     def of_provider(self, provider: str) -> list[Service]:
-        return [s for (p, _), s in self._services.items() if p == provider]
+        return [s for (p, _), s in self._default.items() if p == provider]
+
+    def names(self) -> list[tuple[str, str]]:
+        """Every ``(provider, service)`` with a version, retired ones included (their topics stay)."""
+        return list(self._versions)
