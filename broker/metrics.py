@@ -219,6 +219,46 @@ class CounterMetrics:
         )
 
 
+class RegistryMetrics:
+    """Metrics of one part's live registry follower (and, for the admin, its writes)."""
+
+    def __init__(self, registry: CollectorRegistry, part: str) -> None:
+        self.part = part
+        self.version = Gauge(
+            "ndxp_registry_version",
+            "Registry records this part has applied (the registry version it runs)",
+            ["part"],
+            registry=registry,
+            multiprocess_mode="livemin",
+        ).labels(part)
+        self.behind = Gauge(
+            "ndxp_registry_behind_seconds",
+            "Age of the oldest registry change this part has not applied (0: caught up)",
+            ["part"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        ).labels(part)
+        self.apply_lag = Histogram(
+            "ndxp_registry_apply_lag_seconds",
+            "From a registry change written to this part applying it",
+            ["part"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(part)
+        self.skipped = Counter(
+            "ndxp_registry_records_skipped_total",
+            "Registry records this part could not decode (skipped, never half-applied)",
+            ["part"],
+            registry=registry,
+        ).labels(part)
+        self.changes = Counter(
+            "ndxp_registry_changes_total",
+            "Registry changes written by the management API, by action and outcome (applied, refused)",
+            ["action", "outcome"],
+            registry=registry,
+        )
+
+
 def exposition(registry: CollectorRegistry, multiprocess_dir: Path | None = None) -> web.Response:
     """A /metrics response: this registry, or every worker's metrics in multiprocess mode."""
     if multiprocess_dir is not None:

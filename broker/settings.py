@@ -30,7 +30,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _EXPOSABLE = frozenset({"stats", "metrics"})
-_DERIVED_TOPICS = ("tx_topic", "stats_topic", "exchanges_topic")
+_DERIVED_TOPICS = ("tx_topic", "stats_topic", "exchanges_topic", "registry_topic")
 """Unset, these are ``<topic_prefix>.tx`` and so on (and follow the prefix in ``replace``)."""
 
 
@@ -132,10 +132,20 @@ class Settings:
     )
     registry_path: Path = setting(
         factory=lambda: _project_root() / "deploy" / "registry.yaml", env="REGISTRY",
-        shown="deploy/registry.yaml", help="The registry file (agencies, keys, rights).",
+        shown="deploy/registry.yaml",
+        help="The registry file `ndxp registry import` (and REGISTRY_SEED) loads into the live registry.",
     )  # fmt: skip
     schemas_dir: Path = setting(
         factory=lambda: _project_root() / "schemas", shown="schemas/", help="The service contracts."
+    )
+    registry_seed: bool = setting(
+        False,
+        help="A part that finds the live registry empty imports REGISTRY and SCHEMAS_DIR into it first "
+        "(the demo's start; `ndxp up` imports them itself).",
+    )
+    admin_host: str = setting("127.0.0.1", help="Where the management API (/admin/v1) listens.")
+    admin_port: int = setting(
+        8081, minimum=0, maximum=65535, help="The management API's port (never the exchange port)."
     )
     max_body_bytes: int = setting(1024 * 1024, minimum=1, help="Largest request body accepted (bytes).")
     max_in_flight: int = setting(
@@ -203,6 +213,10 @@ class Settings:
         5000, minimum=1, maximum=20_000,
         help="Most transaction records the counter commits in one Kafka transaction (one batch's ids fit "
         "in one Kafka message).",
+    )  # fmt: skip
+    registry_topic: str = setting(
+        "", shown="<prefix>.registry",
+        help="The live registry (compacted); its change log is <registry topic>.changes.",
     )  # fmt: skip
     exchanges_topic: str = setting(
         "",

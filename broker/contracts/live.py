@@ -20,6 +20,7 @@ access    a UUIDv7                    an access request and its decision
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,44 @@ class Entry:
             raise RegistryError(f"registry record {key!r} has no revision or a document that is no object")
         return cls(kind=raw["kind"], id=raw["id"], rev=rev, doc=doc, change_id=str(raw.get("change_id", "")),
                    at=float(raw.get("at") or 0), actor=str(raw.get("actor", "")))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """One entry of the registry's change log: who did what to which document, and whether it
+    was applied or refused (an attempt on another agency's documents is logged too)."""
+
+    change_id: str
+    at: float
+    """Unix time, seconds."""
+    actor: str
+    action: str
+    target: str
+    outcome: str = "applied"
+    detail: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        when = dt.datetime.fromtimestamp(self.at, dt.UTC).isoformat(timespec="milliseconds")
+        out = {"change_id": self.change_id, "at": when, "actor": self.actor, "action": self.action,
+               "target": self.target, "outcome": self.outcome}  # fmt: skip
+        return {**out, "detail": self.detail} if self.detail else out
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "change_id": self.change_id, "at": self.at, "actor": self.actor, "action": self.action,
+            "target": self.target, "outcome": self.outcome, "detail": self.detail,
+        })  # fmt: skip
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> Change:
+        try:
+            raw = orjson.loads(value or b"")
+            return cls(change_id=str(raw["change_id"]), at=float(raw["at"]), actor=str(raw["actor"]),
+                       action=str(raw["action"]), target=str(raw["target"]),
+                       outcome=str(raw.get("outcome", "applied")),
+                       detail=str(raw.get("detail", "")))  # fmt: skip
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise RegistryError(f"change log record is not a change: {exc}") from exc
 
 
 class LiveRegistry:

@@ -127,7 +127,8 @@ def demo_text(settings: Settings, base_url: str) -> str:
             continue
         lines.append(f"  {agency.id:10} {key:18} " + ", ".join(rights))
         for name in allowed:
-            svc = catalog.get(*name.split("/", 1))
+            provider, service = name.split("/", 1)
+            svc = catalog.get(provider, service)
             if example is None and svc is not None and svc.examples:
                 example = (key, name, svc.examples[0])
     if example is not None:

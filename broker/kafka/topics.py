@@ -23,6 +23,8 @@ DATA_PARTITIONS = 4
 EVENT_PARTITIONS = 4
 """Partitions of an event type's topic."""
 _HOUR_MS = 3600 * 1000
+CHANGES_RETENTION_DAYS = 10 * 366
+"""The registry's change log is evidence: who changed what, kept ten years."""
 
 
 class Topics:
@@ -72,6 +74,22 @@ class Topics:
                 "min.compaction.lag.ms": str(MAX_ASYNC_TTL_MS + _HOUR_MS),
                 "segment.ms": str(_HOUR_MS),
             },
+        )
+
+    def registry(self) -> TopicSpec:
+        """The live registry: one record per document, compacted (the latest of each is the state)."""
+        return TopicSpec(
+            name=self.settings.registry_topic,
+            partitions=1,
+            configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"},
+        )
+
+    def registry_changes(self) -> TopicSpec:
+        """The registry's change log: every change and every refused attempt, kept for years."""
+        return TopicSpec(
+            name=f"{self.settings.registry_topic}.changes",
+            partitions=1,
+            configs={"cleanup.policy": "delete", "retention.ms": str(CHANGES_RETENTION_DAYS * 24 * _HOUR_MS)},
         )
 
     def callbacks_dlq(self) -> TopicSpec:
@@ -125,6 +143,8 @@ class Topics:
             self.seen_batches(),
             self.exchanges(),
             self.callbacks_dlq(),
+            self.registry(),
+            self.registry_changes(),
         ]
         for provider in catalog.providers():
             out.extend(self.of_provider(catalog, provider))
