@@ -84,7 +84,9 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
         workers=args.workers if args.workers is not None else settings.workers,
         host=args.host if args.host is not None else settings.host,
     )
-    return run_gateway(settings, progress=progress)
+    from broker.admin.serve import admin_main
+
+    return run_gateway(settings, progress=progress, beside=admin_main)
 
 
 def _counter(settings: Settings, args: argparse.Namespace) -> int:

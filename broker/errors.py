@@ -33,6 +33,8 @@ The tree (HTTP status, stable ``code``)::
         ├── Unavailable             503 unavailable        (not ready, or Kafka unreachable)
         ├── IdempotencyKeyReused    422 idempotency_key_reused    (same key, another request)
         ├── IdempotencyKeyInFlight  409 idempotency_key_in_flight (Retry-After)
+        ├── Conflict                409 conflict           (management API: a stale If-Match)
+        ├── Forbidden               403 access_denied      (management API: another agency's documents)
         └── ClientClosed            499 client_closed      (the caller went away; recorded, never sent)
 
 Every class is defined here; the modules that raise them import them from here.
@@ -229,3 +231,11 @@ class IdempotencyKeyInFlight(NdxpError):
         "A request with this Idempotency-Key is in flight",
         True,
     )
+
+
+class Conflict(NdxpError):
+    status, code, title = 409, "conflict", "The resource changed since you read it (stale If-Match)"
+
+
+class Forbidden(AccessDenied):
+    title = "Caller may not administer this resource"

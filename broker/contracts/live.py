@@ -95,6 +95,8 @@ class Change:
     target: str
     outcome: str = "applied"
     detail: str = ""
+    parties: tuple[str, ...] = ()
+    """The agencies whose documents it concerns (each sees it in its own change log)."""
 
     def describe(self) -> dict[str, Any]:
         when = dt.datetime.fromtimestamp(self.at, dt.UTC).isoformat(timespec="milliseconds")
@@ -105,7 +107,7 @@ class Change:
     def encode(self) -> bytes:
         return orjson.dumps({
             "change_id": self.change_id, "at": self.at, "actor": self.actor, "action": self.action,
-            "target": self.target, "outcome": self.outcome, "detail": self.detail,
+            "target": self.target, "outcome": self.outcome, "detail": self.detail, "parties": self.parties,
         })  # fmt: skip
 
     @classmethod
@@ -115,7 +117,8 @@ class Change:
             return cls(change_id=str(raw["change_id"]), at=float(raw["at"]), actor=str(raw["actor"]),
                        action=str(raw["action"]), target=str(raw["target"]),
                        outcome=str(raw.get("outcome", "applied")),
-                       detail=str(raw.get("detail", "")))  # fmt: skip
+                       detail=str(raw.get("detail", "")),
+                       parties=tuple(str(p) for p in raw.get("parties") or ()))  # fmt: skip
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise RegistryError(f"change log record is not a change: {exc}") from exc
 

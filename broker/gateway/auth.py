@@ -44,10 +44,17 @@ def authenticate(gw: Gateway, request: web.Request) -> Agency:
 
 
 def client_address(gw: Gateway, request: web.Request) -> str:
+    """Where the call comes from (see :func:`address_of`)."""
+    return address_of(request, gw.settings.trusted_proxies)
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def address_of(request: web.Request, trusted: Networks) -> str:
     """Where the call comes from: the peer, or, when the peer is a trusted proxy
     (``NDXP_TRUSTED_PROXIES``), the nearest address in ``X-Forwarded-For`` that is not one."""
     peer = request.remote or "-"
-    trusted = gw.settings.trusted_proxies
     if not trusted or not _within(peer, trusted):
         return peer
     forwarded = [

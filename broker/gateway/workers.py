@@ -30,8 +30,6 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from prometheus_client.multiprocess import mark_process_dead
 
-from broker.contracts.catalog import Catalog
-from broker.contracts.registry import Registry
 from broker.errors import PartFailed, StartupError
 from broker.gateway.app import create_app, reload_registry
 from broker.gateway.state import GATEWAY
@@ -116,13 +114,20 @@ def _worker_main(settings: Settings, worker: int, ready: Queue[int]) -> None:
             mark_process_dead(os.getpid(), str(settings.metrics_dir))  # type: ignore[no-untyped-call]
 
 
-def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> int:
-    """Run ``settings.workers`` worker processes on one port; return the exit code."""
+Beside = Callable[[Settings, "Queue[int]"], None]
+"""A process the supervisor runs beside the workers (the management API): it puts -1 on the queue
+when it serves."""
+
+
+def run_gateway(
+    settings: Settings, progress: Callable[[str], Any] = print, *, beside: Beside | None = None
+) -> int:
+    """Run ``settings.workers`` worker processes on one port (and ``beside``, restarted like a
+    worker); return the exit code."""
     if settings.port == 0 and settings.workers > 1:
         raise StartupError("several workers need a fixed --port (SO_REUSEPORT)")
     # Check the catalog and registry here, so that a fault stops start-up with
     # one clear message (CatalogError/RegistryError name the file and the fault).
-    Registry.load(settings.registry_path, Catalog.load(settings.schemas_dir))
     metrics_dir: tempfile.TemporaryDirectory[str] | None = None
     if settings.workers > 1 and settings.metrics_dir is None:
         # prometheus-client's multiprocess mode: every worker writes its values to
@@ -135,7 +140,11 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
     ready: Queue[int] = ctx.Queue()
 
     def spawn(i: int) -> multiprocessing.process.BaseProcess:
-        p = ctx.Process(target=_worker_main, args=(settings, i, ready), name=f"gateway-{i}")
+        if i == settings.workers:
+            assert beside is not None
+            p = ctx.Process(target=beside, args=(settings, ready), name="gateway-admin")
+        else:
+            p = ctx.Process(target=_worker_main, args=(settings, i, ready), name=f"gateway-{i}")
         p.start()
         return p
 
@@ -159,7 +168,7 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     try:
-        procs.extend(spawn(i) for i in range(settings.workers))
+        procs.extend(spawn(i) for i in range(settings.workers + (beside is not None)))
         started = 0
         while started < len(procs) and not stopping:
             try:
@@ -172,9 +181,10 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
                     break
         if started == len(procs):
             scheme = "https" if settings.tls_cert else "http"
-            progress(
-                f"gateway ready on {scheme}://{settings.host}:{settings.port} with {len(procs)} worker(s)"
-            )
+            where = f"{scheme}://{settings.host}:{settings.port}"
+            progress(f"gateway ready on {where} with {settings.workers} worker(s)")
+            if beside is not None:
+                progress(f"management API on {scheme}://{settings.admin_host}:{settings.admin_port}/admin/v1")
         # Supervise: a worker that dies (SIGKILL, a failed Kafka loop) is
         # restarted with the same index, hence the same reply topic, with backoff.
         failures = [0] * len(procs)
@@ -187,14 +197,14 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
                 if restart_at[i] is not None and now >= (restart_at[i] or 0):
                     restart_at[i] = None
                     procs[i] = spawn(i)
-                    progress(f"gateway worker {i} restarted (pid {procs[i].pid})")
+                    progress(f"{_name(settings, i)} restarted (pid {procs[i].pid})")
                 elif restart_at[i] is None and not p.is_alive() and not stopping:
                     if settings.metrics_dir is not None and p.pid is not None:
                         mark_process_dead(p.pid, str(settings.metrics_dir))  # type: ignore[no-untyped-call]
                     wait = min(30.0, 2.0 ** failures[i])
                     failures[i] += 1
                     restart_at[i] = now + wait
-                    progress(f"gateway worker {i} exited with {p.exitcode}; restarting in {wait:g}s")
+                    progress(f"{_name(settings, i)} exited with {p.exitcode}; restarting in {wait:g}s")
             time.sleep(0.2)
         for p in procs:
             p.join()
@@ -205,3 +215,7 @@ def run_gateway(settings: Settings, progress: Callable[[str], Any] = print) -> i
             metrics_dir.cleanup()
     codes = [p.exitcode or 0 for p in procs]
     return 0 if all(c == 0 for c in codes) else 1
+
+
+def _name(settings: Settings, i: int) -> str:
+    return "the management API" if i == settings.workers else f"gateway worker {i}"

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -35,11 +36,22 @@ from broker.kafka.boundary import Batch, Producer
 from broker.kafka.clients import make_consumer, make_producer
 from broker.kafka.service import KafkaService
 from broker.kafka.topics import Topics
-from broker.metrics import RegistryMetrics
 from broker.model.envelope import new_exchange_id
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class RegistryMetrics(Protocol):
+    """What the follower and writer report (``broker.metrics.RegistryMetrics`` is one)."""
+
+    version: Any
+    behind: Any
+    apply_lag: Any
+    skipped: Any
+    changes: Any
+
+
 CATCH_UP_S = 60.0
 """Longest a starting part waits to read the whole registry."""
 
@@ -168,9 +180,17 @@ class Proposal:
     change: Change
 
 
-def new_change(actor: str, action: str, target: str, *, outcome: str = "applied", detail: str = "") -> Change:
+def new_change(
+    actor: str,
+    action: str,
+    target: str,
+    *,
+    outcome: str = "applied",
+    detail: str = "",
+    parties: tuple[str, ...] = (),
+) -> Change:
     return Change(change_id=new_exchange_id(), at=time.time(), actor=actor, action=action, target=target,
-                  outcome=outcome, detail=detail)  # fmt: skip
+                  outcome=outcome, detail=detail, parties=parties)  # fmt: skip
 
 
 class RegistryWriter:
