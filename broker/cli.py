@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     keeper.add_argument("--metrics-port", type=int, default=None)
     keeper.set_defaults(func=_keeper)
 
+    from broker.admin.cli import add_commands
+
+    add_commands(sub)
     for plugin in entry_points(group=COMMANDS):  # the demo's agencies, an agency's own adapter kit
         plugin.load()(sub)
     return parser

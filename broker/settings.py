@@ -147,6 +147,7 @@ class Settings:
     admin_port: int = setting(
         8081, minimum=0, maximum=65535, help="The management API's port (never the exchange port)."
     )
+    admin_key: str | None = setting(None, secret=True, help="`ndxp admin`'s API key (your agency's).")
     max_body_bytes: int = setting(1024 * 1024, minimum=1, help="Largest request body accepted (bytes).")
     max_in_flight: int = setting(
         10_000, minimum=1, help="Exchanges in flight per gateway worker; beyond: 503."

@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry
 from broker.contracts.catalog import Catalog
 from broker.contracts.registry import Registry
 from broker.counter.stats import StatsView
-from broker.errors import RegistryError
 from broker.gateway import events, meta
 from broker.gateway.exchange import exchange
 from broker.gateway.limits import Limits
@@ -40,7 +39,8 @@ from broker.kafka import (
     ensure_topics,
     make_producer,
 )
-from broker.metrics import GatewayMetrics
+from broker.kafka.registry import RegistryFollower, seed_if_empty
+from broker.metrics import GatewayMetrics, RegistryMetrics
 from broker.model.envelope import H_HEARTBEAT
 from broker.settings import Settings
 
@@ -92,11 +92,18 @@ def create_app(
     registry: Registry | None = None,
     metrics_registry: CollectorRegistry | None = None,
 ) -> web.Application:
-    """One gateway worker's application."""
-    catalog = catalog if catalog is not None else Catalog.load(settings.schemas_dir)
+    """One gateway worker's application.
+
+    It follows the live registry (agencies, keys, rights, service versions) unless it is given a
+    fixed ``registry`` (with its catalog): a test's, or a tool's.
+    """
+    collector = metrics_registry or CollectorRegistry()
+    follower = None
     if registry is None:
-        registry = Registry.load(settings.registry_path, catalog)
-    metrics = GatewayMetrics(metrics_registry or CollectorRegistry())
+        follower = RegistryFollower(settings, part="gateway", metrics=RegistryMetrics(collector, "gateway"))
+        registry = follower.live.registry
+    catalog = catalog if catalog is not None else registry.catalog
+    metrics = GatewayMetrics(collector)
     gw = Gateway(
         settings=settings,
         catalog=catalog,
@@ -118,6 +125,18 @@ def create_app(
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
     app.on_response_prepare.append(server_header)
     app[GATEWAY] = gw
+    gw.follower = follower
+
+    async def live_registry(app: web.Application) -> AsyncIterator[None]:
+        # Before anything serves: the whole registry is read (keys, rights, services).
+        assert follower is not None
+        await follower.start()
+        if settings.registry_seed and await seed_if_empty(settings, follower):
+            log.warning("the live registry was empty: imported %s and %s", settings.registry_path,
+                        settings.schemas_dir)  # fmt: skip
+        follower.listeners.append(gw.limits.reset_rates)  # a changed rate limit applies at once
+        yield
+        await _bounded(follower.stop(), settings.shutdown_grace_s, "registry follower")
 
     async def kafka_producer(app: web.Application) -> AsyncIterator[None]:
         # Requests and records carry no key (order does not matter): sticky batches.
@@ -167,8 +186,11 @@ def create_app(
         yield
         await _bounded(gw.exchanges.stop(), settings.shutdown_grace_s, "exchange view")
 
+    if follower is not None:
+        app.cleanup_ctx.append(live_registry)
     app.cleanup_ctx.extend([kafka_producer, tx_recorder, reply_router, stats_view, exchange_view])
     app.router.add_post("/v1/exchange/{provider}/{service}", exchange)
+    app.router.add_post("/v1/exchange/{provider}/{service}/v{major:[1-9][0-9]{0,5}}", exchange)
     app.router.add_get("/v1/exchanges/{exchange_id}", get_exchange)
     app.router.add_get("/v1/events", events.list_events)
     app.router.add_post("/v1/events/{provider}/{type}", events.publish)
@@ -189,21 +211,3 @@ def create_app(
     app.router.add_get("/readyz", meta.readyz)
     app.router.add_get("/metrics", meta.metrics)
     return app
-
-
-def reload_registry(gw: Gateway) -> bool:
-    """SIGHUP: read the registry again (keys, expiries, rights, limits) without a restart.
-
-    Exchanges in flight keep the agency they were admitted as; the next
-    request sees the new registry. A registry that does not load is logged
-    and the current one stays.
-    """
-    try:
-        registry = Registry.load(gw.settings.registry_path, gw.catalog)
-    except RegistryError as exc:
-        log.error("gateway worker %d: registry not reloaded, keeping the current one: %s", gw.worker, exc)
-        return False
-    gw.registry = registry
-    gw.limits.reset_rates()
-    log.warning("gateway worker %d: registry reloaded from %s", gw.worker, gw.settings.registry_path)
-    return True

@@ -97,6 +97,7 @@ class Exchange:
             user_id=self.user_id,
             purpose=self.purpose,
             traceparent=self.traceparent,
+            version=self.svc.version,
         )
 
     def record(self, *, status: int, response_bytes: int) -> TxRecord:

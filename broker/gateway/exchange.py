@@ -26,6 +26,8 @@ exchange is counted in the metrics.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import email.utils
 import json
 import logging
 import re
@@ -35,7 +37,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from broker.contracts.catalog import Contract
+from broker.contracts.catalog import Contract, Service, VersionState
 from broker.contracts.verdicts import judge
 from broker.errors import (
     AccessDenied,
@@ -87,9 +89,21 @@ async def exchange(request: web.Request) -> web.StreamResponse:
         log.exception("exchange %s failed unexpectedly", ex.id)
         resp = problem_response(NdxpError("unexpected error; see the gateway log"), ex.id)
     resp = await _record(gw, ex, resp)
+    if ex.svc is not None:
+        version_headers(ex.svc, resp)
     gw.metrics.exchanges.labels(ex.client, ex.provider, ex.service, ex.outcome).inc()
     gw.metrics.duration.labels(ex.provider, ex.service).observe(time.perf_counter() - ex.started)
     return resp
+
+
+def version_headers(svc: Service, resp: web.StreamResponse) -> None:
+    """Which version answered; for a deprecated one, ``Deprecation`` (RFC 9745) and ``Sunset`` (RFC 8594)."""
+    resp.headers["X-NDXP-Service-Version"] = svc.version
+    if svc.state is VersionState.DEPRECATED:
+        resp.headers["Deprecation"] = "true"
+        if svc.sunset is not None:
+            sunset = dt.datetime.combine(svc.sunset, dt.time(), dt.UTC)
+            resp.headers["Sunset"] = email.utils.format_datetime(sunset, usegmt=True)
 
 
 async def _pipeline(gw: Gateway, request: web.Request, ex: Exchange) -> web.Response:
@@ -116,12 +130,14 @@ def _identify(gw: Gateway, request: web.Request, ex: Exchange) -> None:
     """Who calls (401 otherwise), which service (404), and whether the caller may call it (403)."""
     provider = request.match_info["provider"]
     service = request.match_info["service"]
+    pinned = request.match_info.get("major")
     ex.agency = authenticate(gw, request)
-    ex.svc = gw.catalog.get(provider, service)
+    ex.svc = gw.catalog.get(provider, service, int(pinned) if pinned else None)
     if ex.svc is None:
-        raise UnknownService(f"no service {provider}/{service}; see GET /v1/services")
-    if not gw.registry.allowed(ex.agency.id, provider, service):
-        raise AccessDenied(f"{ex.agency.id} may not call {provider}/{service}")
+        which = f"{provider}/{service}" + (f" version {pinned}" if pinned else "")
+        raise UnknownService(f"no service {which} is served; see GET /v1/services")
+    if not gw.registry.allowed(ex.agency.id, provider, service, ex.svc.major):
+        raise AccessDenied(f"{ex.agency.id} may not call {provider}/{service} (version {ex.svc.major})")
 
 
 async def _read(gw: Gateway, request: web.Request, ex: Exchange) -> None:

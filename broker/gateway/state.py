@@ -43,6 +43,8 @@ class Gateway:
     worker: int = 0
     streams: set[Any] = field(default_factory=set)
     """Open event streams (Server-Sent Events); told to end when the worker stops."""
+    follower: Any = None
+    """The live registry's follower (None when the registry is fixed: a test's)."""
     producer: Producer = field(init=False)
     """Set when the app starts (it needs the running loop)."""
     kafka: Reachability = field(init=False)

@@ -78,6 +78,7 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
         exchange_id=ex.id, client=agency.id, provider=svc.provider, service=svc.service, mode=ex.mode,
         t_in=ex.t_in, deadline_ms=deadline, idempotency=idem, fingerprint=fp, request_id=ex.request_id,
         user_id=ex.user_id, purpose=ex.purpose, request_bytes=len(ex.body), gateway=gw.replies.topic,
+        major=svc.major,
     )  # fmt: skip
     partition = partition_for(idem or ex.id, view.partitions)
     with gw.limits.admit(agency):

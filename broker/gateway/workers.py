@@ -3,14 +3,13 @@
 ``serve`` runs one worker's app (:func:`broker.gateway.app.create_app`) until
 SIGTERM/SIGINT; ``run_gateway`` runs ``settings.workers`` of them on one port
 with SO_REUSEPORT, restarts a worker that dies (with backoff, same index,
-same reply topic), forwards SIGHUP (registry reload) and SIGTERM. On SIGTERM
+same reply topic) and the management API beside them, and forwards SIGTERM. On SIGTERM
 a worker stops accepting, lets in-flight exchanges finish within the grace
 period, flushes, and exits 0.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -31,7 +30,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client.multiprocess import mark_process_dead
 
 from broker.errors import PartFailed, StartupError
-from broker.gateway.app import create_app, reload_registry
+from broker.gateway.app import create_app
 from broker.gateway.state import GATEWAY
 from broker.lifecycle import run_until_stopped
 from broker.logs import setup_logging
@@ -60,10 +59,10 @@ async def serve(settings: Settings, *, worker: int = 0, on_ready: Callable[[], N
         ssl_context=server_ssl_context(settings),
     )
     gw = app[GATEWAY]
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_registry, gw)
 
     def failure() -> str | None:
-        dead = [s for s in (gw.replies, gw.stats, gw.exchanges) if not s.healthy]
+        parts = [gw.replies, gw.stats, gw.exchanges] + ([gw.follower] if gw.follower is not None else [])
+        dead = [s for s in parts if not s.healthy]
         return f"{dead[0].what} stopped: {dead[0].failed!r}" if dead else None
 
     try:
@@ -94,7 +93,7 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 def _worker_main(settings: Settings, worker: int, ready: Queue[int]) -> None:
     setup_logging(settings.log_level, f"%(asctime)s %(levelname)s gateway[{worker}] %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() handles it: reload, never die
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the registry is live: a hangup changes nothing
     try:
         uvloop.run(serve(settings, worker=worker, on_ready=lambda: ready.put(worker)))
     except KafkaError as exc:
@@ -159,14 +158,7 @@ def run_gateway(
                 with contextlib.suppress(ProcessLookupError):
                     p.terminate()  # SIGTERM: graceful
 
-    def reload(signum: int, _: Any) -> None:
-        for p in procs:
-            if p.pid is not None and p.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGHUP)
-
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     try:
         procs.extend(spawn(i) for i in range(settings.workers + (beside is not None)))
         started = 0

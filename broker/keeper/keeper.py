@@ -54,6 +54,7 @@ from broker.kafka import (
     make_producer,
     sweep_idle_topics,
 )
+from broker.kafka.registry import RegistryFollower
 from broker.keeper import callbacks
 from broker.keeper.ledger import Ledger, Open
 from broker.metrics import KeeperMetrics
@@ -97,12 +98,20 @@ class ExchangeKeeper(KafkaService):
     poll_timeout_ms = 200
 
     def __init__(
-        self, settings: Settings, catalog: Catalog, registry: Registry, metrics: KeeperMetrics
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        registry: Registry,
+        metrics: KeeperMetrics,
+        follower: RegistryFollower | None = None,
     ) -> None:
+        """``follower``: the live registry ``catalog`` and ``registry`` come from, started and
+        stopped with the keeper (callback addresses and contracts follow it)."""
         super().__init__("exchange keeper")
         self.settings = settings
         self.catalog = catalog
         self.registry = registry
+        self.follower = follower
         self.metrics = metrics
         self.topic = settings.exchanges_topic
         self.group_id = f"{self.topic}.keeper"
@@ -122,7 +131,13 @@ class ExchangeKeeper(KafkaService):
         self._sweep_at = time.monotonic() + 60.0
         self._sweeper: asyncio.Task[None] | None = None
 
+    @property
+    def healthy(self) -> bool:
+        return super().healthy and (self.follower is None or self.follower.healthy)
+
     async def _open(self) -> None:
+        if self.follower is not None:
+            await self.follower.start()  # the whole registry, before the first exchange is finished
         await ensure_topics(
             self.settings, [self.topics.exchanges(), self.topics.callbacks_dlq(), self.topics.tx()]
         )
@@ -165,6 +180,8 @@ class ExchangeKeeper(KafkaService):
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.follower is not None:
+            await self.follower.stop()
 
     # -- reading the log ------------------------------------------------------
 
@@ -206,7 +223,7 @@ class ExchangeKeeper(KafkaService):
         for tp, o in to_finish:
             assert o.pending is not None
             p = o.pending
-            final = finish(p, self.catalog.get(p.provider, p.service), o.reply, now)
+            final = finish(p, self.catalog.get(p.provider, p.service, p.major), o.reply, now)
             agency = self.registry.agencies.get(p.client)
             if p.mode is Mode.ASYNC and agency is not None and agency.callback_url:
                 final = dataclasses.replace(

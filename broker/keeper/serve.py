@@ -7,18 +7,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from broker.contracts.catalog import Catalog
-from broker.contracts.registry import Registry
+from broker.kafka.registry import RegistryFollower
 from broker.keeper.keeper import ExchangeKeeper
 from broker.lifecycle import run_service
-from broker.metrics import KeeperMetrics
+from broker.metrics import KeeperMetrics, RegistryMetrics
 from broker.settings import Settings
 
 
 async def run_keeper(settings: Settings, progress: Callable[[str], Any] = print) -> None:
-    catalog = Catalog.load(settings.schemas_dir)
-    registry = Registry.load(settings.registry_path, catalog)
     metrics = KeeperMetrics(CollectorRegistry())
-    keeper = ExchangeKeeper(settings, catalog, registry, metrics)
+    follower = RegistryFollower(settings, part="keeper", metrics=RegistryMetrics(metrics.registry, "keeper"))
+    live = follower.live
+    keeper = ExchangeKeeper(settings, live.catalog, live.registry, metrics, follower)
     started = f"keeper finishing stored exchanges of {settings.exchanges_topic}"
     await run_service(keeper, metrics.registry, settings, started, progress)

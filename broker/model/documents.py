@@ -122,6 +122,8 @@ class Pending(_Stored):
     purpose: str | None = None
     request_bytes: int = 0
     gateway: str = ""
+    major: int | None = None
+    """The service version (major) the request was accepted for; None: the default (older documents)."""
 
     def encode(self) -> bytes:
         return orjson.dumps({"kind": "pending", **_fields(self)})

@@ -20,6 +20,8 @@ H_REQUEST_ID = "ndxp-request-id"
 H_CLIENT = "ndxp-client"
 H_PROVIDER = "ndxp-provider"
 H_SERVICE = "ndxp-service"
+H_VERSION = "ndxp-version"
+"""The service version the caller is served (``MAJOR`` or ``MAJOR.MINOR``): a handler may serve several."""
 H_REPLY_TO = "ndxp-reply-to"
 H_REPLY_PARTITION = "ndxp-reply-partition"
 """The partition of ``reply_to`` the reply goes to, when the gateway chose one (stored exchanges)."""
@@ -127,6 +129,8 @@ class RequestMeta:
     purpose: str | None = None
     traceparent: str | None = None
     reply_partition: int | None = None
+    version: str | None = None
+    """The service version the gateway validated the request against."""
 
     def headers(self) -> Headers:
         h: Headers = [
@@ -147,6 +151,8 @@ class RequestMeta:
             h.append((H_TRACEPARENT, self.traceparent.encode()))
         if self.reply_partition is not None:
             h.append((H_REPLY_PARTITION, str(self.reply_partition).encode()))
+        if self.version is not None:
+            h.append((H_VERSION, self.version.encode()))
         return h
 
     @classmethod
@@ -166,6 +172,7 @@ class RequestMeta:
                 purpose=h.get(H_PURPOSE),
                 traceparent=h.get(H_TRACEPARENT),
                 reply_partition=int(h[H_REPLY_PARTITION]) if H_REPLY_PARTITION in h else None,
+                version=h.get(H_VERSION),
             )
         except KeyError as exc:
             raise ValueError(f"missing header {exc.args[0]}") from exc
