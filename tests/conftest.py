@@ -29,6 +29,8 @@ from broker.settings import Settings
 
 os.environ.setdefault("NDXP_TOPIC_PREFIX", f"test-{uuid.uuid4().hex[:8]}")  # inherited by children
 RUN_PREFIX = os.environ["NDXP_TOPIC_PREFIX"]
+# A part that finds its (test's) live registry empty imports the test's registry file and contracts.
+os.environ.setdefault("NDXP_REGISTRY_SEED", "1")
 
 
 @pytest.fixture(scope="session")

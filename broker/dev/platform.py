@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 
 from broker.contracts.catalog import Catalog
 from broker.contracts.registry import Registry
 from broker.dev.localkafka import LocalKafka
 from broker.dev.ports import free_port, port_is_free
 from broker.errors import PlatformError
+from broker.kafka.registry import RegistryFollower, seed_if_empty
 from broker.ops.status import state_path
 from broker.settings import Settings, child_environment
 
@@ -104,7 +106,12 @@ def demo_text(settings: Settings, base_url: str) -> str:
     """What `ndxp up` prints: URLs, demo keys and a ready-to-paste curl."""
     catalog = Catalog.load(settings.schemas_dir)
     registry = Registry.load(settings.registry_path, catalog)
-    lines = [f"NDXP gateway: {base_url}", "  catalog: " + base_url + "/v1/services"]
+    admin_url = f"http://{settings.admin_host}:{settings.admin_port}/admin/v1"
+    lines = [
+        f"NDXP gateway: {base_url}",
+        "  catalog: " + base_url + "/v1/services",
+        f"management API: {admin_url} (operator key demo-ops; `ndxp admin --key demo-ops agencies list`)",
+    ]
     lines.append(f"  openapi: {base_url}/openapi.json   stats: {base_url}/v1/stats")
     lines.append("demo API keys (client → key):")
     example: tuple[str, str, Any] | None = None
@@ -147,6 +154,25 @@ def demo_text(settings: Settings, base_url: str) -> str:
     return "\n".join(lines)
 
 
+def _import_registry(settings: Settings) -> str:
+    """The demo's registry and contracts into the live registry, if it is empty (a kept --data-dir
+    Kafka keeps what was changed through the management API)."""
+
+    async def run() -> str:
+        follower = RegistryFollower(settings, part="up")
+        await follower.start()
+        try:
+            if await seed_if_empty(settings, follower):
+                await follower.caught_up()
+                return (f"registry: imported {settings.registry_path.name} and {settings.schemas_dir.name}/ "
+                        f"into the live registry ({follower.live.applied} documents)")  # fmt: skip
+            return f"registry: the live registry has {follower.live.applied} records; kept as it is"
+        finally:
+            await follower.stop()
+
+    return uvloop.run(run())
+
+
 def run_platform(
     settings: Settings,
     *,
@@ -165,22 +191,19 @@ def run_platform(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
     parts: list[Supervised] = []
-
-    def on_hangup(signum: int, _: Any) -> None:  # reload the registry: the gateway's to do
-        for part in parts:
-            if part.name == "gateway" and part.proc.poll() is None:
-                part.proc.send_signal(signal.SIGHUP)
-
-    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     kafka: LocalKafka | None = None
     if not port_is_free(settings.port):
         progress(f"ndxp up: port {settings.port} is in use; choose another with --port")
+        return 1
+    if not port_is_free(settings.admin_port):
+        progress(f"ndxp up: the management API's port {settings.admin_port} is in use; set NDXP_ADMIN_PORT")
         return 1
     try:
         if not settings.kafka_bootstrap:
             kafka = LocalKafka(settings, nodes=1, data_dir=data_dir, progress=progress)
             settings = settings.replace(kafka_bootstrap=kafka.start())
         catalog = Catalog.load(settings.schemas_dir)
+        progress(_import_registry(settings))
         ndxp = [sys.executable, "-m", "broker.cli"]
         backend_port = free_port()
         backend_url = f"http://127.0.0.1:{backend_port}"

@@ -32,6 +32,8 @@ from prometheus_client.multiprocess import mark_process_dead
 from broker.errors import PartFailed, StartupError
 from broker.gateway.app import create_app
 from broker.gateway.state import GATEWAY
+from broker.kafka import bootstrap
+from broker.kafka.registry import seed_documents
 from broker.lifecycle import run_until_stopped
 from broker.logs import setup_logging
 from broker.settings import Settings
@@ -125,6 +127,11 @@ def run_gateway(
     worker); return the exit code."""
     if settings.port == 0 and settings.workers > 1:
         raise StartupError("several workers need a fixed --port (SO_REUSEPORT)")
+    # Faults that stop start-up, named in one line: no Kafka configured, and (when this gateway
+    # would seed an empty live registry) a registry file or contract that does not load.
+    bootstrap(settings)
+    if settings.registry_seed:
+        seed_documents(settings)
     # Check the catalog and registry here, so that a fault stops start-up with
     # one clear message (CatalogError/RegistryError name the file and the fault).
     metrics_dir: tempfile.TemporaryDirectory[str] | None = None

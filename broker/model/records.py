@@ -63,6 +63,8 @@ class Outcome(enum.StrEnum):
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     IDEMPOTENCY_KEY_IN_FLIGHT = "idempotency_key_in_flight"
     CLIENT_CLOSED = "client_closed"
+    CONFLICT = "conflict"
+    """The management API's (a stale If-Match); no exchange ends so."""
 
 
 ANSWERED = frozenset({Outcome.OK, Outcome.BUSINESS_ERROR, Outcome.ACCEPTED, Outcome.REPLAYED})

@@ -25,5 +25,6 @@ def exchange_settings(settings: Settings, provider: str, tmp_path: Path) -> Sett
         tx_topic=f"{settings.tx_topic}.{provider}",
         stats_topic=f"{settings.stats_topic}.{provider}",
         exchanges_topic=f"{settings.exchanges_topic}.{provider}",
+        registry_topic=f"{settings.registry_topic}.{provider}",
         max_body_bytes=64 * 1024,
     )

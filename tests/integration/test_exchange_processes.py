@@ -49,6 +49,8 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
         TX_TOPIC=settings.tx_topic,
         STATS_TOPIC=settings.stats_topic,
         EXCHANGES_TOPIC=settings.exchanges_topic,
+        REGISTRY_TOPIC=settings.registry_topic,
+        ADMIN_PORT=str(free_port()),
         **extra,
     )
 

@@ -127,7 +127,20 @@ def test_start_up_errors_are_one_branch_and_one_line_from_the_cli() -> None:
     root = Path(__file__).resolve().parents[2]
     for env, code, says in (
         ({"NDXP_PORT": "abc"}, 2, "configuration error: NDXP_PORT='abc': expected an integer"),
-        ({"NDXP_SCHEMAS_DIR": "/nonexistent"}, 1, "/nonexistent: schemas directory not found"),
+        (
+            {
+                "NDXP_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+                "NDXP_REGISTRY_SEED": "1",
+                "NDXP_SCHEMAS_DIR": "/nonexistent",
+            },
+            1,
+            "/nonexistent: schemas directory not found",
+        ),
+        (
+            {},
+            1,
+            "no Kafka configured: set NDXP_KAFKA_BOOTSTRAP=host:port, or start one with `ndxp kafka start`",
+        ),
     ):
         done = subprocess.run(
             [sys.executable, "-m", "broker.cli", "gateway", "--port", "18999"],
