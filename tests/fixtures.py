@@ -87,7 +87,8 @@ def key_hash(key: str) -> str:
 
 
 def write_registry(root: Path, provider: str) -> Path:
-    """alice may call everything of the provider; bob nothing; slowpoke is rate limited.
+    """alice may call everything of the provider; bob nothing; slowpoke is rate limited; ops
+    (key ``key-ops``) administers the registry.
 
     Events: the provider (key ``key-provider``) publishes ``changed``; alice and slowpoke may subscribe.
     """
@@ -100,6 +101,8 @@ def write_registry(root: Path, provider: str) -> Path:
             {"id": "bob", "code": "T.B", "name": "Bob", "keys_sha256": [key_hash("key-bob")]},
             {"id": "slowpoke", "code": "T.S", "name": "Slowpoke",
              "keys_sha256": [key_hash("key-slowpoke")], "rate_limit": 0.1},
+            {"id": "ops", "code": "T.OPS", "name": "Operators", "roles": ["operator"],
+             "keys_sha256": [key_hash("key-ops")]},
         ],
         "rights": {"alice": [f"{provider}/*"], "slowpoke": [f"{provider}/echo"], "bob": []},
         "events": {"publish": {provider: [f"{provider}/changed"]},

@@ -173,9 +173,10 @@ class LiveRegistry:
                     raise RegistryError(f"service {entry.id}: its document is version {svc.version}")
                 self.catalog.put(svc)
             elif entry.kind == "event" and doc is not None:
-                schema = {k: v for k, v in doc.items() if k not in ("provider", "type")}
-                ev = event_from_document(schema, str(doc.get("provider")), str(doc.get("type")),
+                ev = event_from_document(doc.get("schema"), str(doc.get("provider")), str(doc.get("event")),
                                          source=f"registry event {entry.id}")  # fmt: skip
+                if ev.name != entry.id:
+                    raise RegistryError(f"event {entry.id}: its document is event {ev.name}")
                 self.catalog.put_event(ev)
         except CatalogError as exc:
             raise RegistryError(str(exc)) from exc

@@ -428,7 +428,7 @@ def documents_from_import(raw: Any, catalog: Catalog | None, *, source: str = "<
     for (provider, type_), ev in catalog.events.items():
         if provider not in agencies:
             raise RegistryError(f"{source}: the catalog has events of {provider!r}, which is no agency")
-        event_doc = {"provider": provider, "type": type_, **ev.schema.schema}
+        event_doc = {"provider": provider, "event": type_, "schema": ev.schema.schema}
         out.append(("event", f"{provider}/{type_}", event_doc))
     out.extend(_rights(raw, agencies, catalog, source))
     requests = raw.get("access_requests") or []
@@ -462,11 +462,12 @@ def _contracts(raw: dict[str, Any], catalog: Catalog | None, source: str) -> Cat
             if (
                 not isinstance(doc, dict)
                 or not valid_name(str(doc.get("provider", "")))
-                or not valid_name(str(doc.get("type", "")))
+                or not valid_name(str(doc.get("event", "")))
             ):
-                raise RegistryError(f"{where}: needs a provider and a type of [a-z0-9_-]+")
-            schema = {k: v for k, v in doc.items() if k not in ("provider", "type")}
-            found.put_event(event_from_document(schema, doc["provider"], doc["type"], source=where))
+                raise RegistryError(f"{where}: needs a provider, an event of [a-z0-9_-]+ and a schema")
+            found.put_event(
+                event_from_document(doc.get("schema"), doc["provider"], doc["event"], source=where)
+            )
     except CatalogError as exc:
         raise RegistryError(str(exc)) from exc
     return found

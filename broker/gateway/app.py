@@ -131,7 +131,8 @@ def create_app(
         # Before anything serves: the whole registry is read (keys, rights, services).
         assert follower is not None
         await follower.start()
-        if settings.registry_seed and await seed_if_empty(settings, follower):
+        # One seeder per instance beside the admin (the writer makes it once anyway): fewer fencings.
+        if settings.registry_seed and worker == 0 and await seed_if_empty(settings, follower):
             log.warning("the live registry was empty: imported %s and %s", settings.registry_path,
                         settings.schemas_dir)  # fmt: skip
         follower.listeners.append(gw.limits.reset_rates)  # a changed rate limit applies at once

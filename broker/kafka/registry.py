@@ -245,17 +245,22 @@ class RegistryWriter:
 
     async def _write(self, decide: Callable[[LiveRegistry], Proposal | None]) -> Proposal | None:
         for attempt in range(self.ATTEMPTS):
+            sent: list[asyncio.Future[Any]] = []
             try:
+                fresh = self._producer is None
                 producer = await self._fresh_producer()
-                await self.follower.caught_up()
+                if fresh:
+                    # Holding the id, nobody else can commit: read what earlier holders wrote. While
+                    # we keep holding it, our own follower has all (a writer that took the id since
+                    # fenced us, and our commit below fails: we then start over from here).
+                    await self.follower.caught_up()
                 proposal = decide(self.follower.live)
                 if proposal is None:
                     return None
                 async with producer.transaction():
-                    sent = [
-                        await producer.send(self.topics.registry().name, e.encode(), key=e.key)
-                        for e in proposal.entries
-                    ]
+                    topic = self.topics.registry().name
+                    for e in proposal.entries:  # one at a time: each send awaits room in the batch
+                        sent.append(await producer.send(topic, e.encode(), key=e.key))  # noqa: PERF401
                     sent.append(
                         await producer.send(self.topics.registry_changes().name, proposal.change.encode())
                     )
@@ -267,8 +272,10 @@ class RegistryWriter:
                 return proposal
             except ProducerFenced:
                 log.info("registry writer: another writer took over; deciding again on its state")
+                _settle(sent)
                 await self._drop_producer()
             except KafkaError as exc:
+                _settle(sent)
                 await self._drop_producer()
                 if attempt == self.ATTEMPTS - 1:
                     raise Unavailable(f"the registry change was not written: {exc}", retry_after=1) from exc
@@ -282,6 +289,12 @@ class RegistryWriter:
                 await producer.stop()
             except Exception as exc:  # a fenced producer may fail to stop cleanly
                 log.debug("registry writer: old producer stop: %r", exc)
+
+
+def _settle(futures: list[asyncio.Future[Any]]) -> None:
+    """The records of a failed transaction: their errors are expected, never "never retrieved"."""
+    for future in futures:
+        future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
 
 
 def import_proposal(
@@ -324,6 +337,8 @@ def seed_documents(settings: Settings) -> list[tuple[str, str, dict[str, object]
 async def seed_if_empty(settings: Settings, follower: RegistryFollower) -> bool:
     """Import the registry file and contracts into an empty live registry (exactly once, whoever
     of several parts tries at the same time). True if this call imported them."""
+    if follower.live.applied:
+        return False
     documents = seed_documents(settings)
     writer = RegistryWriter(settings, follower)
     try:

@@ -12,6 +12,7 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from adapters.runtime.adapter import Adapter
+from broker.admin.api import Admin
 from broker.contracts.catalog import Catalog
 from broker.contracts.registry import Registry
 from broker.counter.counter import TxCounter
@@ -29,6 +30,7 @@ __all__ = [
     "counter_caught_up",
     "key_hash",
     "running_adapter",
+    "running_admin",
     "running_counter",
     "running_gateway",
     "running_keeper",
@@ -58,6 +60,22 @@ async def running_gateway(
     try:
         async with ClientSession(base_url=str(server.make_url(""))) as session:
             yield session, app[GATEWAY]
+    finally:
+        await server.close()
+
+
+@asynccontextmanager
+async def running_admin(settings: Settings) -> AsyncIterator[tuple[ClientSession, Admin]]:
+    """The management API in-process: a session on it (no key set: each call sends its own)."""
+    from broker.admin.api import ADMIN
+    from broker.admin.serve import create_admin_app
+
+    app = create_admin_app(settings)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession(base_url=str(server.make_url(""))) as session:
+            yield session, app[ADMIN]
     finally:
         await server.close()
 

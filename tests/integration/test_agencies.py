@@ -112,7 +112,7 @@ async def test_generated_identifiers_through_kafka_fit_contracts_repeat_and_agre
                 assert again[1] == body if status == 200 else again[1]["code"] == body["code"]
                 assert status in (200, 404), (key, cccd, body)
                 if status == 200:
-                    svc = catalog.get(*key.split("/"))
+                    svc = catalog.get(*_split(key))
                     assert svc is not None
                     assert svc.response.is_valid(body), (key, svc.response.violations(body))
                 answers[key] = first
@@ -132,3 +132,9 @@ async def test_generated_identifiers_through_kafka_fit_contracts_repeat_and_agre
                 assert land.response.is_valid(body), land.response.violations(body)
                 _, owner = await call(http, "bca/citizen", {"cccd": body["owner"]["cccd"]}, keys[0])
                 assert owner["full_name"] == body["owner"]["full_name"]
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``provider/service`` as its two parts."""
+    provider, _, service = name.partition("/")
+    return provider, service

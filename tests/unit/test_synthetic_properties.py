@@ -88,7 +88,7 @@ REQUESTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
 
 
 def call(key: str, body: dict[str, Any]) -> tuple[int, Any]:
-    svc = CATALOG.get(*key.split("/"))
+    svc = CATALOG.get(*_split(key))
     changes: list[Change] | None = [] if svc is not None and svc.effects is Effects.WRITE else None
     try:
         return 200, asyncio.run(HANDLERS[key](Request(meta=META, body=body, changes=changes)))
@@ -192,3 +192,9 @@ def test_a_licence_issued_on_29_february_expires_ten_years_later_without_a_crash
     status, answer = call("csgt/driving_licence", {"licence_number": "102220000080"})
     assert status == 200
     assert answer["expires_on"] is None or answer["expires_on"][5:] in ("02-28", answer["issued_on"][5:])
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``provider/service`` as its two parts."""
+    provider, _, service = name.partition("/")
+    return provider, service
