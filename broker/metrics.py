@@ -226,17 +226,10 @@ class RegistryMetrics:
         self.part = part
         self.version = Gauge(
             "ndxp_registry_version",
-            "Registry records this part has applied (the registry version it runs)",
+            "The registry topic's offset this part has applied up to (the registry version it runs)",
             ["part"],
             registry=registry,
             multiprocess_mode="livemin",
-        ).labels(part)
-        self.behind = Gauge(
-            "ndxp_registry_behind_seconds",
-            "Age of the oldest registry change this part has not applied (0: caught up)",
-            ["part"],
-            registry=registry,
-            multiprocess_mode="livemax",
         ).labels(part)
         self.apply_lag = Histogram(
             "ndxp_registry_apply_lag_seconds",

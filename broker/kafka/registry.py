@@ -46,7 +46,6 @@ class RegistryMetrics(Protocol):
     """What the follower and writer report (``broker.metrics.RegistryMetrics`` is one)."""
 
     version: Any
-    behind: Any
     apply_lag: Any
     skipped: Any
     changes: Any
@@ -117,8 +116,7 @@ class RegistryFollower(KafkaService):
         for tp in self.tps:
             self._positions[tp] = await self.consumer.position(tp)
         if self.metrics is not None:
-            self.metrics.version.set(self.live.applied)
-            self.metrics.behind.set(0)
+            self.metrics.version.set(self._positions[self._registry_tp])  # the same in every caught-up part
         self._moved.set()
         self._moved = asyncio.Event()
 

@@ -29,6 +29,7 @@ from tests.integration.exchange_fixtures import (
     EchoHandlers,
     counter_caught_up,
     running_adapter,
+    running_admin,
     running_counter,
     running_gateway,
     write_contracts,
@@ -328,10 +329,17 @@ async def _committed(settings: Settings, topic: str, what: Callable[[Any], str])
     return found
 
 
-def _workers(pid: int) -> list[int]:
-    """The gateway's worker processes (not multiprocessing's resource tracker)."""
-    children = psutil.Process(pid).children()
-    return [c.pid for c in children if not any("resource_tracker" in part for part in c.cmdline())]
+def _workers(pid: int, base: str) -> list[int]:
+    """The gateway's worker processes: those listening on its port (not the management API's
+    process, nor multiprocessing's resource tracker)."""
+    port = int(base.rsplit(":", 1)[1])
+    return [
+        c.pid
+        for c in psutil.Process(pid).children()
+        if any(
+            conn.laddr and conn.laddr.port == port and conn.status == "LISTEN" for conn in c.net_connections()
+        )
+    ]
 
 
 async def test_gateway_worker_killed_while_answering_leaves_no_answered_exchange_uncounted(
@@ -346,7 +354,7 @@ async def test_gateway_worker_killed_while_answering_leaves_no_answered_exchange
         # A long linger keeps every record unacknowledged for 100 ms: an answer
         # given before its record is in Kafka would be lost to the kill.
         with gateway_process(settings, 2, tmp_path / "gw.log", KAFKA_LINGER_MS="100") as (base, proc):
-            workers = _workers(proc.pid)
+            workers = _workers(proc.pid, base)
             assert len(workers) == 2, workers
             connector = aiohttp.TCPConnector(limit=128, force_close=True)  # spread over both workers
             async with aiohttp.ClientSession(base, connector=connector) as http:
@@ -386,17 +394,14 @@ async def test_gateway_worker_killed_while_answering_leaves_no_answered_exchange
     assert len(answered) + failed + sum(refused.values()) == 1500 + 64
 
 
-async def test_sighup_reloads_the_registry_in_every_worker_without_dropping_exchanges(
+async def test_a_key_rotated_through_the_admin_api_reaches_every_worker_without_dropping_exchanges(
     exchange_settings: Settings, provider: str, tmp_path: Path
 ) -> None:
-    import yaml
-
-    from broker.contracts.registry import hash_key
-
     settings = exchange_settings
     handlers = EchoHandlers()
     url = f"/v1/exchange/{provider}/echo"
-    async with running_adapter(settings, provider, handlers):
+    ops = {"Authorization": "Bearer key-ops"}
+    async with running_admin(settings) as (admin, _), running_adapter(settings, provider, handlers):
         with gateway_process(settings, 2, tmp_path / "gw.log") as (base, proc):
             connector = aiohttp.TCPConnector(force_close=True)  # new connections: both workers answer
             async with aiohttp.ClientSession(base, connector=connector) as http:
@@ -409,23 +414,21 @@ async def test_sighup_reloads_the_registry_in_every_worker_without_dropping_exch
                         return resp.status
 
                 assert {await status("key-alice") for _ in range(6)} == {200}
-                assert {await status("key-new") for _ in range(6)} == {401}
-                raw = yaml.safe_load(settings.registry_path.read_text())
-                alice = next(a for a in raw["agencies"] if a["id"] == "alice")
-                alice["keys_sha256"] = [  # rotate: the old key expired yesterday, a new one
-                    {"sha256": hash_key("key-alice"), "expires": "2000-01-01"},
-                    hash_key("key-new"),
-                ]
-                settings.registry_path.write_text(yaml.safe_dump(raw))
+                alice = await (await admin.get("/admin/v1/agencies/alice", headers=ops)).json()
+                old_key = alice["keys"][0]["key_id"]
+                issued = await (
+                    await admin.post("/admin/v1/agencies/alice/keys", json={}, headers=ops)
+                ).json()
                 in_flight = asyncio.create_task(status("key-alice", "slow", sleep_ms=1500))
                 await asyncio.sleep(0.5)
-                proc.send_signal(signal.SIGHUP)
-                async with asyncio.timeout(20):
-                    while (tmp_path / "gw.log").read_text().count("registry reloaded") < 2:
-                        await asyncio.sleep(0.1)
-                after_new = {await status("key-new") for _ in range(8)}
+                gone = await admin.delete(f"/admin/v1/agencies/alice/keys/{old_key}", headers=ops)
+                assert gone.status == 204
+                async with asyncio.timeout(10):
+                    while {await status("key-alice") for _ in range(4)} != {401}:
+                        await asyncio.sleep(0.05)
+                after_new = {await status(issued["key"]) for _ in range(8)}
                 after_old = {await status("key-alice") for _ in range(8)}
-                assert await in_flight == 200  # admitted before the reload: answered
-                assert proc.poll() is None  # nobody died of the signal
+                assert await in_flight == 200  # admitted before the revocation: answered
+                assert proc.poll() is None
     assert after_new == {200}
     assert after_old == {401}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from broker.metrics import AdapterMetrics, CounterMetrics, GatewayMetrics, KeeperMetrics
+from broker.metrics import AdapterMetrics, CounterMetrics, GatewayMetrics, KeeperMetrics, RegistryMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMQL_WORDS = {
@@ -26,6 +26,7 @@ def exposed_names() -> set[str]:
     registry = CollectorRegistry()
     for metrics in (GatewayMetrics, AdapterMetrics, CounterMetrics, KeeperMetrics):
         metrics(registry)
+    RegistryMetrics(registry, "gateway")
     names = {"up"}
     for family in registry.collect():
         names.add(family.name)
