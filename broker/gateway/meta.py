@@ -32,7 +32,12 @@ async def agencies(request: web.Request) -> web.Response:
 
 async def services(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    return json_response({"services": [s.describe() for s in gw.catalog]})
+    # Every version with its state (the default one of each service first, as before versions).
+    default = {id(s) for s in gw.catalog}
+    listed = sorted(
+        gw.catalog.versions(), key=lambda s: (s.provider, s.service, id(s) not in default, s.major)
+    )
+    return json_response({"services": [{**s.describe(), "default": id(s) in default} for s in listed]})
 
 
 async def service(request: web.Request) -> web.Response:

@@ -202,8 +202,9 @@ async def test_versions_are_served_side_by_side_and_a_breaking_minor_is_refused_
         assert breaking.status == 400
         problem = await _json(breaking)
         assert "request /age: newly required" in problem["detail"], problem
+        v1 = orjson.loads((settings.schemas_dir / provider / "echo.json").read_bytes())
         deprecate_v1 = await admin.put(
-            put, json=_echo_v("1.1", state="deprecated", sunset="2027-06-30"), headers=prov
+            put, json={**v1, "version": "1.1", "state": "deprecated", "sunset": "2027-06-30"}, headers=prov
         )
         assert deprecate_v1.status == 200, await deprecate_v1.text()
         await gw.follower.caught_up()
