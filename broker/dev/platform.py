@@ -229,10 +229,11 @@ def run_platform(
         if changes:
             start("changes", "changes", "--url", base, "--rate", f"{changes:g}")
         metrics = {"adapters": adapter_metrics, "counter": counter_metrics, "keeper": keeper_metrics}
+        urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in metrics.items()}
+        urls["admin"] = f"http://{settings.admin_host}:{settings.admin_port}/metrics"
         state = state_path(settings.cache_dir, settings.port)
         state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({"gateway": base, "metrics": {
-            name: f"http://127.0.0.1:{port}/metrics" for name, port in metrics.items()}}))  # fmt: skip
+        state.write_text(json.dumps({"gateway": base, "metrics": urls}))
         progress(demo_text(settings, base))
         progress(
             f"metrics: gateway {base}/metrics, adapters http://127.0.0.1:{adapter_metrics}/metrics, "

@@ -51,6 +51,8 @@ class Figures:
     in_flight: float | None = None
     backlog: dict[str, float] = field(default_factory=dict)
     today: int | None = None
+    registry: dict[str, float] = field(default_factory=dict)
+    """The live registry's version (offset applied) each part runs, by part."""
     note: str = ""
 
 
@@ -152,6 +154,10 @@ def from_metrics(parts: dict[str, str], gateway: str, interval_s: float = 1.0) -
             f.backlog[{"keeper": "async pending"}.get(name, f"{name} lag")] = sum(
                 _sum(samples, metric).values()
             )
+    for samples in second.values():
+        for labels, value in (samples or {}).get("ndxp_registry_version", []):
+            part = labels.get("part", "?")
+            f.registry[part] = min(value, f.registry.get(part, value))  # a gateway's slowest worker
     f.today = _today(gateway)
     return f
 
@@ -201,6 +207,7 @@ def from_prometheus(prometheus: str, gateway: str) -> Figures:
         got = query(expr)
         if got:
             f.backlog[label] = got[0][1]
+    f.registry = {r.get("part", "?"): v for r, v in query("min by (part) (ndxp_registry_version)")}
     f.today = _today(gateway)
     return f
 
@@ -220,8 +227,14 @@ def render(f: Figures, source: str) -> Group:
     parts = Table(title="parts", title_justify="left", show_edge=False)
     parts.add_column("part")
     parts.add_column("state")
+    parts.add_column("registry", justify="right")
     for name, up in f.parts.items():
-        parts.add_row(name, Text("up", style="green") if up else Text("DOWN", style="bold red"))
+        version = f.registry.get(name)
+        parts.add_row(
+            name,
+            Text("up", style="green") if up else Text("DOWN", style="bold red"),
+            "-" if version is None else f"{version:,.0f}",
+        )
     services = Table(title="exchanges/s by service", title_justify="left", show_edge=False)
     services.add_column("service")
     services.add_column("/s", justify="right")
