@@ -197,7 +197,7 @@ def _invalid(exc: RegistryError | CatalogError) -> InvalidRequest:
 def _public_agency(doc: dict[str, Any]) -> dict[str, Any]:
     out = dict(doc)
     if "callback" in out:
-        out["callback"] = {"url": out["callback"]["url"]}  # the secret is write-only
+        out["callback"] = {"url": out["callback"]["url"]}  # the secrets are write-only
     return out
 
 

@@ -88,8 +88,15 @@ class Agency:
     never from a request: no server-side request forgery)."""
     callback_secret: bytes | None = field(default=None, repr=False)
     """The HMAC-SHA256 key that signs those callbacks."""
+    callback_previous_secret: bytes | None = field(default=None, repr=False)
+    """The key it rotates away from: callbacks carry a signature by each while both are set."""
     certs: tuple[str, ...] = ()
     """SHA-256 fingerprints of its client certificates."""
+
+    @property
+    def callback_secrets(self) -> tuple[bytes, ...]:
+        """The secrets callbacks are signed with, the current one first."""
+        return tuple(s for s in (self.callback_secret, self.callback_previous_secret) if s is not None)
 
     @property
     def operator(self) -> bool:
@@ -350,15 +357,20 @@ def _callback(raw: Any, where: str) -> dict[str, Any]:
     """``callback: {url: https://…, secret: …}`` of an agency, checked."""
     if raw is None:
         return {}
-    if not isinstance(raw, dict) or set(raw) != {"url", "secret"}:
-        raise RegistryError(f"{where}.callback: needs exactly 'url' and 'secret'")
+    if not isinstance(raw, dict) or not {"url", "secret"} <= set(raw) <= {"url", "secret", "previous_secret"}:
+        raise RegistryError(f"{where}.callback: needs 'url' and 'secret' (and, rotating, 'previous_secret')")
     url, secret = str(raw["url"]), str(raw["secret"])
+    previous = raw.get("previous_secret")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RegistryError(f"{where}.callback.url: {url[:200]!r} is not an http(s) URL")
-    if len(secret) < 16:
-        raise RegistryError(f"{where}.callback.secret: a callback secret has at least 16 characters")
-    return {"callback_url": url, "callback_secret": secret.encode()}
+    for name, value in (("secret", secret), ("previous_secret", previous)):
+        if value is not None and len(str(value)) < 16:
+            raise RegistryError(f"{where}.callback.{name}: a callback secret has at least 16 characters")
+    out: dict[str, Any] = {"callback_url": url, "callback_secret": secret.encode()}
+    if previous is not None:
+        out["callback_previous_secret"] = str(previous).encode()
+    return out
 
 
 Document = tuple[str, str, dict[str, Any]]

@@ -24,13 +24,17 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, "sha256").hexdigest()
 
 
-def headers(exchange_id: str, secret: bytes, timestamp: str, body: bytes, attempt: int) -> dict[str, str]:
-    """The headers of one delivery attempt."""
+def headers(
+    exchange_id: str, secrets: bytes | tuple[bytes, ...], timestamp: str, body: bytes, attempt: int
+) -> dict[str, str]:
+    """The headers of one delivery attempt: one signature per secret the agency holds (the new one
+    first, then the one it rotates away from), comma-separated, so a secret rotates without a gap."""
+    secrets = (secrets,) if isinstance(secrets, bytes) else secrets
     return {
         "Content-Type": "application/json",
         "X-NDXP-Exchange-Id": exchange_id,
         "X-NDXP-Timestamp": timestamp,
-        "X-NDXP-Signature": sign(secret, timestamp, body),
+        "X-NDXP-Signature": ", ".join(sign(secret, timestamp, body) for secret in secrets),
         "X-NDXP-Delivery-Attempt": str(attempt),
     }
 

@@ -270,21 +270,23 @@ class ExchangeKeeper(KafkaService):
         assert o.final is not None
         agency = self.registry.agencies.get(o.final.client)
         task = asyncio.create_task(self._post(tp, o.final, agency.callback_url if agency else None,
-                                              agency.callback_secret if agency else None))  # fmt: skip
+                                              agency.callback_secrets if agency else ()))  # fmt: skip
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
-    async def _post(self, tp: TopicPartition, final: Final, url: str | None, secret: bytes | None) -> None:
+    async def _post(
+        self, tp: TopicPartition, final: Final, url: str | None, secrets: tuple[bytes, ...]
+    ) -> None:
         assert final.callback is not None
         assert self._session is not None
         attempts = int(final.callback.get("attempts", 0)) + 1
         error: str | None
-        if url is None or secret is None:
+        if url is None or not secrets:
             error = "the agency has no callback any more"
             attempts = self.settings.callback_attempts
         else:
             body = orjson.dumps(final.view())
-            sent = callbacks.headers(final.exchange_id, secret, str(int(time.time())), body, attempts)
+            sent = callbacks.headers(final.exchange_id, secrets, str(int(time.time())), body, attempts)
             try:
                 # Never follow a redirect: the registry's URL is the only place callbacks go.
                 async with self._session.post(url, data=body, headers=sent, allow_redirects=False) as resp:

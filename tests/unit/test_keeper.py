@@ -178,6 +178,11 @@ def test_a_callback_is_signed_over_its_timestamp_and_body() -> None:
     assert sent["X-NDXP-Signature"] == sign(b"secret", "1700000000", body)
     assert sent["X-NDXP-Signature"] != sign(b"secret", "1700000001", body), "the timestamp is signed"
     assert sent["X-NDXP-Delivery-Attempt"] == "2"
+    rotating = headers("a", (b"new-secret", b"old-secret"), "1700000000", body, attempt=1)
+    assert rotating["X-NDXP-Signature"].split(", ") == [
+        sign(b"new-secret", "1700000000", body),
+        sign(b"old-secret", "1700000000", body),
+    ]  # the receiver accepts either while it moves to the new secret
 
 
 async def test_a_failed_transaction_rewinds_the_batch_and_backs_off_a_fenced_one_stops() -> None:

@@ -72,8 +72,8 @@ def test_a_removed_key_or_right_stops_working_and_overlapping_rights_count() -> 
 
 def test_a_pinned_right_grants_its_version_only() -> None:
     live = demo()
-    doc: dict[str, Any] = {"id": "call.vcb.bca.citizen.v2", "kind": "call", "client": "vcb", "provider": "bca",
-                           "service": "citizen", "version": 2}  # fmt: skip
+    doc: dict[str, Any] = {"id": "call.vcb.bca.citizen.v2", "kind": "call", "client": "vcb",
+                           "provider": "bca", "service": "citizen", "version": 2}  # fmt: skip
     live.apply(Entry(kind="right", id="call.vcb.bca.citizen.v2", rev=1, doc=doc))
     assert live.registry.allowed("vcb", "bca", "citizen", 2)
     assert not live.registry.allowed("vcb", "bca", "citizen", 1)
