@@ -234,6 +234,11 @@ class Settings:
     max_streams: int = setting(
         10, minimum=1, help="Event streams (SSE) one client may hold per gateway worker."
     )
+    max_stream_s: float = setting(
+        3600.0, minimum=1,
+        help="An event stream ends after this long (event: reauthenticate); the client reconnects and "
+        "authenticates again.",
+    )  # fmt: skip
     events_retention_hours: int = setting(168, minimum=1, help="How far back subscribers can replay events.")
     exchange_view_mb: int = setting(
         256,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -41,6 +42,29 @@ def authenticate(gw: Gateway, request: web.Request) -> Agency:
         gw.limits.auth_failed(address)
         raise
     return agency
+
+
+def recheck(gw: Gateway, request: web.Request, agency: Agency) -> Callable[[], str | None]:
+    """For a long-lived answer (an event stream): a check, cheap enough to run every second, of
+    whether the credential this request was admitted with still names ``agency`` in the live
+    registry (not revoked, not expired, the agency not removed). It returns why not, or None."""
+    auth = header(request, "Authorization") or ""
+    scheme, _, key = auth.partition(" ")
+    key = key.strip() if scheme.lower() == "bearer" else ""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+
+    def check() -> str | None:
+        holder = gw.registry.authenticate(key) if key else None
+        if key and (holder is None or holder.id != agency.id):
+            return "the API key was revoked or has expired"
+        if der and not key:
+            by_cert = gw.registry.authenticate_cert(der)
+            if by_cert is None or by_cert.id != agency.id:
+                return "the client certificate is no longer registered"
+        return None
+
+    return check
 
 
 def client_address(gw: Gateway, request: web.Request) -> str:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -31,7 +32,7 @@ from aiokafka.structs import OffsetAndMetadata
 from broker.contracts.catalog import EventType
 from broker.contracts.registry import Agency
 from broker.errors import AccessDenied, InvalidRequest, NotFound, PayloadTooLarge, Unavailable
-from broker.gateway.auth import authenticate
+from broker.gateway.auth import authenticate, recheck
 from broker.gateway.exchange import read_body, validated
 from broker.gateway.middleware import header, purpose
 from broker.gateway.recorder import RECORD_WITHIN_S
@@ -45,6 +46,7 @@ from broker.model.events import (
     parse_time,
     published_record,
     sse,
+    sse_control,
 )
 
 log = logging.getLogger(__name__)
@@ -115,7 +117,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc
     with gw.limits.stream(agency):
-        return await _serve(gw, request, agency, ev, resume, since)
+        return await _serve(gw, request, agency, ev, resume, since, recheck(gw, request, agency))
 
 
 async def _serve(
@@ -125,6 +127,7 @@ async def _serve(
     ev: EventType,
     resume: dict[int, int] | None,
     since: float | None,
+    still_valid: Callable[[], str | None],
 ) -> web.StreamResponse:
     consumer = make_consumer(
         gw.settings,
@@ -152,7 +155,7 @@ async def _serve(
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
-    stream = _Stream(gw, agency, ev, consumer, positions)
+    stream = _Stream(gw, agency, ev, consumer, positions, still_valid)
     gw.streams.add(stream)
     try:
         await resp.prepare(request)
@@ -214,8 +217,12 @@ class _Stream:
         ev: EventType,
         consumer: Consumer,
         positions: dict[int, int],
+        still_valid: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.gw, self.agency, self.ev, self.consumer = gw, agency, ev, consumer
+        self.still_valid = still_valid
+        """Why the credential no longer holds (revoked, expired), or None: checked before every write."""
+        self.opened = time.monotonic()
         self.positions = positions
         self.committed = dict(positions)
         self.delivered = 0
@@ -232,6 +239,12 @@ class _Stream:
                 return  # the subscriber hung up: free its stream now, not at the next heartbeat
             batch = await self.consumer.getmany(timeout_ms=1000, max_records=BATCH)
             now = time.monotonic()
+            # Before anything is written: the key, the agency and the right as the registry has them
+            # now (a poll is at most a second: a revocation ends the stream within one).
+            ended = self._ended(now)
+            if ended is not None:
+                await resp.write(ended)
+                return
             chunks: list[bytes] = []
             for tp, messages in batch.items():
                 for msg in messages:
@@ -253,6 +266,20 @@ class _Stream:
                     for p, o in self.positions.items()
                 )
                 metrics.event_lag.labels(*labels).set(lag)
+
+    def _ended(self, now: float) -> bytes | None:
+        """The last lines of a stream that must end now, or None while it may go on."""
+        why = self.still_valid()
+        if why is None and not self.gw.registry.may_subscribe(self.agency.id, self.ev.provider, self.ev.type):
+            why = f"{self.agency.id} may no longer subscribe to {self.ev.name}"
+        if why is not None:
+            log.warning("event stream of %s on %s ended: %s", self.agency.id, self.ev.name, why)
+            return sse_control("revoked", why)
+        if now - self.opened >= self.gw.settings.max_stream_s:
+            return sse_control(
+                "reauthenticate", "the stream's lifetime is over: reconnect (with Last-Event-ID)"
+            )
+        return None
 
     async def commit(self) -> None:
         """Store the position (the subscriber's group) and record the deliveries since the last time."""

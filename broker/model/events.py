@@ -102,6 +102,12 @@ def decode_positions(raw: str) -> dict[int, int]:
     return {int(p): int(o) for p, o in (pair.split(":") for pair in raw.split(","))}
 
 
+def sse_control(kind: str, detail: str) -> bytes:
+    """The last event of a stream the platform ends (``revoked``, ``reauthenticate``): no id, so a
+    reconnecting client resumes after the last data event it got."""
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"detail": detail}) + b"\n\n"
+
+
 def sse(event_id: str, type_: str, data: bytes) -> bytes:
     """One Server-Sent Event (``data`` is one line of compact JSON)."""
     return b"id: " + event_id.encode() + b"\nevent: " + type_.encode() + b"\ndata: " + data + b"\n\n"

@@ -250,3 +250,64 @@ async def test_a_last_event_id_outside_the_stream_or_a_time_before_1970_is_400_a
         got = await read_events(ok, 2)
         ok.close()
     assert len(got) == 2
+
+
+async def _rest_of(resp: ClientResponse, within_s: float = 15) -> list[tuple[str, str]]:
+    """Every (event type, data) until the stream ends."""
+    out: list[tuple[str, str]] = []
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(within_s):
+        while raw := await resp.content.readline():
+            line = raw.decode().rstrip("\n")
+            if line == "":
+                if "data" in fields:
+                    out.append((fields.get("event", "message"), fields["data"]))
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+    return out
+
+
+async def test_an_open_stream_ends_within_a_second_of_its_right_or_key_being_revoked(
+    exchange_settings: Settings, provider: str
+) -> None:
+    from tests.integration.exchange_fixtures import running_admin
+
+    ops = {"Authorization": "Bearer key-ops"}
+    async with (
+        running_admin(exchange_settings) as (admin, _),
+        running_gateway(exchange_settings) as (http, gw),
+    ):
+        by_right = await subscribe(http, provider, ALICE)
+        by_key = await subscribe(http, provider, SLOWPOKE)
+        await publish_all(http, provider, 1, 2)
+        assert len(await read_events(by_right, 2)) == 2
+        assert len(await read_events(by_key, 2)) == 2
+        rights = await (await admin.get("/admin/v1/rights", headers=ops)).json()
+        alices = next(r for r in rights["rights"] if r["client"] == "alice" and r["kind"] == "subscribe")
+        assert (await admin.delete(f"/admin/v1/rights/{alices['id']}", headers=ops)).status == 204
+        slowpoke = await (await admin.get("/admin/v1/agencies/slowpoke", headers=ops)).json()
+        for key in slowpoke["keys"]:
+            gone = await admin.delete(f"/admin/v1/agencies/slowpoke/keys/{key['key_id']}", headers=ops)
+            assert gone.status == 204
+        revoked_at = time.perf_counter()
+        await gw.follower.caught_up()
+        await publish_all(http, provider, 1, 3)  # after the revocation: never delivered to them
+        right_tail, key_tail = await asyncio.gather(_rest_of(by_right), _rest_of(by_key))
+        ended_after = time.perf_counter() - revoked_at
+    assert right_tail == [
+        ("revoked", '{"detail":"alice may no longer subscribe to ' + provider + '/changed"}')
+    ]
+    assert key_tail == [("revoked", '{"detail":"the API key was revoked or has expired"}')]
+    assert ended_after < 5, ended_after
+
+
+async def test_a_stream_ends_at_its_lifetime_asking_the_client_to_reconnect(
+    exchange_settings: Settings, provider: str
+) -> None:
+    settings = exchange_settings.replace(max_stream_s=2.0)
+    async with running_gateway(settings) as (http, _):
+        stream = await subscribe(http, provider, ALICE)
+        tail = await _rest_of(stream, within_s=10)
+    assert [kind for kind, _ in tail] == ["reauthenticate"]
