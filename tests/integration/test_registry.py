@@ -421,3 +421,29 @@ async def test_a_part_started_after_1000_changes_reaches_the_same_state_and_skip
             assert second.live.export() == expected
         finally:
             await second.stop()
+
+
+async def test_ndxp_admin_runs_the_same_operations_from_a_terminal(exchange_settings: Settings) -> None:
+    import subprocess
+    import sys
+
+    async with running_admin(exchange_settings) as (admin, _):
+        url = str(admin._base_url).rstrip("/")
+
+        def ndxp(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "broker.cli", "admin", "--url", url, *args],
+                                  capture_output=True, text=True, timeout=60)  # fmt: skip
+
+        added = await asyncio.to_thread(ndxp, "--key", "key-ops", "agencies", "add", "dan", "--name", "Dan")
+        assert added.returncode == 0, added.stderr
+        assert added.stdout.splitlines()[0].split() == ["ID", "CODE", "NAME", "ROLES", "RATE_LIMIT"]
+        issued = await asyncio.to_thread(ndxp, "--key", "key-ops", "--json", "keys", "issue", "dan")
+        key = orjson.loads(issued.stdout)["keys"][0]["key"]
+        listed = await asyncio.to_thread(ndxp, "--key", key, "--json", "agencies", "list")
+        assert [a["id"] for a in orjson.loads(listed.stdout)["agencies"]] == ["dan"]
+        refused = await asyncio.to_thread(ndxp, "--key", key, "agencies", "add", "eve")
+        assert refused.returncode == 1
+        assert refused.stderr.strip().endswith("403 access_denied: only an operator adds agencies")
+        changes = await asyncio.to_thread(ndxp, "--key", "key-ops", "changes")
+    last = changes.stdout.splitlines()[-1].split()
+    assert last[1:] == ["dan", "agency.create", "agency/eve", "refused"]
