@@ -168,6 +168,7 @@ def running_platform(
         "NDXP_LOG_LEVEL": "WARNING",
         "NDXP_REGISTRY": str(tmp / "registry.yaml"),
         "NDXP_CACHE_DIR": str(tmp / "cache"),  # its own state file (ndxp status), beside no other
+        "NDXP_ADMIN_PORT": str(free_port()),
     }
     with ndxp_up(["--port", str(port), *up_args], env, tmp / "up.log") as up:
         yield f"http://127.0.0.1:{port}", up

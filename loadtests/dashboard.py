@@ -84,8 +84,9 @@ def query_range(base: str, expr: str, start: float, end: float, step: float) -> 
     return result
 
 
-async def drive(base: str, seconds: float) -> None:
-    """The load an operator would see: exchanges, async exchanges, some errors, a live subscriber."""
+async def drive(base: str, seconds: float, admin: str) -> None:
+    """The load an operator would see: exchanges, async exchanges, some errors, a live subscriber,
+    and an operator rotating a key through the management API now and then."""
     import aiohttp
 
     sync = await asyncio.create_subprocess_exec(
@@ -116,7 +117,18 @@ async def drive(base: str, seconds: float) -> None:
                     await r.read()
                 await asyncio.sleep(0.5)
 
-        await asyncio.gather(subscriber(), errors(), sync.wait(), asynchronous.wait())
+        async def operator() -> None:
+            ops = {"Authorization": "Bearer demo-ops"}
+            while time.monotonic() < deadline:
+                async with http.post(f"{admin}/admin/v1/agencies/vcb/keys", json={}, headers=ops) as r:
+                    issued = await r.json()
+                async with http.delete(
+                    f"{admin}/admin/v1/agencies/vcb/keys/{issued['key_id']}", headers=ops
+                ) as r:
+                    await r.read()
+                await asyncio.sleep(5)
+
+        await asyncio.gather(subscriber(), errors(), operator(), sync.wait(), asynchronous.wait())
 
 
 def render(base: str, start: float, end: float, out: Path) -> dict[str, int]:
@@ -193,7 +205,8 @@ def main() -> int:
                     flush=True,
                 )
                 start = time.time()
-                asyncio.run(drive(base, args.seconds))
+                admin = state["metrics"]["admin"].removesuffix("/metrics")
+                asyncio.run(drive(base, args.seconds, admin))
                 time.sleep(3)  # the last scrapes
                 found = render(prom, start, time.time(), args.out)
                 # The operator's view from the same Prometheus: `ndxp status --prometheus`.

@@ -55,7 +55,7 @@ def create_admin_app(
 
     async def live_registry(app: web.Application) -> AsyncIterator[None]:
         await follower.start()
-        if settings.registry_seed and await seed_if_empty(settings, follower):
+        if settings.registry_seed and await seed_if_empty(settings, follower, metrics):
             log.warning("the live registry was empty: imported %s and %s", settings.registry_path,
                         settings.schemas_dir)  # fmt: skip
         yield

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,7 +195,7 @@ def new_change(
 class RegistryWriter:
     """Conditional, linearisable changes to the live registry (see the module docstring)."""
 
-    ATTEMPTS = 4
+    ATTEMPTS = 8
     WITHIN_S = 30.0
 
     def __init__(
@@ -272,6 +273,9 @@ class RegistryWriter:
                 log.info("registry writer: another writer took over; deciding again on its state")
                 _settle(sent)
                 await self._drop_producer()
+                # Two writers that keep taking the id from each other would never commit: wait a
+                # random while, so that one of them finishes first.
+                await asyncio.sleep(random.uniform(0.05, 0.25) * (attempt + 1))  # noqa: S311
             except KafkaError as exc:
                 _settle(sent)
                 await self._drop_producer()
@@ -332,13 +336,15 @@ def seed_documents(settings: Settings) -> list[tuple[str, str, dict[str, object]
     return documents_from_import(raw, Catalog.load(settings.schemas_dir), source=str(settings.registry_path))
 
 
-async def seed_if_empty(settings: Settings, follower: RegistryFollower) -> bool:
+async def seed_if_empty(
+    settings: Settings, follower: RegistryFollower, metrics: RegistryMetrics | None = None
+) -> bool:
     """Import the registry file and contracts into an empty live registry (exactly once, whoever
     of several parts tries at the same time). True if this call imported them."""
     if follower.live.applied:
         return False
     documents = seed_documents(settings)
-    writer = RegistryWriter(settings, follower)
+    writer = RegistryWriter(settings, follower, metrics)
     try:
         done = await writer.write(
             lambda live: (
