@@ -151,15 +151,21 @@ async def run(bootstrap: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
 
     demo = Registry.load(ROOT / "deploy" / "registry.yaml", Catalog.load(ROOT / "schemas"))
     demo_keys = ["demo-hanoi", "demo-vneid", "demo-dvcqg"]
-    bulk_keys = [f"key-a{i:05d}" for i in range(0, args.agencies, max(1, args.agencies // 1000))]
-    # Demo clients with a right to bca/citizen; bulk agencies whose rights include it or not alike.
+    # Clients that may call bca/citizen in both: the same question, answered yes (1,000 distinct bulk
+    # keys: a national platform's callers are many, so its lookups are not all in the CPU's cache).
+    bulk = reader.live.registry
+    holders = [f"a{i:05d}" for i in range(args.agencies) if bulk.allowed(f"a{i:05d}", "bca", "citizen", 1)]
+    bulk_keys = [f"key-{aid}" for aid in holders[: max(1, min(1000, len(holders)))]]
     small = [auth_cost_us(demo, demo_keys, args.rounds) for _ in range(3)]
+    same_callers = [auth_cost_us(reader.live.registry, demo_keys, args.rounds) for _ in range(3)]
     large = [auth_cost_us(reader.live.registry, bulk_keys, args.rounds) for _ in range(3)]
     await reader.stop()
     out["auth_us_13"] = min(small)
+    out["auth_us_bulk_same_callers"] = min(same_callers)
     out["auth_us_bulk"] = min(large)
-    print(f"an exchange's key and right check: {out['auth_us_13']:.2f} µs with 13 agencies, "
-          f"{out['auth_us_bulk']:.2f} µs with {out['agencies']} (best of 3 × {args.rounds})")  # fmt: skip
+    print(f"an exchange's key and right check: {out['auth_us_13']:.2f} µs with 13 agencies; with "
+          f"{out['agencies']}: {out['auth_us_bulk_same_callers']:.2f} µs for the same 3 callers, "
+          f"{out['auth_us_bulk']:.2f} µs over {len(bulk_keys)} callers (best of 3 × {args.rounds})")  # fmt: skip
     return out
 
 
