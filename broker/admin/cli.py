@@ -62,7 +62,8 @@ async def export_registry(settings: Settings) -> dict[str, Any]:
 
 
 def dump_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True, width=120)
 
 
 def _registry_import(settings: Settings, args: argparse.Namespace) -> int:
