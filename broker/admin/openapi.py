@@ -29,6 +29,7 @@ _AGENCY = {
             "properties": {"url": {"type": "string"}, "secret": {"type": "string", "minLength": 16}},
         },
         "certs_sha256": {"type": "array", "items": {"type": "string"}},
+        "cert_required": {"type": "boolean"},
     },
 }
 _ACCESS = {

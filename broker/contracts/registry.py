@@ -92,6 +92,8 @@ class Agency:
     """The key it rotates away from: callbacks carry a signature by each while both are set."""
     certs: tuple[str, ...] = ()
     """SHA-256 fingerprints of its client certificates."""
+    cert_required: bool = False
+    """Its key alone is not enough: every call also presents one of its certificates (mutual TLS)."""
 
     @property
     def callback_secrets(self) -> tuple[bytes, ...]:
@@ -141,7 +143,7 @@ def agency_from_document(doc: Any, where: str = "agency") -> Agency:
     if not isinstance(doc, dict):
         raise RegistryError(f"{where}: an agency is an object")
     unknown = sorted(set(doc) - {"id", "code", "name", "roles", "rate_limit", "max_in_flight", "callback",
-                                  "certs_sha256"})  # fmt: skip
+                                  "certs_sha256", "cert_required"})  # fmt: skip
     if unknown:
         raise RegistryError(f"{where}.{unknown[0]}: unknown field")
     aid = doc.get("id")
@@ -169,8 +171,12 @@ def agency_from_document(doc: Any, where: str = "agency") -> Agency:
         if not _is_sha256(fp):
             raise RegistryError(f"{where}.certs_sha256: {fingerprint!r} is not a certificate's SHA-256")
         fingerprints.append(fp)
+    cert_required = doc.get("cert_required", False)
+    if not isinstance(cert_required, bool) or (cert_required and not fingerprints):
+        raise RegistryError(f"{where}.cert_required: true or false, and true only with certs_sha256")
     return Agency(
         id=aid,
+        cert_required=cert_required,
         code=str(doc.get("code", aid)),
         name=str(doc.get("name", aid)),
         roles=frozenset(roles),

@@ -36,6 +36,8 @@ def authenticate(gw: Gateway, request: web.Request) -> Agency:
             raise Unauthorized("unknown API key")
         if by_cert is not None and by_cert.id != agency.id:
             raise Unauthorized("the client certificate and the API key name different agencies")
+        if agency.cert_required and by_cert is None:
+            raise Unauthorized(f"{agency.id} calls with its client certificate (its key alone is not enough)")
     except NdxpError:
         gw.metrics.auth_failures.inc()
         gw.limits.check_address(address)  # past the allowance: 429, not another 401

@@ -63,6 +63,9 @@ async def test_client_certificates_authenticate_agencies_and_keys_keep_working(
     _issue(d, "impostor", "rogue-ca")
     raw = yaml.safe_load(exchange_settings.registry_path.read_text())
     next(a for a in raw["agencies"] if a["id"] == "alice")["certs_sha256"] = [_fingerprint(d / "alice.pem")]
+    _issue(d, "slowpoke", "ca")
+    slowpoke = next(a for a in raw["agencies"] if a["id"] == "slowpoke")
+    slowpoke.update(certs_sha256=[_fingerprint(d / "slowpoke.pem")], cert_required=True, rate_limit=1000)
     exchange_settings.registry_path.write_text(yaml.safe_dump(raw))
     settings = exchange_settings.replace(
         tls_cert=d / "gateway.pem", tls_key=d / "gateway.key", tls_client_ca=d / "ca.pem"
@@ -90,6 +93,9 @@ async def test_client_certificates_authenticate_agencies_and_keys_keep_working(
             assert await call("alice", "key-bob") == (401, "unauthorized")  # disagreeing
             assert await call("stranger", None) == (401, "unauthorized")  # valid but unregistered
             assert await call(None, None) == (401, "unauthorized")
+            # An agency whose certificate is required: its key alone is refused, with it admitted.
+            assert await call(None, "key-slowpoke") == (401, "unauthorized")
+            assert await call("slowpoke", "key-slowpoke") == (200, "ok")
             with pytest.raises(aiohttp.ClientError):  # another CA's certificate: no TLS session
                 await call("impostor", None)
         finally:
