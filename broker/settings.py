@@ -251,7 +251,19 @@ class Settings:
     callback_backoff_s: float = setting(
         2.0, minimum=0, help="First callback retry delay; doubles each time (capped at 10 min), with jitter."
     )
-    callback_timeout_s: float = setting(10.0, minimum=0, help="How long one callback delivery may take.")
+    callback_timeout_s: float = setting(
+        10.0, minimum=0,
+        help="How long one callback delivery may take to connect, and then to answer (waiting for a "
+        "free connection is not charged to the receiver).",
+    )  # fmt: skip
+    callback_allow_private: bool = setting(
+        False,
+        help="For local development and tests only: callbacks over http and to loopback or private "
+        "addresses (otherwise https to public addresses only).",
+    )
+    callback_concurrency: int = setting(
+        8, minimum=1, help="Callback deliveries in flight per agency (a slow receiver slows only its own)."
+    )
     metrics_port: int = setting(
         0, minimum=0, maximum=65535, help="/metrics of an adapter, counter or keeper process (0: none)."
     )

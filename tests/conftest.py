@@ -31,6 +31,8 @@ os.environ.setdefault("NDXP_TOPIC_PREFIX", f"test-{uuid.uuid4().hex[:8]}")  # in
 RUN_PREFIX = os.environ["NDXP_TOPIC_PREFIX"]
 # A part that finds its (test's) live registry empty imports the test's registry file and contracts.
 os.environ.setdefault("NDXP_REGISTRY_SEED", "1")
+# The tests' callback receivers are on loopback, over http (a test of the refusal turns it off).
+os.environ.setdefault("NDXP_CALLBACK_ALLOW_PRIVATE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ from broker.kafka import (
     sweep_idle_topics,
 )
 from broker.kafka.registry import RegistryFollower
-from broker.keeper import callbacks
+from broker.keeper import callbacks, egress
 from broker.keeper.ledger import Ledger, Open
 from broker.metrics import KeeperMetrics
 from broker.model.documents import H_DOC, CallbackState, Final, Pending
@@ -67,6 +67,8 @@ KEEPER_COMMIT_EVERY_S = 2.0
 """Offsets move on at least this often when nothing else is written."""
 SWEEP_EVERY_S = 3600.0
 """How often the keeper looks for reply topics of gateway workers that are gone."""
+CALLBACK_CONNECTIONS = 100
+"""Connections to callback receivers in all (each agency has NDXP_CALLBACK_CONCURRENCY of them)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,6 +127,8 @@ class ExchangeKeeper(KafkaService):
         self._producer: Producer | None = None
         self._tx: Transactions | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._lanes: dict[str, asyncio.Semaphore] = {}
+        """Callback deliveries in flight, per agency (NDXP_CALLBACK_CONCURRENCY each)."""
         self._committed: dict[TopicPartition, int] = {}
         self._commit_at = 0.0
         self._gauges_at = 0.0
@@ -148,8 +152,15 @@ class ExchangeKeeper(KafkaService):
         )
         await self._producer.start()
         self._tx = Transactions(self._producer, self.group_id, "keeper")
+        budget = self.settings.callback_timeout_s
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.settings.callback_timeout_s),
+            connector=egress.connector(
+                self.settings.callback_allow_private,
+                limit=CALLBACK_CONNECTIONS,
+                per_host=self.settings.callback_concurrency,
+            ),
+            # Connecting and answering are the receiver's; waiting for a free connection is not.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=budget, sock_read=budget),
             headers={"User-Agent": "ndxp-callbacks"},
         )
         self.consumer = make_consumer(
@@ -281,18 +292,29 @@ class ExchangeKeeper(KafkaService):
         assert self._session is not None
         attempts = int(final.callback.get("attempts", 0)) + 1
         error: str | None
+        refused = None if url is None else egress.refusal(url, self.settings.callback_allow_private)
         if url is None or not secrets:
             error = "the agency has no callback any more"
             attempts = self.settings.callback_attempts
+        elif refused is not None:
+            error, attempts = refused, self.settings.callback_attempts  # no retry changes the URL
         else:
             body = orjson.dumps(final.view())
             sent = callbacks.headers(final.exchange_id, secrets, str(int(time.time())), body, attempts)
+            lane = self._lanes.setdefault(final.client, asyncio.Semaphore(self.settings.callback_concurrency))
             try:
-                # Never follow a redirect: the registry's URL is the only place callbacks go.
-                async with self._session.post(url, data=body, headers=sent, allow_redirects=False) as resp:
-                    error = None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+                # A slow receiver holds its own agency's lane, not everyone's. Never follow a
+                # redirect: the registry's URL is the only place callbacks go.
+                async with (
+                    lane,
+                    self._session.post(url, data=body, headers=sent, allow_redirects=False) as resp,
+                ):
+                    error = None if 200 <= resp.status < 300 else egress.status_kind(resp.status)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                error = egress.error_kind(exc)
+                log.info(
+                    "keeper: callback of %s to %s failed: %r", final.exchange_id, url, exc
+                )  # ours, in full
         callback = callbacks.after_attempt(
             attempts, error, max_attempts=self.settings.callback_attempts,
             first_backoff_s=self.settings.callback_backoff_s, now_ms=time.time() * 1000,

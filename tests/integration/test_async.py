@@ -278,7 +278,7 @@ async def test_callbacks_are_retried_then_dead_lettered(
         assert f'ndxp_callbacks_total{{result="retry"}} {float(fail_first)}' in metrics
     else:
         assert doc["callback"]["attempts"] == attempts
-        assert doc["callback"]["error"] == "HTTP 503"
+        assert doc["callback"]["error"] == "HTTP 5xx"  # its class only: nothing to map a network by
         assert receiver.attempts == attempts
         assert 'ndxp_callbacks_total{result="failed"} 1.0' in metrics
 
@@ -509,3 +509,43 @@ async def test_keepers_that_lose_partitions_and_stop_with_exchanges_open_leave_n
     assert all(handlers.calls[f"k{i}"] == 1 for i in range(8)), handlers.calls
     assert stats["total"] == 8, stats
     assert stats["by_mode"] == {"async": 8}, stats
+
+
+@pytest.mark.parametrize(
+    ("path_of", "error"),
+    [
+        (lambda url: url, "refused: a callback URL is https"),
+        (lambda url: url.replace("http://", "https://"), "refused: the callback's address is not public"),
+        (
+            lambda url: url.replace("http://127.0.0.1", "https://localhost"),
+            "refused: the callback's address is not public",
+        ),
+    ],
+)
+async def test_a_callback_to_the_platforms_own_network_is_refused_and_says_only_so(
+    exchange_settings: Settings, provider: str, tmp_path: Path, path_of: Any, error: str
+) -> None:
+    receiver = Receiver()
+    async with receiving(receiver) as callback_url:
+        settings = with_callback(
+            exchange_settings,
+            tmp_path,
+            path_of(callback_url),
+            callback_allow_private=False,
+            callback_backoff_s=0.2,
+        )
+        async with (
+            running_adapter(settings, provider, EchoHandlers()),
+            running_gateway(settings) as (http, _),
+            running_keeper(settings),
+        ):
+            resp = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "cb"}, headers=ASYNC)
+            eid = (await resp.json())["exchange_id"]
+            async with asyncio.timeout(60):
+                while True:
+                    _, doc = await status(http, eid, ALICE, wait=2)
+                    if doc.get("callback", {}).get("state") == "failed":
+                        break
+                    await asyncio.sleep(0.1)
+    assert doc["callback"]["error"] == error  # no host, no port, no OS text
+    assert receiver.attempts == 0  # nothing reached the loopback service
