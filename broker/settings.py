@@ -234,6 +234,11 @@ class Settings:
     max_streams: int = setting(
         10, minimum=1, help="Event streams (SSE) one client may hold per gateway worker."
     )
+    max_open_stored: int = setting(
+        10_000, minimum=1,
+        help="Async and idempotent exchanges one client may have open at once when the registry gives "
+        "none (beyond: 429).",
+    )  # fmt: skip
     max_stream_s: float = setting(
         3600.0, minimum=1,
         help="An event stream ends after this long (event: reauthenticate); the client reconnects and "

@@ -83,6 +83,8 @@ class Agency:
     roles: frozenset[str] = frozenset()
     rate_limit: float | None = None
     max_in_flight: int | None = None
+    max_open_stored: int | None = None
+    """Async and idempotent exchanges it may have open at once (default NDXP_MAX_OPEN_STORED)."""
     callback_url: str | None = None
     """Where the platform POSTs the end of this agency's async exchanges (only ever from here,
     never from a request: no server-side request forgery)."""
@@ -143,7 +145,7 @@ def agency_from_document(doc: Any, where: str = "agency") -> Agency:
     if not isinstance(doc, dict):
         raise RegistryError(f"{where}: an agency is an object")
     unknown = sorted(set(doc) - {"id", "code", "name", "roles", "rate_limit", "max_in_flight", "callback",
-                                  "certs_sha256", "cert_required"})  # fmt: skip
+                                  "certs_sha256", "cert_required", "max_open_stored"})  # fmt: skip
     if unknown:
         raise RegistryError(f"{where}.{unknown[0]}: unknown field")
     aid = doc.get("id")
@@ -161,6 +163,9 @@ def agency_from_document(doc: Any, where: str = "agency") -> Agency:
     cap = doc.get("max_in_flight")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
         raise RegistryError(f"{where}.max_in_flight: a positive integer")
+    open_cap = doc.get("max_open_stored")
+    if open_cap is not None and (type(open_cap) is not int or open_cap < 1):
+        raise RegistryError(f"{where}.max_open_stored: a positive integer")
     certs = doc.get("certs_sha256", [])
     if not isinstance(certs, list):
         raise RegistryError(f"{where}.certs_sha256: a list of SHA-256 fingerprints")
@@ -182,6 +187,7 @@ def agency_from_document(doc: Any, where: str = "agency") -> Agency:
         roles=frozenset(roles),
         rate_limit=float(rate) if rate is not None else None,
         max_in_flight=cap,
+        max_open_stored=open_cap,
         certs=tuple(fingerprints),
         **_callback(doc.get("callback"), where),
     )

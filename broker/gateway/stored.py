@@ -29,6 +29,7 @@ from broker.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     NotFound,
+    RateLimited,
     Timeout,
     Unavailable,
 )
@@ -73,6 +74,11 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
         held = view.claims.holder(idem, now)
         if held is not None:
             return await _replay(gw, ex, held, fp)
+    cap = agency.max_open_stored or gw.settings.max_open_stored
+    if view.open_for(agency.id) >= cap:
+        # Each open one is state in every gateway worker and in the keeper: bounded per client.
+        raise RateLimited(f"{agency.id} has {cap} async or idempotent exchanges open; retry as they end",
+                          retry_after=1)  # fmt: skip
     deadline = int(now + (svc.async_ttl_s * 1000 if ex.mode is Mode.ASYNC else svc.timeout_ms))
     pending = Pending(
         exchange_id=ex.id, client=agency.id, provider=svc.provider, service=svc.service, mode=ex.mode,

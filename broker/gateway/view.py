@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -75,6 +75,11 @@ class ExchangeView(KafkaService):
         self._finals: dict[str, list[asyncio.Future[Final]]] = defaultdict(list)
         self._offsets: list[tuple[int, int, asyncio.Future[None]]] = []
         self._prune_at = 0.0
+        self.open_by_client: Counter[str] = Counter()
+        """Stored exchanges accepted and not yet finished, per client (all instances': the topic's)."""
+
+    def open_for(self, client: str) -> int:
+        return self.open_by_client.get(client, 0)
 
     async def _open(self) -> None:
         await ensure_topics(self.settings, [Topics(self.settings).exchanges()])
@@ -139,7 +144,10 @@ class ExchangeView(KafkaService):
                 if isinstance(doc, Pending):
                     if self.claims.apply(doc) and doc.exchange_id not in self.docs:
                         self.docs[doc.exchange_id] = doc
+                        self.open_by_client[doc.client] += 1
                     continue
+                if isinstance(self.docs.get(doc.exchange_id), Pending):
+                    self._closed(doc.client)
                 self._hold(doc, len(msg.value or b""), tp.partition, msg.offset)
                 for fut in self._finals.pop(doc.exchange_id, ()):
                     if not fut.done():
@@ -162,9 +170,17 @@ class ExchangeView(KafkaService):
             if isinstance(d, Final):
                 self.docs[oldest] = Evicted(oldest, d.client, d.t_in, p, o)
 
+    def _closed(self, client: str) -> None:
+        self.open_by_client[client] -= 1
+        if self.open_by_client[client] <= 0:
+            del self.open_by_client[client]
+
     def _prune(self) -> None:
         """Forget what the topic's retention has deleted too."""
         horizon = time.time() * 1000 - self.settings.exchanges_retention_hours * 3600 * 1000
+        for d in self.docs.values():
+            if d.t_in < horizon and isinstance(d, Pending):
+                self._closed(d.client)
         self.docs = {eid: d for eid, d in self.docs.items() if d.t_in >= horizon}
         for eid in [eid for eid in self._sizes if eid not in self.docs]:
             self.held -= self._sizes.pop(eid)[0]

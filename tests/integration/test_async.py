@@ -549,3 +549,34 @@ async def test_a_callback_to_the_platforms_own_network_is_refused_and_says_only_
                     await asyncio.sleep(0.1)
     assert doc["callback"]["error"] == error  # no host, no port, no OS text
     assert receiver.attempts == 0  # nothing reached the loopback service
+
+
+async def test_a_client_holds_a_bounded_number_of_open_stored_exchanges(
+    exchange_settings: Settings, provider: str, tmp_path: Path
+) -> None:
+    raw = yaml.safe_load(exchange_settings.registry_path.read_text())
+    next(a for a in raw["agencies"] if a["id"] == "alice")["max_open_stored"] = 3
+    path = tmp_path / "capped.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    settings = exchange_settings.replace(registry_path=path)
+    handlers = EchoHandlers()
+    async with running_gateway(settings) as (http, gw):  # no adapter yet: accepted exchanges stay open
+        accepted = []
+        for i in range(3):
+            resp = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": f"m{i}"}, headers=ASYNC)
+            assert resp.status == 202, await resp.text()
+            accepted.append((await resp.json())["exchange_id"])
+        refused = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "one more"}, headers=ASYNC)
+        assert refused.status == 429
+        assert (await refused.json())["code"] == "rate_limited"
+        other = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "s"},
+                                headers={**SLOWPOKE, "Prefer": "respond-async"})  # fmt: skip
+        assert other.status == 202  # another client's allowance is its own
+        async with running_adapter(settings, provider, handlers), running_keeper(settings):
+            for eid in accepted:
+                await until_status(http, eid, "done")
+            async with asyncio.timeout(10):
+                while gw.exchanges.open_for("alice"):
+                    await asyncio.sleep(0.05)
+            again = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "later"}, headers=ASYNC)
+            assert again.status == 202  # finished ones free their place
