@@ -93,7 +93,8 @@ async def readyz(request: web.Request) -> web.Response:
         raise Unavailable("exchange view not caught up yet", retry_after=1)
     if not gw.kafka.ok:  # the cause (broker hosts, ports) is in the log, not in the answer
         raise Unavailable("Kafka unreachable", retry_after=1)
-    return json_response({"status": "ready", "reply_topic": gw.replies.topic, "worker": gw.worker})
+    # Ready or not, nothing more: the reply topic and worker would name the host to anyone.
+    return json_response({"status": "ready"})
 
 
 async def metrics(request: web.Request) -> web.Response:
