@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import traceback
 
 TRANSIENT = re.compile(
     r"GroupCoordinatorNotAvailable|NotCoordinatorForGroup|NotLeaderForPartition|LeaderNotAvailable"
@@ -49,11 +50,43 @@ class TransientKafkaErrors(logging.Filter):
         return True
 
 
+_CREDENTIAL = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie|x-api-key)(\s*[:=]\s*|'\s*,\s*')[^\\\r\n'\"]*"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials (``Authorization: Bearer …`` and the like) replaced by ``[redacted]``."""
+    return _BEARER.sub(r"\1 [redacted]", _CREDENTIAL.sub(r"\1\2[redacted]", text))
+
+
+class RedactCredentials(logging.Filter):
+    """aiohttp logs a request it cannot parse with the raw header line, a caller's key included:
+    the message and its traceback go out redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = redact(message), ()
+        return True
+
+
+def redact_aiohttp() -> None:
+    """Install :class:`RedactCredentials` on aiohttp's server logger (once)."""
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, RedactCredentials) for f in server.filters):
+        server.addFilter(RedactCredentials())
+
+
 def setup_logging(level: str, fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
     """Configure the root logger of a part's process."""
     logging.basicConfig(level=level.upper(), format=fmt)
     quiet = TransientKafkaErrors()
     for handler in logging.getLogger().handlers:
         handler.addFilter(quiet)
+    redact_aiohttp()
     # aiokafka narrates every rebalance and coordinator look-up at INFO.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))

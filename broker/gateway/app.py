@@ -40,6 +40,7 @@ from broker.kafka import (
     make_producer,
 )
 from broker.kafka.registry import RegistryFollower, seed_if_empty
+from broker.logs import redact_aiohttp
 from broker.metrics import GatewayMetrics, RegistryMetrics
 from broker.model.envelope import H_HEARTBEAT
 from broker.settings import Settings
@@ -97,6 +98,7 @@ def create_app(
     It follows the live registry (agencies, keys, rights, service versions) unless it is given a
     fixed ``registry`` (with its catalog): a test's, or a tool's.
     """
+    redact_aiohttp()  # a request aiohttp cannot parse is logged with its raw headers: keys redacted
     collector = metrics_registry or CollectorRegistry()
     follower = None
     if registry is None:

@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 
+import aiohttp.web_response
 import orjson
 from aiohttp import web
 
@@ -157,3 +158,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 async def server_header(_: web.Request, resp: web.StreamResponse) -> None:
     """Name the server without disclosing Python's or aiohttp's version."""
     resp.headers["Server"] = "ndxp"
+
+
+# The answers aiohttp gives itself, to a request it cannot parse, never reach the app's hooks: its
+# default Server header (Python's and aiohttp's versions) is the one name it falls back on.
+setattr(aiohttp.web_response, "SERVER_SOFTWARE", "ndxp")  # noqa: B010 (not in its public API)

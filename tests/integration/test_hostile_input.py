@@ -343,3 +343,25 @@ async def test_user_and_purpose_headers_are_identifiers_not_free_text(
             assert name in problem["detail"]
         fine = {"X-NDXP-User-Id": "cán-bộ.042@hanoi", "X-NDXP-Purpose": "ho-so 123/2026"}
         assert (await http.post(url, json={"msg": "x"}, headers={**ALICE, **fine})).status == 200
+
+
+async def test_a_request_aiohttp_cannot_parse_logs_no_key_and_names_no_version(
+    exchange_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from urllib.parse import urlsplit
+
+    async with running_gateway(exchange_settings) as (http, _):
+        where = urlsplit(str(http._base_url))
+        reader, writer = await asyncio.open_connection(where.hostname, where.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-of-a-victim\x01\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), 10)
+        writer.close()
+    head = answer.split(b"\r\n\r\n", 1)[0].decode()
+    assert head.split(" ", 2)[1] == "400", head
+    assert "Server: ndxp" in head.split("\r\n")
+    assert "aiohttp" not in head
+    assert "Python" not in head
+    logged = caplog.text
+    assert "Error handling request" in logged  # the fault is logged ...
+    assert "key-of-a-victim" not in logged  # ... without the caller's key
