@@ -239,6 +239,9 @@ class Settings:
         help="Async and idempotent exchanges one client may have open at once when the registry gives "
         "none (beyond: 429).",
     )  # fmt: skip
+    max_long_polls: int = setting(
+        50, minimum=1, help="GET /v1/exchanges/{id} with Prefer: wait one client may hold per gateway worker."
+    )
     max_stream_s: float = setting(
         3600.0, minimum=1,
         help="An event stream ends after this long (event: reauthenticate); the client reconnects and "

@@ -117,6 +117,7 @@ def create_app(
             workers=settings.workers,
             auth_failure_rate=settings.auth_failure_rate,
             max_streams=settings.max_streams,
+            max_long_polls=settings.max_long_polls,
         ),
         replies=ReplyRouter(settings, worker_reply_topic(settings, worker), metrics),
         recorder=TxRecorder(settings.tx_topic, metrics),

@@ -56,10 +56,13 @@ class Limits:
         workers: int = 1,
         auth_failure_rate: float = 5.0,
         max_streams: int = 10,
+        max_long_polls: int = 50,
     ) -> None:
         self.default_rate = default_rate
         self.max_streams = max_streams
         self._streams: dict[str, int] = {}
+        self.max_long_polls = max_long_polls
+        self._polls: dict[str, int] = {}
         self.max_in_flight = max_in_flight
         self.workers = max(1, workers)
         self.auth_failure_rate = auth_failure_rate / self.workers
@@ -97,6 +100,25 @@ class Limits:
         finally:
             self._in_flight[agency.id] -= 1
             self.total_in_flight -= 1
+
+    def charge(self, agency: Agency) -> None:
+        """One request of ``agency``'s rate for what holds nothing in flight (a replay, a status read),
+        or RateLimited."""
+        wait = self._bucket(agency).take()
+        if wait > 0:
+            raise RateLimited(f"{agency.id} exceeds its rate limit", retry_after=wait)
+
+    @contextmanager
+    def long_poll(self, agency: Agency) -> Iterator[None]:
+        """Hold one ``Prefer: wait`` of ``agency``: at most ``max_long_polls`` per client and worker."""
+        mine = self._polls.get(agency.id, 0)
+        if mine >= self.max_long_polls:
+            raise RateLimited(f"{agency.id} has {mine} waits open here, the most allowed", retry_after=1)
+        self._polls[agency.id] = mine + 1
+        try:
+            yield
+        finally:
+            self._polls[agency.id] -= 1
 
     @contextmanager
     def stream(self, agency: Agency) -> Iterator[None]:

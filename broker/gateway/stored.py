@@ -73,6 +73,7 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
     if idem is not None:
         held = view.claims.holder(idem, now)
         if held is not None:
+            gw.limits.charge(agency)  # a replay costs no provider, but it is a request of the client's
             return await _replay(gw, ex, held, fp)
     cap = agency.max_open_stored or gw.settings.max_open_stored
     if view.open_for(agency.id) >= cap:
@@ -192,6 +193,7 @@ async def get_exchange(request: web.Request) -> web.Response:
     """``GET /v1/exchanges/{exchange_id}``: the caller's own stored exchange; 404 for any other."""
     gw = request.app[GATEWAY]
     agency = authenticate(gw, request)
+    gw.limits.charge(agency)  # reads are requests too: charged to the client's rate
     eid = request.match_info["exchange_id"]
     doc = await gw.exchanges.get(eid, agency.id) if _EXCHANGE_ID.match(eid) else None
     if doc is None:  # unknown, or another caller's: the same answer
@@ -199,7 +201,8 @@ async def get_exchange(request: web.Request) -> web.Response:
     prefs = preferences(request)
     wait = wait_seconds(prefs)
     if isinstance(doc, Pending) and wait > 0:
-        doc = await gw.exchanges.final(eid, wait) or doc
+        with gw.limits.long_poll(agency):
+            doc = await gw.exchanges.final(eid, wait) or doc
     resp = web.Response(body=orjson.dumps(doc.view()), status=200, content_type=JSON)
     if "wait" in prefs:
         resp.headers["Preference-Applied"] = f"wait={wait:g}"

@@ -580,3 +580,21 @@ async def test_a_client_holds_a_bounded_number_of_open_stored_exchanges(
                     await asyncio.sleep(0.05)
             again = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "later"}, headers=ASYNC)
             assert again.status == 202  # finished ones free their place
+
+
+async def test_status_reads_and_replays_are_charged_and_long_polls_are_bounded(
+    exchange_settings: Settings, provider: str
+) -> None:
+    settings = exchange_settings.replace(max_long_polls=2)
+    async with running_gateway(settings) as (http, _):  # no adapter: the exchanges stay pending
+        resp = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "p"}, headers=ASYNC)
+        eid = (await resp.json())["exchange_id"]
+        polls = [asyncio.create_task(status(http, eid, ALICE, wait=3)) for _ in range(3)]
+        answers = sorted(code for code, _ in await asyncio.gather(*polls))
+        assert answers == [200, 200, 429]  # the third wait is refused, the others answered
+        # slowpoke's rate (0.1/s, a burst of 1): its exchange takes the token, its read is refused.
+        sp = {**SLOWPOKE, "Prefer": "respond-async"}
+        accepted = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "s"}, headers=sp)
+        assert accepted.status == 202
+        code, doc = await status(http, (await accepted.json())["exchange_id"], SLOWPOKE)
+        assert (code, doc["code"]) == (429, "rate_limited")
