@@ -90,3 +90,24 @@ def test_a_client_generated_from_the_document_imports(document: dict[str, Any], 
     assert hasattr(client, "AuthenticatedClient")
     assert hasattr(citizen, "asyncio_detailed")
     assert hasattr(exchange, "asyncio_detailed")
+
+
+def test_the_management_apis_document_is_valid_openapi_3_1_and_lists_every_route() -> None:
+    from aiohttp import web
+
+    from broker.admin.api import routes
+    from broker.admin.openapi import admin_openapi
+
+    doc = admin_openapi()
+    validate(doc)
+    app = web.Application()
+    routes(app)
+    served = set()
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        path = path.replace("{verdict}", "approve")
+        served.add((route.method.lower(), path))
+        if path.endswith("/approve"):
+            served.add((route.method.lower(), path.replace("/approve", "/reject")))
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert served - {("head", p) for _, p in served} == documented
