@@ -112,7 +112,7 @@ async def run(bootstrap: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
     seen: dict[int, float] = {}
     applied = asyncio.Event()
 
-    def on_change() -> None:
+    def on_change(_: list[Entry]) -> None:
         seen.setdefault(reader.live.rev("agency", "a00000"), time.time())
         applied.set()
 

@@ -82,7 +82,7 @@ async def run_adapters(
             for a in adapters
             for s in follower.live.catalog.of_provider(a.provider)
         }
-        follower.listeners.append(lambda: _warn_unserved(follower.live.catalog, adapters, noted))
+        follower.listeners.append(lambda _: _warn_unserved(follower.live.catalog, adapters, noted))
         if settings.metrics_port:
             runner = await serve_metrics(
                 metrics.registry,

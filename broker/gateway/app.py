@@ -138,7 +138,10 @@ def create_app(
         if settings.registry_seed and worker == 0 and await seed_if_empty(settings, follower):
             log.warning("the live registry was empty: imported %s and %s", settings.registry_path,
                         settings.schemas_dir)  # fmt: skip
-        follower.listeners.append(gw.limits.reset_rates)  # a changed rate limit applies at once
+        # A changed rate limit applies at once, and only to its agency.
+        follower.listeners.append(
+            lambda changed: gw.limits.reset_rates(e.id for e in changed if e.kind == "agency")
+        )
         yield
         await _bounded(follower.stop(), settings.shutdown_grace_s, "registry follower")
 

@@ -7,7 +7,7 @@ rate, so the total across workers stays what the registry says.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from broker.contracts.registry import Agency
@@ -139,9 +139,13 @@ class Limits:
         finally:
             self._streams[agency.id] -= 1
 
-    def reset_rates(self) -> None:
-        """Forget the per-client buckets: rates from a reloaded registry apply from now on."""
-        self._buckets.clear()
+    def reset_rates(self, agencies: Iterable[str] | None = None) -> None:
+        """Forget the buckets of ``agencies`` (default: all): their rates as the registry has them
+        now apply from now on (the others keep what they have used)."""
+        if agencies is None:
+            self._buckets.clear()
+        for agency in agencies or ():
+            self._buckets.pop(agency, None)
 
     def check_address(self, address: str) -> None:
         """Refuse (429) an address that has used up its failed authentications."""

@@ -75,8 +75,9 @@ class RegistryFollower(KafkaService):
         self.settings = settings
         self.live = live if live is not None else LiveRegistry()
         self.metrics = metrics
-        self.listeners: list[Callable[[], None]] = []
-        """Called after each batch of changes is applied (same loop, no await in between)."""
+        self.listeners: list[Callable[[list[Entry]], None]] = []
+        """Called with the entries of each batch of changes once it is applied (same loop, no await
+        in between)."""
         self.changes: list[Change] | None = [] if changes else None
         """The change log, when followed (the admin's)."""
         topics = Topics(settings)
@@ -122,7 +123,7 @@ class RegistryFollower(KafkaService):
         self._moved = asyncio.Event()
 
     def _apply(self, batch: Batch, *, initial: bool) -> None:
-        changed = False
+        changed: list[Entry] = []
         now = time.time()
         for tp, records in batch.items():
             for msg in records:
@@ -137,13 +138,13 @@ class RegistryFollower(KafkaService):
                     if self.metrics is not None:
                         self.metrics.skipped.inc()
                     continue
-                changed = True
+                changed.append(entry)
                 if self.metrics is not None and not initial and entry.at:
                     self.metrics.apply_lag.observe(max(0.0, now - entry.at))
         if changed and not initial:
             for listener in self.listeners:
                 try:
-                    listener()
+                    listener(changed)
                 except Exception:
                     log.exception("%s: a listener failed", self.what)
 

@@ -93,6 +93,20 @@ def test_rate_limit_admits_the_burst_then_says_when_to_retry() -> None:
     assert limits.total_in_flight == 0
 
 
+def test_a_registry_change_resets_only_the_changed_agencys_rate() -> None:
+    limits = Limits(default_rate=1000, max_in_flight=10)
+    a = Agency(id="a", code="a", name="a", rate_limit=1)
+    b = Agency(id="b", code="b", name="b", rate_limit=1)
+    for agency in (a, b):
+        with limits.admit(agency):
+            pass
+    limits.reset_rates(["a"])  # a's document changed (its rate limit, say); b's did not
+    with limits.admit(a):
+        pass
+    with pytest.raises(RateLimited), limits.admit(b):
+        pass
+
+
 def test_keys_rotate_with_an_expiry_date_or_time(tmp_path: Path) -> None:
     import datetime as dt
 
