@@ -118,6 +118,8 @@ class EchoHandlers:
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.versions: Counter[str | None] = Counter()
+        """The service versions echo was called for (the request metadata's)."""
         self.held = 0
         """Requests with ``mode: hold`` that have reached the handler (they wait for ``release``)."""
         self.release = asyncio.Event()
@@ -137,6 +139,7 @@ class EchoHandlers:
 
     async def echo(self, req: Request) -> Any:
         self.calls[req.body["msg"]] += 1
+        self.versions[req.meta.version] += 1
         if req.body.get("sleep_ms"):
             await asyncio.sleep(req.body["sleep_ms"] / 1000)
         mode = req.body.get("mode", "ok")

@@ -174,9 +174,10 @@ async def test_versions_are_served_side_by_side_and_a_breaking_minor_is_refused_
 ) -> None:
     settings = exchange_settings
     prov = bearer("key-provider")
+    handlers = EchoHandlers()
     async with (
         running_admin(settings) as (admin, _),
-        running_adapter(settings, provider, EchoHandlers()),
+        running_adapter(settings, provider, handlers),
         running_gateway(settings) as (http, gw),
     ):
         put = f"/admin/v1/services/{provider}/echo"
@@ -233,6 +234,8 @@ async def test_versions_are_served_side_by_side_and_a_breaking_minor_is_refused_
             (s["service"], s["version"], s["state"]) for s in listed["services"] if s["provider"] == provider
         }
         assert {("echo", "1.1", "deprecated"), ("echo", "2", "active")} <= versions
+    assert handlers.versions["2"] == 1  # the adapter is told which version it serves
+    assert handlers.versions["1.1"] == 1
 
 
 async def test_two_admins_patching_one_agency_at_once_one_wins_and_the_other_gets_409(
