@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
 from broker.contracts.catalog import Catalog
 from broker.contracts.live import Change, Entry, LiveRegistry
@@ -270,7 +270,9 @@ class RegistryWriter:
                 if last:
                     await self.follower.reached({self.follower.tps[0]: last[0].offset + 1})
                 return proposal
-            except ProducerFenced:
+            except (ProducerFenced, IllegalOperation):
+                # IllegalOperation: the fencing ended the transaction while its records were being
+                # sent ("not in transaction"); the same case as a fenced commit.
                 log.info("registry writer: another writer took over; deciding again on its state")
                 _settle(sent)
                 await self._drop_producer()
