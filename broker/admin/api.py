@@ -46,9 +46,8 @@ from broker.errors import (
     NdxpError,
     NotFound,
     RegistryError,
-    Unauthorized,
 )
-from broker.gateway.auth import address_of
+from broker.gateway.auth import address_of, credential_agency
 from broker.gateway.limits import Limits
 from broker.gateway.middleware import header
 from broker.kafka import Topics, ensure_topics
@@ -90,26 +89,8 @@ def _caller(request: web.Request) -> Agency:
     """The calling agency (API key or verified client certificate), as the exchange port has it."""
     admin = request.app[ADMIN]
     address = address_of(request, admin.settings.trusted_proxies)
-    registry = admin.live.registry
     try:
-        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        by_cert = registry.authenticate_cert(der) if der else None
-        if der and by_cert is None:
-            raise Unauthorized("the client certificate is not registered to any agency")
-        auth = header(request, "Authorization") or ""
-        if by_cert is not None and not auth:
-            return by_cert
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized("send your API key as 'Authorization: Bearer <api key>'")
-        agency = registry.authenticate(key.strip())
-        if agency is None:
-            raise Unauthorized("unknown API key")
-        if by_cert is not None and by_cert.id != agency.id:
-            raise Unauthorized("the client certificate and the API key name different agencies")
-        if agency.cert_required and by_cert is None:
-            raise Unauthorized(f"{agency.id} calls with its client certificate (its key alone is not enough)")
+        agency = credential_agency(admin.live.registry, request)
     except NdxpError:
         admin.limits.check_address(address)
         admin.limits.auth_failed(address)

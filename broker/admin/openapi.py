@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.gateway.openapi import PROBLEM_SCHEMA
+
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _ERRORS = {
     "400": "invalid_request: the document is wrong (the detail names the field)",
@@ -102,17 +104,7 @@ def admin_openapi() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Problem": {
-                    "type": "object",
-                    "required": ["type", "title", "status", "code"],
-                    "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "code": {"type": "string"},
-                        "detail": {"type": "string"},
-                    },
-                }
+                "Problem": PROBLEM_SCHEMA,
             },
         },
         "security": [{"apiKey": []}],

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from broker.contracts.registry import Agency
+from broker.contracts.registry import Agency, Registry
 from broker.errors import NdxpError, Unauthorized
 from broker.gateway.middleware import header
 from broker.gateway.state import Gateway
@@ -24,20 +24,7 @@ def authenticate(gw: Gateway, request: web.Request) -> Agency:
     """
     address = client_address(gw, request)
     try:
-        auth = header(request, "Authorization") or ""
-        by_cert = _certificate_agency(gw, request)
-        if by_cert is not None and not auth:
-            return by_cert
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized("send your API key as 'Authorization: Bearer <api key>'")
-        agency = gw.registry.authenticate(key.strip())
-        if agency is None:
-            raise Unauthorized("unknown API key")
-        if by_cert is not None and by_cert.id != agency.id:
-            raise Unauthorized("the client certificate and the API key name different agencies")
-        if agency.cert_required and by_cert is None:
-            raise Unauthorized(f"{agency.id} calls with its client certificate (its key alone is not enough)")
+        agency = credential_agency(gw.registry, request)
     except NdxpError:
         gw.metrics.auth_failures.inc()
         gw.limits.check_address(address)  # past the allowance: 429, not another 401
@@ -108,7 +95,28 @@ def _within(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6
     return any(ip in net for net in networks)
 
 
-def _certificate_agency(gw: Gateway, request: web.Request) -> Agency | None:
+def credential_agency(registry: Registry, request: web.Request) -> Agency:
+    """The agency the request's credential names in ``registry`` (Unauthorized otherwise): its key,
+    its verified client certificate, or both agreeing; a key alone when the agency requires its
+    certificate is refused. The exchange port and the management API share it."""
+    auth = header(request, "Authorization") or ""
+    by_cert = _certificate_agency(registry, request)
+    if by_cert is not None and not auth:
+        return by_cert
+    scheme, _, key = auth.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("send your API key as 'Authorization: Bearer <api key>'")
+    agency = registry.authenticate(key.strip())
+    if agency is None:
+        raise Unauthorized("unknown API key")
+    if by_cert is not None and by_cert.id != agency.id:
+        raise Unauthorized("the client certificate and the API key name different agencies")
+    if agency.cert_required and by_cert is None:
+        raise Unauthorized(f"{agency.id} calls with its client certificate (its key alone is not enough)")
+    return agency
+
+
+def _certificate_agency(registry: Registry, request: web.Request) -> Agency | None:
     """The agency of the verified client certificate (mutual TLS), if the caller sent one.
 
     A certificate that TLS verified but the registry does not know is refused:
@@ -118,7 +126,7 @@ def _certificate_agency(gw: Gateway, request: web.Request) -> Agency | None:
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         return None
-    agency = gw.registry.authenticate_cert(der)
+    agency = registry.authenticate_cert(der)
     if agency is None:
         raise Unauthorized("the client certificate is not registered to any agency")
     return agency

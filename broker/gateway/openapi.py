@@ -28,7 +28,7 @@ RFC3339_PATTERN = (
 )
 """An RFC 3339 time with its offset (what ``?from=`` accepts)."""
 
-_PROBLEM = {
+PROBLEM_SCHEMA = {
     "type": "object",
     "required": ["code", "status", "detail"],
     "properties": {
@@ -41,9 +41,10 @@ _PROBLEM = {
         "errors": {"type": "array", "items": {"type": "object"}},
     },
 }
+"""The problem+json body (RFC 9457) of every error; the management API's document uses it too."""
 _COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
 _SCHEMAS: dict[str, Any] = {
-    "Problem": _PROBLEM,
+    "Problem": PROBLEM_SCHEMA,
     "Agency": {
         "type": "object",
         "required": ["id", "code", "name"],
