@@ -117,8 +117,11 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     port = urllib.parse.urlsplit(gateway).port or 80
     parts = {"gateway": f"{gateway}/metrics"}
     saved = state_path(settings.cache_dir, port)
-    if saved.exists():  # written by `ndxp up`: where its parts' metrics are
-        parts.update(json.loads(saved.read_text()).get("metrics", {}))
+    key = args.key or settings.admin_key
+    if saved.exists():  # written by `ndxp up`: where its parts' metrics are, and its operator's key
+        state = json.loads(saved.read_text())
+        parts.update(state.get("metrics", {}))
+        key = key or state.get("operator_key")
     else:
         parts.update({p: f"http://127.0.0.1:{n}/metrics" for p, n in (("adapters", 9101), ("counter", 9102),
                                                                       ("keeper", 9103))})  # fmt: skip
@@ -127,7 +130,9 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         if not url:
             raise StartupError(f"--part {item!r}: expected name=url")
         parts[name] = url
-    return run_status(gateway, parts, prometheus=args.prometheus, once=args.once, interval_s=args.interval)
+    return run_status(
+        gateway, parts, prometheus=args.prometheus, once=args.once, interval_s=args.interval, key=key
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     status.add_argument("--part", action="append", metavar="NAME=URL", help="another part's /metrics")
+    status.add_argument(
+        "--key",
+        help="an operator's API key for the gateway's /metrics and /v1/stats (default: NDXP_ADMIN_KEY)",
+    )
     status.add_argument("--prometheus", metavar="URL", help="ask this Prometheus instead of the parts")
     status.add_argument("--once", action="store_true", help="print one frame and exit")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")

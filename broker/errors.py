@@ -35,6 +35,7 @@ The tree (HTTP status, stable ``code``)::
         ├── IdempotencyKeyInFlight  409 idempotency_key_in_flight (Retry-After)
         ├── Conflict                409 conflict           (management API: a stale If-Match)
         ├── Forbidden               403 access_denied      (management API: another agency's documents)
+        ├── OperatorOnly            403 access_denied      (/metrics on the exchange port)
         └── ClientClosed            499 client_closed      (the caller went away; recorded, never sent)
 
 Every class is defined here; the modules that raise them import them from here.
@@ -239,3 +240,7 @@ class Conflict(NdxpError):
 
 class Forbidden(AccessDenied):
     title = "Caller may not administer this resource"
+
+
+class OperatorOnly(AccessDenied):
+    title = "Only an operator may read this"

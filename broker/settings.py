@@ -118,10 +118,11 @@ class Settings:
         "HOST exposes.",
     )
     expose: frozenset[str] = setting(
-        frozenset({"stats", "metrics"}), parse=lambda name, raw: _expose(name, raw), empty_is_a_value=True,
-        choices=tuple(sorted(_EXPOSABLE)), shown="stats,metrics",
-        help="Which of stats (/v1/stats) and metrics (/metrics) the gateway port serves (comma-separated; "
-        "empty: neither, scrape the parts' internal ports instead).",
+        frozenset(), parse=lambda name, raw: _expose(name, raw), empty_is_a_value=True,
+        choices=tuple(sorted(_EXPOSABLE)), shown="(empty)",
+        help="Which of stats (/v1/stats) and metrics (/metrics) the gateway port serves to anyone "
+        "(comma-separated). Otherwise /metrics takes an operator's credential and /v1/stats shows an "
+        "agency its own rows (an operator all).",
     )  # fmt: skip
     port: int = setting(8080, minimum=0, maximum=65535, help="The gateway's port.")
     workers: int = setting(1, minimum=1, help="Gateway worker processes (SO_REUSEPORT).")

@@ -49,7 +49,13 @@ def prometheus(tmp: Path, targets: dict[str, str]) -> Iterator[str]:
     if binary is None:
         raise SystemExit("Debian's prometheus is needed: apt-get install prometheus (scripts/setup does it)")
     config = tmp / "prometheus.yml"
-    jobs = [{"job_name": f"ndxp-{job}", "static_configs": [{"targets": [t]}]} for job, t in targets.items()]
+    jobs: list[dict[str, Any]] = [
+        {"job_name": f"ndxp-{job}", "static_configs": [{"targets": [t]}]} for job, t in targets.items()
+    ]
+    # The gateway's /metrics takes an operator's key (the demo registry's operator).
+    for job in jobs:
+        if job["job_name"] == "ndxp-gateway":
+            job["authorization"] = {"type": "Bearer", "credentials": "demo-ops"}
     config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}))
     port = free_port()
     with (tmp / "prometheus.log").open("wb") as log:

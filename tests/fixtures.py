@@ -82,6 +82,10 @@ CHANGED_EVENT = {
 }
 
 
+OPERATOR = {"Authorization": "Bearer key-ops"}
+"""The test registry's operator (``ops``): /metrics and every /v1/stats row on the exchange port."""
+
+
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

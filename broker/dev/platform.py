@@ -112,7 +112,9 @@ def demo_text(settings: Settings, base_url: str) -> str:
         "  catalog: " + base_url + "/v1/services",
         f"management API: {admin_url} (operator key demo-ops; `ndxp admin --key demo-ops agencies list`)",
     ]
-    lines.append(f"  openapi: {base_url}/openapi.json   stats: {base_url}/v1/stats")
+    lines.append(
+        f"  openapi: {base_url}/openapi.json   stats: {base_url}/v1/stats (a key: its rows; demo-ops: all)"
+    )
     lines.append("demo API keys (client → key):")
     example: tuple[str, str, Any] | None = None
     for agency in registry:
@@ -233,7 +235,8 @@ def run_platform(
         urls["admin"] = f"http://{settings.admin_host}:{settings.admin_port}/metrics"
         state = state_path(settings.cache_dir, settings.port)
         state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({"gateway": base, "metrics": urls}))
+        # The demo registry's operator key, for `ndxp status` (the gateway's /metrics is an operator's).
+        state.write_text(json.dumps({"gateway": base, "metrics": urls, "operator_key": "demo-ops"}))
         progress(demo_text(settings, base))
         progress(
             f"metrics: gateway {base}/metrics, adapters http://127.0.0.1:{adapter_metrics}/metrics, "

@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from broker.contracts.registry import Agency
 from broker.counter.stats import summarise
-from broker.errors import InvalidRequest, NotFound, Unavailable, UnknownService
+from broker.errors import InvalidRequest, OperatorOnly, Unavailable, UnknownService
 from broker.gateway.auth import authenticate
 from broker.gateway.openapi import openapi_document
 from broker.gateway.state import GATEWAY
@@ -62,11 +63,20 @@ async def allowed(request: web.Request) -> web.Response:
     )
 
 
-async def stats(request: web.Request) -> web.Response:
-    """Exact counts of one day (default: today in the counting time zone)."""
+def _reader(request: web.Request, page: str) -> Agency | None:
+    """Who reads ``page`` (stats or metrics): None when the operator made it public (NDXP_EXPOSE),
+    otherwise the authenticated caller (401 without a credential)."""
     gw = request.app[GATEWAY]
-    if "stats" not in gw.settings.expose:
-        raise NotFound("/v1/stats is not exposed here (NDXP_EXPOSE)")
+    if page in gw.settings.expose:
+        return None
+    return authenticate(gw, request)
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Exact counts of one day (default: today in the counting time zone): an agency sees the rows
+    it is the client or the provider of, an operator (or anyone, where NDXP_EXPOSE has stats) all."""
+    gw = request.app[GATEWAY]
+    reader = _reader(request, "stats")
     day = request.query.get("day") or day_of(time.time() * 1000, gw.settings.stats_utc_offset_hours)
     try:
         if not _DAY.match(day):
@@ -74,7 +84,11 @@ async def stats(request: web.Request) -> web.Response:
         dt.date.fromisoformat(day)
     except ValueError as exc:
         raise InvalidRequest(f"day must be YYYY-MM-DD, not {day!r}") from exc
-    return json_response(summarise(gw.stats.counts, day))
+    counts = gw.stats.counts
+    if reader is not None and not reader.operator:
+        me = reader.id
+        counts = {k: n for k, n in counts.items() if k.day == day and me in (k.client, k.provider)}
+    return json_response(summarise(counts, day))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -99,6 +113,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    if "metrics" not in gw.settings.expose:
-        raise NotFound("/metrics is not exposed here (NDXP_EXPOSE)")
+    reader = _reader(request, "metrics")
+    if reader is not None and not reader.operator:
+        # Who calls which service how often, and who is subscribed now: for the operator only.
+        raise OperatorOnly(f"{reader.id} is not an operator: /metrics takes an operator's credential here")
     return exposition(gw.metrics.registry, gw.settings.metrics_dir)

@@ -206,8 +206,9 @@ def _metaservices() -> dict[str, Any]:
         "/v1/stats": {
             "get": _operation(
                 "get_stats",
-                "Exact transaction counts of a day",
+                "Exact transaction counts of a day: the caller's own rows (an operator's: all)",
                 _json("Counts", "Stats"),
+                security=_SECURITY,
                 parameters=[
                     {
                         "name": "day",

@@ -56,18 +56,21 @@ class Figures:
     note: str = ""
 
 
-def _get(url: str, timeout: float = 2.0) -> bytes | None:
+def _get(url: str, timeout: float = 2.0, key: str | None = None) -> bytes | None:
+    """``url``'s body, or None; ``key``: sent as the bearer credential (the gateway's /metrics and
+    /v1/stats are an operator's)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - operator-given URLs
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:  # noqa: S310 - operator-given URLs
             data: bytes = resp.read()
             return data
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
 
-def scrape(url: str) -> Samples | None:
+def scrape(url: str, key: str | None = None) -> Samples | None:
     """Every sample of a ``/metrics`` page by name, or None when the part does not answer."""
-    raw = _get(url)
+    raw = _get(url, key=key)
     if raw is None:
         return None
     samples: Samples = defaultdict(list)
@@ -118,11 +121,18 @@ def _exchanges(samples: Samples | None) -> dict[tuple[str, str, str], float]:
     return out
 
 
-def from_metrics(parts: dict[str, str], gateway: str, interval_s: float = 1.0) -> Figures:
-    """Two reads of every part's metrics ``interval_s`` apart: rates, latency, errors, backlogs."""
-    first = {name: scrape(url) for name, url in parts.items()}
+def from_metrics(
+    parts: dict[str, str], gateway: str, interval_s: float = 1.0, key: str | None = None
+) -> Figures:
+    """Two reads of every part's metrics ``interval_s`` apart: rates, latency, errors, backlogs.
+    ``key`` (an operator's) goes to the gateway only; the other parts serve internal ports."""
+
+    def read() -> dict[str, Samples | None]:
+        return {name: scrape(url, key if name == "gateway" else None) for name, url in parts.items()}
+
+    first = read()
     time.sleep(interval_s)
-    second = {name: scrape(url) for name, url in parts.items()}
+    second = read()
     f = Figures(parts={name: s is not None for name, s in second.items()})
     g0, g1 = first.get("gateway"), second.get("gateway")
     if g1 is not None:
@@ -158,19 +168,19 @@ def from_metrics(parts: dict[str, str], gateway: str, interval_s: float = 1.0) -
         for labels, value in (samples or {}).get("ndxp_registry_version", []):
             part = labels.get("part", "?")
             f.registry[part] = min(value, f.registry.get(part, value))  # a gateway's slowest worker
-    f.today = _today(gateway)
+    f.today = _today(gateway, key)
     return f
 
 
-def _today(gateway: str) -> int | None:
-    raw = _get(gateway.rstrip("/") + "/v1/stats")
+def _today(gateway: str, key: str | None) -> int | None:
+    raw = _get(gateway.rstrip("/") + "/v1/stats", key=key)
     try:
         return int(json.loads(raw)["total"]) if raw else None
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def from_prometheus(prometheus: str, gateway: str) -> Figures:
+def from_prometheus(prometheus: str, gateway: str, key: str | None = None) -> Figures:
     """The same figures from a Prometheus server that scrapes the parts."""
 
     def query(expr: str) -> list[tuple[dict[str, str], float]]:
@@ -208,7 +218,7 @@ def from_prometheus(prometheus: str, gateway: str) -> Figures:
         if got:
             f.backlog[label] = got[0][1]
     f.registry = {r.get("part", "?"): v for r, v in query("min by (part) (ndxp_registry_version)")}
-    f.today = _today(gateway)
+    f.today = _today(gateway, key)
     return f
 
 
@@ -267,13 +277,14 @@ def run_status(
     interval_s: float = 2.0,
     console: Console | None = None,
     rounds: int | None = None,
+    key: str | None = None,
 ) -> int:
     """Show the view; ``once``: one frame. Returns 1 when a part is down (for scripts), else 0."""
     console = console or Console()
     read: Callable[[], Figures] = (
-        (lambda: from_prometheus(prometheus, gateway))
+        (lambda: from_prometheus(prometheus, gateway, key))
         if prometheus
-        else (lambda: from_metrics(parts, gateway, interval_s=1.0 if once else interval_s))
+        else (lambda: from_metrics(parts, gateway, interval_s=1.0 if once else interval_s, key=key))
     )
     source = prometheus or ", ".join(f"{n} {u}" for n, u in parts.items())
     if once:

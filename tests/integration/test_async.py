@@ -24,6 +24,7 @@ from broker.gateway.view import Evicted
 from broker.keeper.keeper import ExchangeKeeper
 from broker.model.records import day_of
 from broker.settings import Settings
+from tests.fixtures import OPERATOR
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
     running_adapter,
@@ -126,11 +127,11 @@ async def counted(
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(within_s):
             while stats.get("total", 0) < total:
-                stats = await (await http.get(f"/v1/stats?day={day}")).json()
+                stats = await (await http.get(f"/v1/stats?day={day}", headers=OPERATOR)).json()
                 await asyncio.sleep(0.2)
     await settled(gw, settings)
     await view_caught_up(gw.stats)
-    stats = await (await http.get(f"/v1/stats?day={day}")).json()
+    stats = await (await http.get(f"/v1/stats?day={day}", headers=OPERATOR)).json()
     return stats
 
 

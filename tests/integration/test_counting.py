@@ -23,6 +23,7 @@ from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.metrics import CounterMetrics
 from broker.model.records import TxRecord, day_of
 from broker.settings import Settings, child_environment
+from tests.fixtures import OPERATOR
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
     counter_caught_up,
@@ -71,11 +72,11 @@ async def test_stats_count_every_exchange_by_outcome_client_and_service(
             day = day_of(time.time() * 1000, settings.stats_utc_offset_hours)
             async with asyncio.timeout(30):
                 while True:
-                    stats = await (await http.get(f"/v1/stats?day={day}")).json()
+                    stats = await (await http.get(f"/v1/stats?day={day}", headers=OPERATOR)).json()
                     if stats["total"] >= len(plan):
                         break
                     await asyncio.sleep(0.2)
-            bad_day = await http.get("/v1/stats?day=yesterday")
+            bad_day = await http.get("/v1/stats?day=yesterday", headers=OPERATOR)
             assert bad_day.status == 400
         finally:
             await counter.stop()

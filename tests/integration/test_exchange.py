@@ -11,7 +11,7 @@ import pytest
 from aiohttp import ClientResponse, ClientSession
 
 from broker.settings import Settings
-from tests.fixtures import sample
+from tests.fixtures import OPERATOR, sample
 from tests.integration.exchange_fixtures import EchoHandlers, running_adapter, running_gateway
 
 pytestmark = pytest.mark.kafka
@@ -47,7 +47,7 @@ async def test_ok_exchange_returns_the_typed_answer_and_echoes_request_id(
         assert resp.headers["X-Request-Id"] == "req-001"  # echoed: the caller's label
         assert uuid.UUID(resp.headers["X-NDXP-Exchange-Id"]).version == 7  # the gateway's own id
         assert await resp.json() == {"msg": "xin chao", "via": gw.replies.topic}
-        metrics = await (await http.get("/metrics")).text()
+        metrics = await (await http.get("/metrics", headers=OPERATOR)).text()
     labels = f'client="alice",outcome="ok",provider="{provider}",service="echo"'
     assert f"ndxp_exchanges_total{{{labels}}} 1.0" in metrics
 
@@ -184,7 +184,7 @@ async def test_metaservices_describe_the_catalog_and_the_caller(
         assert (await http.get("/healthz")).status == 200
         ready = await http.get("/readyz")
         assert await ready.json() == {"status": "ready"}  # nothing that names the host
-        assert "ndxp_gateway_in_flight" in await (await http.get("/metrics")).text()
+        assert "ndxp_gateway_in_flight" in await (await http.get("/metrics", headers=OPERATOR)).text()
 
 
 async def _call(http: ClientSession, url: str, msg: str) -> tuple[int, Any]:

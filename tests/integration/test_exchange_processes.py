@@ -25,6 +25,7 @@ from broker.dev.ports import free_port
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.model.envelope import H_HEARTBEAT, Reply, RequestMeta, now_ms
 from broker.settings import Settings, child_environment
+from tests.fixtures import OPERATOR
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
     counter_caught_up,
@@ -104,7 +105,7 @@ async def test_1000_concurrent_exchanges_through_two_workers_get_their_own_answe
                 # Whichever worker answers /metrics, it counts both workers' exchanges.
                 totals = set()
                 for _ in range(6):
-                    async with http.get("/metrics", headers={"Connection": "close"}) as resp:
+                    async with http.get("/metrics", headers={"Connection": "close", **OPERATOR}) as resp:
                         totals.add(_exchanges_total(await resp.text()))
     assert [status for _, status, _ in results] == [200] * 1000
     assert all(body["msg"] == f"m-{i}" for i, _, body in results)  # no crossed replies

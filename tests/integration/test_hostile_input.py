@@ -25,12 +25,14 @@ from broker.model.envelope import (
 )
 from broker.model.records import TxRecord
 from broker.settings import Settings
-from tests.fixtures import delivered, sample
+from tests.fixtures import OPERATOR, delivered, sample
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
     running_adapter,
+    running_counter,
     running_gateway,
     settled,
+    view_caught_up,
 )
 
 pytestmark = pytest.mark.kafka
@@ -180,7 +182,7 @@ async def test_slow_uploads_get_408_without_holding_a_slot_others_need(
         meanwhile = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "fast"}, headers=ALICE)
         assert meanwhile.status == 200, await meanwhile.text()
         statuses = [status for status, _ in await asyncio.gather(*slow)]
-        text = await (await http.get("/metrics")).text()
+        text = await (await http.get("/metrics", headers=OPERATOR)).text()
     assert statuses == [408, 408, 408]
     assert f'outcome="request_timeout",provider="{provider}"' in text
     assert 'outcome="internal_error"' not in text
@@ -207,8 +209,8 @@ async def test_header_bytes_that_are_not_utf8_get_400_and_one_record(
             )
             status, headers = await _raw_http(port, request)
             statuses.append((status, "X-NDXP-Exchange-Id" in headers, headers.get("Server")))
-        text = await (await http.get("/metrics")).text()
-        stats = await http.get("/v1/stats?day=20261123")
+        text = await (await http.get("/metrics", headers=OPERATOR)).text()
+        stats = await http.get("/v1/stats?day=20261123", headers=OPERATOR)
         answer = await stats.json(content_type=None)
     assert statuses == [(400, True, "ndxp"), (400, True, "ndxp")]
     assert text.count('outcome="invalid_header"') == 2  # both recorded (one unauthenticated)
@@ -271,15 +273,49 @@ async def test_failed_logins_are_limited_per_address_and_tallied_not_written_one
     assert written <= 10, f"{written} Kafka records for 61 rejected calls: they must be tallied"
 
 
-async def test_stats_and_metrics_are_served_only_where_the_operator_exposes_them(
-    exchange_settings: Settings,
+async def test_stats_show_each_agency_its_own_rows_and_metrics_take_an_operator(
+    exchange_settings: Settings, provider: str
 ) -> None:
-    async with running_gateway(exchange_settings.replace(expose=frozenset())) as (http, _):
-        hidden = [(await http.get(p)).status for p in ("/v1/stats", "/metrics")]
-    async with running_gateway(exchange_settings.replace(expose=frozenset({"stats"}))) as (http, _):
+    """By default /metrics (who calls what, who is subscribed) is the operator's, and /v1/stats shows an
+    agency the rows it is the client or the provider of; NDXP_EXPOSE makes either public again."""
+    settings = exchange_settings
+    bob, slowpoke = {"Authorization": "Bearer key-bob"}, {"Authorization": "Bearer key-slowpoke"}
+    async with (
+        running_adapter(settings, provider, EchoHandlers()),
+        running_counter(settings),
+        running_gateway(settings) as (http, gw),
+    ):
+        for who, status in ((ALICE, 200), (bob, 403), (slowpoke, 200)):
+            resp = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "m"}, headers=who)
+            assert resp.status == status, await resp.text()
+        await settled(gw, settings)
+        await view_caught_up(gw.stats)
+
+        async def stats(headers: dict[str, str]) -> Any:
+            resp = await http.get("/v1/stats", headers=headers)
+            return resp.status, await resp.json(content_type=None)
+
+        anonymous = await stats({})
+        mine = {name: (await stats(h))[1]["by_client"] for name, h in (("alice", ALICE), ("bob", bob))}
+        as_provider = (await stats({"Authorization": "Bearer key-provider"}))[1]["by_client"]
+        everything = (await stats(OPERATOR))[1]
+        metrics = {
+            name: (await http.get("/metrics", headers=h)).status
+            for name, h in (("anonymous", {}), ("alice", ALICE), ("ops", OPERATOR))
+        }
+    assert (anonymous[0], anonymous[1]["code"]) == (401, "unauthorized")
+    assert mine == {"alice": {"alice": 1}, "bob": {"bob": 1}}
+    assert as_provider == {"alice": 1, "bob": 1, "slowpoke": 1}  # a provider sees who called it
+    assert everything["by_client"] == {"alice": 1, "bob": 1, "slowpoke": 1}
+    assert everything["total"] == 3
+    assert metrics == {"anonymous": 401, "alice": 403, "ops": 200}
+    public = settings.replace(expose=frozenset({"stats", "metrics"}))
+    async with running_gateway(public) as (http, gw):
+        await view_caught_up(gw.stats)
         shown = [(await http.get(p)).status for p in ("/v1/stats", "/metrics")]
-    assert hidden == [404, 404]
-    assert shown == [200, 404]
+        anyone = await (await http.get("/v1/stats")).json()
+    assert shown == [200, 200]
+    assert anyone["by_client"] == {"alice": 1, "bob": 1, "slowpoke": 1}
 
 
 async def test_a_valid_key_is_admitted_from_an_address_whose_failed_logins_are_spent(

@@ -27,6 +27,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _operator(url: str) -> urllib.request.Request:
+    """A request with the demo operator's key (every /v1/stats row)."""
+    return urllib.request.Request(url, headers={"Authorization": "Bearer demo-ops"})
+
+
 def test_ndxp_up_serves_the_printed_curl_restarts_a_dead_part_and_ctrl_c_stops_everything(
     base_settings: Settings, tmp_path: Path
 ) -> None:
@@ -50,7 +55,7 @@ def test_ndxp_up_serves_the_printed_curl_restarts_a_dead_part_and_ctrl_c_stops_e
         base = url.split("/v1/")[0]
         deadline = time.monotonic() + 30  # the counter counts it within moments
         while True:
-            with urllib.request.urlopen(base + "/v1/stats", timeout=10) as resp:
+            with urllib.request.urlopen(_operator(base + "/v1/stats"), timeout=10) as resp:
                 stats = orjson.loads(resp.read())
             if stats["total"] >= 1 or time.monotonic() > deadline:
                 break
@@ -85,7 +90,7 @@ def test_ndxp_up_serves_the_printed_curl_restarts_a_dead_part_and_ctrl_c_stops_e
         deadline = time.monotonic() + 30
         while stats["total"] < 1 + len(outcomes) and time.monotonic() < deadline:
             time.sleep(0.3)
-            with urllib.request.urlopen(base + "/v1/stats", timeout=10) as resp:
+            with urllib.request.urlopen(_operator(base + "/v1/stats"), timeout=10) as resp:
                 stats = orjson.loads(resp.read())
         assert stats["total"] == 1 + len(outcomes), (stats, outcomes)
         provider, service = re.findall(r"/v1/exchange/([^/]+)/([^/]+)$", url)[0]

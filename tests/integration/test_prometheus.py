@@ -36,7 +36,12 @@ async def test_prometheus_counts_exactly_the_exchanges_made(
                 {
                     "global": {"scrape_interval": "1s"},
                     "scrape_configs": [
-                        {"job_name": "ndxp-gateway", "static_configs": [{"targets": [target]}]}
+                        {
+                            "job_name": "ndxp-gateway",
+                            "static_configs": [{"targets": [target]}],
+                            # /metrics on the exchange port is the operator's
+                            "authorization": {"type": "Bearer", "credentials": "key-ops"},
+                        }
                     ],
                 }
             )

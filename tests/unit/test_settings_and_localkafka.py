@@ -84,7 +84,8 @@ def test_expose_and_internal_host_are_read_strictly() -> None:
     from broker.errors import SettingsError
     from broker.settings import Settings
 
-    assert Settings.from_env({}).expose == {"stats", "metrics"}
+    assert Settings.from_env({}).expose == frozenset()  # neither public: an operator's, or scoped
+    assert Settings.from_env({"NDXP_EXPOSE": "metrics,stats"}).expose == {"stats", "metrics"}
     assert Settings.from_env({}).internal_host == "127.0.0.1"
     assert Settings.from_env({"NDXP_EXPOSE": ""}).expose == frozenset()
     assert Settings.from_env({"NDXP_EXPOSE": "stats"}).expose == {"stats"}
