@@ -104,6 +104,14 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.view_bytes = Gauge(
+            "ndxp_exchange_view_bytes",
+            "Memory of a worker's stored-exchange view (index: every stored exchange in retention; "
+            "bodies: final documents held; budget: NDXP_EXCHANGE_VIEW_MB)",
+            ["part"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.idempotent_replays = Counter(
             "ndxp_idempotent_replays_total",
             "Requests answered from an earlier exchange with the same Idempotency-Key",

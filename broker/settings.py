@@ -252,7 +252,8 @@ class Settings:
     exchange_view_mb: int = setting(
         256,
         minimum=1,
-        help="Finished stored exchanges each gateway worker holds in memory (older: read back).",
+        help="Memory of each gateway worker's stored-exchange view: the index of every stored exchange "
+        "in retention and the final documents held (older ones: read back from Kafka).",
     )
     callback_attempts: int = setting(
         8, minimum=1, help="Callback deliveries tried before one is dead-lettered."

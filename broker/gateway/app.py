@@ -122,7 +122,7 @@ def create_app(
         replies=ReplyRouter(settings, worker_reply_topic(settings, worker), metrics),
         recorder=TxRecorder(settings.tx_topic, metrics),
         stats=StatsView(settings),
-        exchanges=ExchangeView(settings),
+        exchanges=ExchangeView(settings, metrics.view_bytes),
         worker=worker,
     )
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)

@@ -80,6 +80,10 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
         # Each open one is state in every gateway worker and in the keeper: bounded per client.
         raise RateLimited(f"{agency.id} has {cap} async or idempotent exchanges open; retry as they end",
                           retry_after=1)  # fmt: skip
+    if not view.admits(agency.id):
+        # The index of stored exchanges (every worker holds it) is nearly full: the heaviest wait.
+        raise RateLimited(f"stored exchanges are at this gateway's capacity and {agency.id} holds more "
+                          "than an even share; retry later", retry_after=5)  # fmt: skip
     deadline = int(now + (svc.async_ttl_s * 1000 if ex.mode is Mode.ASYNC else svc.timeout_ms))
     pending = Pending(
         exchange_id=ex.id, client=agency.id, provider=svc.provider, service=svc.service, mode=ex.mode,

@@ -238,3 +238,6 @@ class Claims:
 
     def forget_before(self, t_ms: float) -> None:
         self._first = {k: v for k, v in self._first.items() if v.t_in >= t_ms}
+
+    def __len__(self) -> int:
+        return len(self._first)

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import generate_latest
 
 from broker.gateway.state import Gateway
-from broker.gateway.view import Evicted
+from broker.gateway.view import ENTRY_BYTES, Evicted
 from broker.keeper.keeper import ExchangeKeeper
 from broker.model.records import day_of
 from broker.settings import Settings
@@ -407,7 +407,8 @@ async def test_results_beyond_the_memory_budget_are_read_back_from_kafka(
         running_gateway(exchange_settings) as (http, gw),
         running_keeper(exchange_settings),
     ):
-        gw.exchanges.budget = 1  # hold only the newest final document
+        # Room for the five index entries and no more: only the newest final document is held.
+        gw.exchanges.budget = 5 * ENTRY_BYTES + 1
         ids = []
         for i in range(5):
             resp = await http.post(url, json={"msg": f"m{i}"}, headers=ASYNC)
@@ -581,6 +582,28 @@ async def test_a_client_holds_a_bounded_number_of_open_stored_exchanges(
                     await asyncio.sleep(0.05)
             again = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "later"}, headers=ASYNC)
             assert again.status == 202  # finished ones free their place
+
+
+async def test_a_full_index_refuses_the_heaviest_client_only(
+    exchange_settings: Settings, provider: str
+) -> None:
+    """The stored-exchange index every worker holds is bounded as a whole: near its budget, a client
+    holding more than an even share is refused (429), the others still store theirs."""
+    async with running_gateway(exchange_settings) as (http, gw):  # no adapter: they stay open
+        gw.exchanges.budget = 12 * ENTRY_BYTES  # room for ten entries before admission tightens
+        codes = []
+        for i in range(14):
+            resp = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": f"m{i}"}, headers=ASYNC)
+            codes.append(resp.status)
+        refused = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "more"}, headers=ASYNC)
+        other = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "s"},
+                                headers={**SLOWPOKE, "Prefer": "respond-async"})  # fmt: skip
+        problem = await refused.json()
+    assert codes[:10] == [202] * 10
+    assert 429 in codes
+    assert (refused.status, problem["code"]) == (429, "rate_limited")
+    assert "even share" in problem["detail"]
+    assert other.status == 202, "another client still stores its exchange"
 
 
 async def test_status_reads_and_replays_are_charged_and_long_polls_are_bounded(
