@@ -287,8 +287,16 @@ class Settings:
         100_000, minimum=1, help="Replies an adapter remembers to answer a redelivered exchange."
     )
     sim_latency_ms: int = setting(0, minimum=0, help="Simulated agencies' extra latency.")
-    land_backend_url: str = setting("http://127.0.0.1:8091", help="The land registry's own REST backend.")
     backend_timeout_ms: int = setting(2000, minimum=1, help="Timeout of a call to an agency's own backend.")
+    backend_secrets_dir: Path | None = setting(
+        None, help="Where bound services' ${secret:NAME} and ${env:NAME} are files "
+        "(<dir>/<provider>/<NAME>), besides the variables NDXP_BINDING_<PROVIDER>_<NAME>.",
+    )  # fmt: skip
+    backend_allow_private: bool = setting(
+        False,
+        help="For local development and tests only: backend URLs written in the registry may be http and "
+        "private addresses (a URL from a reference always may).",
+    )
 
     def __repr__(self) -> str:
         shown = ", ".join(

@@ -1,7 +1,8 @@
 """The demo's commands, added to ``ndxp`` through the ``ndxp.commands`` entry point.
 
-``ndxp adapter <agency>…`` serves simulated agencies, ``ndxp backend land``
-runs the land registry's own REST backend, ``ndxp changes`` a simulated
+``ndxp adapter <agency>…`` serves simulated agencies and bound services
+(``--bound``: every provider's), ``ndxp backend land|bhxh`` runs the land
+registry's own REST backend or social insurance's SOAP one, ``ndxp changes`` a simulated
 change feed that publishes events through the gateway.
 """
 
@@ -12,29 +13,40 @@ import asyncio
 from typing import Any
 
 from broker.commands import positive_rate, progress, run_part
+from broker.errors import AdapterSetupError
 from broker.settings import Settings
 
 
 def _adapter(settings: Settings, args: argparse.Namespace) -> int:
     from adapters.demo.serve import run_adapters
 
-    return run_part("adapter", lambda s, p: run_adapters(s, args.agencies, progress=p), settings, args)
+    if not args.agencies and not args.bound:
+        raise AdapterSetupError("name the agencies to serve, or --bound for every bound provider")
+    return run_part(
+        "adapter",
+        lambda s, p: run_adapters(s, args.agencies, progress=p, every_bound=args.bound),
+        settings,
+        args,
+    )
 
 
 def _backend(settings: Settings, args: argparse.Namespace) -> int:
     import uvloop
 
-    from adapters.demo.land_backend import serve_backend
+    from adapters.demo import land_backend, soap_backend
     from broker.lifecycle import on_stop_signal
 
+    app = (land_backend if args.name == "land" else soap_backend).create_backend(settings)
+    what = {"land": "land registry backend (REST)", "bhxh": "social insurance backend (SOAP)"}[args.name]
+
     async def run() -> None:
-        task = asyncio.create_task(serve_backend(settings, args.port))
-        progress(f"land registry backend on http://{settings.internal_host}:{args.port}")
+        task = asyncio.create_task(land_backend.serve_app(app, settings.internal_host, args.port))
+        progress(f"{what} on http://{settings.internal_host}:{args.port}")
         with on_stop_signal(task.cancel):
             try:
                 await task
             except asyncio.CancelledError:
-                progress("land registry backend stopped")
+                progress(f"{what} stopped")
 
     uvloop.run(run())
     return 0
@@ -56,12 +68,16 @@ def register(sub: Any) -> None:
     changes.add_argument("--rate", type=positive_rate, default=5.0, metavar="N/s")
     changes.set_defaults(func=_changes)
 
-    backend = sub.add_parser("backend", help="an agency's own REST backend (simulated)")
-    backend.add_argument("name", choices=("land",))
+    backend = sub.add_parser("backend", help="an agency's own backend (simulated): land (REST), bhxh (SOAP)")
+    backend.add_argument("name", choices=("land", "bhxh"))
     backend.add_argument("--port", type=int, default=8091)
     backend.set_defaults(func=_backend)
 
-    adapter = sub.add_parser("adapter", help="adapters of simulated agencies")
-    adapter.add_argument("agencies", nargs="+", metavar="agency")
+    adapter = sub.add_parser("adapter", help="adapters of agencies: simulated ones' code, bound services")
+    adapter.add_argument("agencies", nargs="*", metavar="agency")
+    adapter.add_argument(
+        "--bound", action="store_true",
+        help="also every provider with a bound service, now and as they are published",
+    )  # fmt: skip
     adapter.add_argument("--metrics-port", type=int, default=None)
     adapter.set_defaults(func=_adapter)

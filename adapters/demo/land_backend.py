@@ -1,8 +1,9 @@
 """The land registry's own REST backend (simulated), in the registry's own vocabulary.
 
 ``GET /api/v1/thua-dat/{ma_thua}`` answers the parcel with Vietnamese field
-names; the land adapter (``adapters/demo/agencies/land.py``) maps it to the
-platform's contract. Run it with ``ndxp backend land --port 8091``.
+names; the platform reaches it with no code, through the binding in
+``schemas/tnmt/land_parcel.json`` that maps them onto the contract. Run it
+with ``ndxp backend land --port 8091``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def create_backend(settings: Settings) -> web.Application:
             "tinhThanh": p.province,
             "dienTichM2": p.area_m2,
             "mucDichSuDung": p.land_use,
+            "tenMucDichSuDung": synthetic.LAND_USE.get(str(p.land_use), ""),
             "chuSuDung": {"soCccd": p.owner.cccd, "hoTen": p.owner.full_name},
             "soGiayChungNhan": p.certificate_number,
             "dangTheChap": p.mortgaged,
@@ -45,12 +47,12 @@ def create_backend(settings: Settings) -> web.Application:
     return app
 
 
-async def serve_backend(settings: Settings, port: int) -> None:
-    """Serve until cancelled (the CLI cancels on SIGTERM/SIGINT)."""
-    runner = web.AppRunner(create_backend(settings), access_log=None)
+async def serve_app(app: web.Application, host: str, port: int) -> None:
+    """Serve a backend until cancelled (the CLI cancels on SIGTERM/SIGINT)."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.internal_host, port).start()
+        await web.TCPSite(runner, host, port).start()
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from adapters.demo.agencies import AGENCIES, handlers_for
 from adapters.runtime.adapter import Adapter
+from adapters.runtime.bindings import Bindings
 from broker.contracts.catalog import Catalog, Effects
 from broker.errors import AdapterSetupError
 from broker.kafka import Producer, make_producer
@@ -30,25 +32,33 @@ def build_adapters(
     resources: AsyncExitStack,
     producer: Producer | None = None,
     catalog: Catalog | None = None,
+    bound: Mapping[str, Bindings] | None = None,
 ) -> list[Adapter]:
     """One adapter per agency; ``producer``: a started producer all of them share for lookup replies;
-    ``catalog``: the contracts (default: the schemas folder's; ``ndxp adapter``: the live registry's)."""
+    ``catalog``: the contracts (default: the schemas folder's; ``ndxp adapter``: the live registry's);
+    ``bound``: per provider, its bound services (served by their bindings, no code)."""
     catalog = catalog if catalog is not None else Catalog.load(settings.schemas_dir)
+    bound = bound or {}
     adapters = []
     for agency in agencies:
-        if agency not in AGENCIES:
-            raise AdapterSetupError(f"no simulated agency {agency!r}; known: {', '.join(sorted(AGENCIES))}")
-        handlers = handlers_for(agency, settings, resources)
+        if agency not in AGENCIES and not (agency in bound and bound[agency].handlers):
+            known = ", ".join(sorted(AGENCIES))
+            raise AdapterSetupError(
+                f"no simulated agency {agency!r} and no bound service of it; known: {known}"
+            )
+        handlers = dict(handlers_for(agency, settings, resources)) if agency in AGENCIES else {}
         contracted = {s.service for s in catalog.of_provider(agency)}
         if not set(handlers) <= contracted:
             raise AdapterSetupError(
                 f"{agency}: handlers {sorted(set(handlers) - contracted)} have no contract in the registry "
                 f"(its services: {sorted(contracted)})"
             )
+        if agency in bound:
+            handlers.update(bound[agency].handlers)  # a service with a binding is served by it
         unserved = contracted - set(handlers)
         if unserved:
-            log.warning("%s: no handler here for %s (a bound service's generic adapter, or another "
-                        "adapter, must serve them)", agency, sorted(unserved))  # fmt: skip
+            log.warning("%s: nothing here serves %s (a binding that is not served, or another "
+                        "adapter's)", agency, sorted(unserved))  # fmt: skip
         writes = [s.service for s in catalog.of_provider(agency) if s.effects is Effects.WRITE]
         adapters.append(
             Adapter(settings, agency, handlers, writes=writes, metrics=metrics, producer=producer)
@@ -56,10 +66,21 @@ def build_adapters(
     return adapters
 
 
+def bound_providers(catalog: Catalog) -> list[str]:
+    """Providers with a bound service (a version with a binding, not retired)."""
+    return sorted({s.provider for s in catalog.versions() if s.binding is not None})
+
+
 async def run_adapters(
-    settings: Settings, agencies: Sequence[str], progress: Callable[[str], Any] = print
+    settings: Settings,
+    agencies: Sequence[str],
+    progress: Callable[[str], Any] = print,
+    *,
+    every_bound: bool = False,
 ) -> None:
-    """Serve ``agencies`` until SIGTERM/SIGINT; stop cleanly (commit, leave the group)."""
+    """Serve ``agencies`` (their code handlers and bound services) until SIGTERM/SIGINT; stop cleanly
+    (commit, leave the group). ``every_bound``: also every provider with a bound service, now and
+    as they are published."""
     metrics = AdapterMetrics(CollectorRegistry())
     async with AsyncExitStack() as resources:
         # The contracts as the live registry has them (read to the end before anything serves).
@@ -71,18 +92,46 @@ async def run_adapters(
         if settings.registry_seed:
             await seed_if_empty(settings, follower)
             await follower.caught_up()
+        catalog = follower.live.catalog
         # One producer for every agency's replies: they go to the same reply
         # topics, so one producer sends them in fewer, bigger requests.
         producer = make_producer(settings, client_id="ndxp-adapters")
         await producer.start()
         resources.push_async_callback(producer.stop)
-        adapters = build_adapters(settings, agencies, metrics, resources, producer, follower.live.catalog)
-        noted = {
-            f"{a.provider}/{s.service}"
-            for a in adapters
-            for s in follower.live.catalog.of_provider(a.provider)
-        }
-        follower.listeners.append(lambda _: _warn_unserved(follower.live.catalog, adapters, noted))
+        served = list(dict.fromkeys([*agencies, *(bound_providers(catalog) if every_bound else [])]))
+        bound: dict[str, Bindings] = {}
+        for provider in served:
+            bound[provider] = Bindings(provider, catalog, settings)
+            resources.push_async_callback(bound[provider].close)
+            await bound[provider].sync()
+        adapters = build_adapters(settings, served, metrics, resources, producer, catalog, bound)
+        code = {a.provider: {k: v for k, v in a.handlers.items() if k not in bound[a.provider].handlers}
+                for a in adapters}  # fmt: skip
+        noted = {f"{a.provider}/{s.service}" for a in adapters for s in catalog.of_provider(a.provider)}
+
+        async def follow() -> None:
+            """A binding published, changed or withdrawn; with ``every_bound``, a new bound provider."""
+            for provider in bound_providers(catalog) if every_bound else []:
+                if provider not in bound:
+                    bound[provider] = Bindings(provider, catalog, settings)
+                    resources.push_async_callback(bound[provider].close)
+                    code[provider] = {}
+                    new = Adapter(settings, provider, {}, writes=[], metrics=metrics, producer=producer)
+                    await new.start()
+                    resources.push_async_callback(new.stop)
+                    adapters.append(new)
+                    progress(f"adapter for {provider} started (a bound service was published)")
+            for adapter in adapters:
+                bindings = bound[adapter.provider]
+                await bindings.sync()
+                handlers = {**code[adapter.provider], **bindings.handlers}
+                if handlers != adapter.handlers:
+                    await adapter.update(handlers)
+            _warn_unserved(catalog, adapters, noted)
+
+        refresh = _Refresh(follow)
+        follower.listeners.append(lambda _: refresh.kick())
+        resources.push_async_callback(refresh.stop)
         if settings.metrics_port:
             runner = await serve_metrics(
                 metrics.registry,
@@ -95,13 +144,44 @@ async def run_adapters(
         await _serve(adapters, progress)
 
 
+class _Refresh:
+    """Runs ``work`` after a registry change, one run at a time; changes during a run make one more."""
+
+    def __init__(self, work: Callable[[], Awaitable[None]]) -> None:
+        self.work = work
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def kick(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self.work()
+            except Exception:
+                log.exception("following the registry's bindings failed; the next change retries")
+            if not self._again:
+                return
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 def _warn_unserved(catalog: Catalog, adapters: Sequence[Adapter], noted: set[str]) -> None:
     """A service published (through the management API) for an agency served here, with no handler."""
     for adapter in adapters:
         for svc in catalog.of_provider(adapter.provider):
             if svc.service not in adapter.handlers and svc.key not in noted:
                 noted.add(svc.key)
-                log.warning("%s was published, but no handler here serves it", svc.key)
+                log.warning("%s was published, but nothing here serves it", svc.key)
 
 
 async def _serve(adapters: list[Adapter], progress: Callable[[str], Any]) -> None:

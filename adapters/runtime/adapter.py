@@ -139,8 +139,30 @@ class Adapter(KafkaService):
         self._write_idle.set()
         self.assigned = asyncio.Event()
 
+    async def update(self, handlers: Mapping[str, Handler]) -> None:
+        """Serve ``handlers`` from now on (a binding was published, changed or withdrawn): what is in
+        flight finishes with the handler it started with; new services' topics are subscribed to.
+        Services added this way are served on the lookup lane (at least once, the exchange id sent to
+        the backend to dedupe by)."""
+        self.handlers = dict(handlers)
+        self.writes = self.writes & set(self.handlers)
+        topics = [self.names.request(self.provider, s) for s in sorted(self.handlers)]
+        if topics == self.topics:
+            return
+        specs = Topics(self.settings)
+        await ensure_topics(self.settings, [specs.request(self.provider, s) for s in sorted(self.handlers)])
+        self.topics = topics
+        self._write_topics = {self.names.request(self.provider, s) for s in self.writes}
+        if self.consumer is not None:
+            if topics:
+                self.consumer.subscribe(topics, listener=_Rebalance(self))
+            else:
+                self.consumer.unsubscribe()
+
     async def wait_assigned(self, within_s: float = 30.0) -> None:
-        """Wait until the consumer group gave this adapter its partitions."""
+        """Wait until the consumer group gave this adapter its partitions (at once: it serves nothing)."""
+        if not self.topics:
+            return
         async with asyncio.timeout(within_s):
             await self.assigned.wait()
 
@@ -181,7 +203,8 @@ class Adapter(KafkaService):
             heartbeat_interval_ms=1_000,
         )
         await self.consumer.start()
-        self.consumer.subscribe(self.topics, listener=_Rebalance(self))
+        if self.topics:  # none yet: a provider whose bindings are still to be published or compiled
+            self.consumer.subscribe(self.topics, listener=_Rebalance(self))
         self.spawn(self._committer(), "committer")
         if self.writes:
             self.spawn(self._write_lane(), "writes")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jmespath
 import jsonschema_rs
 import orjson
 
@@ -226,8 +228,6 @@ def service_from_document(raw: Any, provider: str, service: str, *, source: obje
     if not isinstance(raw.get("default", False), bool):
         raise CatalogError(f"{where}: default must be true or false")
     binding = raw.get("binding")
-    if binding is not None:
-        check_binding(binding, where)
     major, minor = parse_version(raw.get("version", "1"), where)
     contracts = {}
     for part in ("request", "response"):
@@ -237,6 +237,8 @@ def service_from_document(raw: Any, provider: str, service: str, *, source: obje
             contracts[part] = Contract(raw[part])
         except (jsonschema_rs.ValidationError, ValueError, TypeError) as exc:
             raise CatalogError(f"{where}: the {part} schema does not compile: {exc}") from exc
+    if binding is not None:
+        check_binding(binding, where, contracts["response"])
     examples = raw.get("examples", [])
     if not isinstance(examples, list):
         raise CatalogError(f"{where}: examples must be a list of request bodies")
@@ -271,9 +273,17 @@ def service_from_document(raw: Any, provider: str, service: str, *, source: obje
     )
 
 
+_REF = r"\$\{(env|secret):[A-Za-z_][A-Za-z0-9_]{0,63}\}"
+REFERENCE = re.compile(r"\$\{(env|secret):([A-Za-z_][A-Za-z0-9_]{0,63})\}")
+"""``${env:NAME}`` and ``${secret:NAME}`` in a binding: a value the adapter that serves the binding
+takes from its own environment (never the registry), from the provider's own namespace."""
+_TEXT_WITH_REFS = f"^([^$]|{_REF})*$"
+_TIMEOUT = {"type": "integer", "minimum": 1, "maximum": 300000}
+
 _BINDING_SCHEMA = Contract({
     "type": "object",
     "additionalProperties": False,
+    "required": ["response", "example"],
     "properties": {
         "rest": {
             "type": "object",
@@ -281,9 +291,13 @@ _BINDING_SCHEMA = Contract({
             "required": ["method", "url"],
             "properties": {
                 "method": {"enum": ["GET", "POST", "PUT"]},
-                "url": {"type": "string", "pattern": "^https?://", "maxLength": 2048},
-                "headers": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 4096}},
-                "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 300000},
+                "url": {"type": "string", "maxLength": 2048,
+                        "pattern": f"^(https?://|{_REF})([^$]|{_REF})*$"},
+                "headers": {"type": "object", "maxProperties": 32,
+                            "propertyNames": {"pattern": "^[A-Za-z0-9-]{1,64}$"},
+                            "additionalProperties": {"type": "string", "maxLength": 4096,
+                                                     "pattern": _TEXT_WITH_REFS}},
+                "timeout_ms": _TIMEOUT,
                 "not_found": {"type": "array", "items": {"type": "integer", "minimum": 400, "maximum": 599}},
             },
         },
@@ -292,24 +306,52 @@ _BINDING_SCHEMA = Contract({
             "additionalProperties": False,
             "required": ["wsdl", "operation"],
             "properties": {
-                "wsdl": {"type": "string", "maxLength": 2048},
-                "operation": {"type": "string", "maxLength": 256},
-                "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 300000},
+                "wsdl": {"type": "string", "maxLength": 2048,
+                         "pattern": f"^(https?://|{_REF})([^$]|{_REF})*$"},
+                "operation": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,255}$"},
+                "timeout_ms": _TIMEOUT,
+                "not_found": {"type": "array", "items": {"type": "string", "maxLength": 256},
+                              "description": "SOAP fault codes that mean the provider's not-found"},
             },
         },
         "request": {"type": "string", "maxLength": 8192},
         "response": {"type": "string", "maxLength": 8192},
+        "example": {"description": "The backend's answer to the service's first example request (for "
+                                   "SOAP: as zeep returns it, a JSON object): the mapping is checked on it"},
+        "not_found": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"code": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+                           "detail": {"type": "string", "maxLength": 512}},
+        },
     },
     "oneOf": [{"required": ["rest"]}, {"required": ["soap"]}],
 })  # fmt: skip
 """The shape of a service's ``binding`` (DESIGN §4): how a generic adapter calls the provider's backend."""
 
 
-def check_binding(binding: Any, where: object) -> None:
-    """A binding of the right shape (its fields named when not), or a CatalogError."""
+def check_binding(binding: Any, where: object, response: Contract | None = None) -> None:
+    """A binding of the right shape (its fields named when not), whose JMESPath expressions compile
+    and whose ``response`` mapping turns the backend's ``example`` answer into one ``response`` (the
+    service's contract) accepts; or a CatalogError naming the path."""
     bad = _BINDING_SCHEMA.violations(binding, limit=1)
     if bad:
         raise CatalogError(f"{where}: binding{bad[0].path if bad[0].path != '/' else ''}: {bad[0].message}")
+    compiled = {}
+    for part in ("request", "response"):
+        if part in binding:
+            try:
+                compiled[part] = jmespath.compile(binding[part])
+            except jmespath.exceptions.JMESPathError as exc:
+                raise CatalogError(f"{where}: binding/{part}: not a JMESPath expression: {exc}") from exc
+    if response is not None:
+        mapped = compiled["response"].search(binding["example"])
+        wrong = response.violations(mapped, limit=3)
+        if wrong:
+            raise CatalogError(
+                f"{where}: binding/response: mapped from the backend's example answer, the response "
+                "fails its contract: " + "; ".join(f"{v.path}: {v.message}" for v in wrong)
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -207,19 +207,24 @@ def run_platform(
         catalog = Catalog.load(settings.schemas_dir)
         progress(_import_registry(settings))
         ndxp = [sys.executable, "-m", "broker.cli"]
-        backend_port = free_port()
-        backend_url = f"http://127.0.0.1:{backend_port}"
-        env = child_environment(settings, LAND_BACKEND_URL=backend_url)
+        # The agencies' own backends (land: REST, social insurance: SOAP), reached through the
+        # bindings of their services: each binding's ${env:BACKEND} is its provider's backend here.
+        backends = {"land": ("tnmt", free_port()), "bhxh": ("bhxh", free_port())}
+        urls = {f"BINDING_{p.upper()}_BACKEND": f"http://127.0.0.1:{port}" for p, port in backends.values()}
+        env = child_environment(settings, **urls)
 
         def start(name: str, *argv: str) -> list[subprocess.Popen[bytes]]:
             parts.append(Supervised(name, [*ndxp, *argv], env))
             return [p.proc for p in parts]
 
-        procs = start("land backend", "backend", "land", "--port", str(backend_port))
-        _wait_ready(backend_url + "/healthz", procs, within_s=30)
+        for name, (_, port) in backends.items():
+            procs = start(f"{name} backend", "backend", name, "--port", str(port))
+            _wait_ready(f"http://127.0.0.1:{port}/healthz", procs, within_s=30)
         adapter_metrics = _port(9101)
         counter_metrics = _port(9102)
-        start("adapters", "adapter", *catalog.providers(), "--metrics-port", str(adapter_metrics))
+        # The simulated agencies' code, and every bound service (those published later too).
+        coded = [p for p in catalog.providers() if any(s.binding is None for s in catalog.of_provider(p))]
+        start("adapters", "adapter", *coded, "--bound", "--metrics-port", str(adapter_metrics))
         procs = start("counter", "counter", "--metrics-port", str(counter_metrics))
         keeper_metrics = _port(9103)
         procs = start("keeper", "keeper", "--metrics-port", str(keeper_metrics))

@@ -39,6 +39,7 @@ import aiohttp
 import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
+from broker import egress
 from broker.contracts.catalog import Catalog
 from broker.contracts.registry import Registry
 from broker.contracts.verdicts import finish
@@ -55,7 +56,7 @@ from broker.kafka import (
     sweep_idle_topics,
 )
 from broker.kafka.registry import RegistryFollower
-from broker.keeper import callbacks, egress
+from broker.keeper import callbacks
 from broker.keeper.ledger import Ledger, Open
 from broker.metrics import KeeperMetrics
 from broker.model.documents import H_DOC, CallbackState, Final, Pending

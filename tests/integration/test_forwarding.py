@@ -1,8 +1,10 @@
-"""The land agency's adapter forwards to the agency's own REST backend: failure modes."""
+"""The land registry's bound service (no code: its binding) forwards to the agency's own REST
+backend through Kafka: failure modes."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -12,8 +14,9 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
-from adapters.demo.agencies import handlers_for
 from adapters.runtime.adapter import Adapter
+from adapters.runtime.bindings import Bindings
+from broker.contracts.catalog import Catalog
 from broker.dev.ports import free_port
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import running_gateway
@@ -27,11 +30,14 @@ BackendHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @asynccontextmanager
 async def land_platform(settings: Settings, backend_url: str) -> AsyncIterator[ClientSession]:
-    settings = settings.replace(
-        instance_id=f"fwd-{uuid.uuid4().hex[:8]}", land_backend_url=backend_url, backend_timeout_ms=300
-    )
+    settings = settings.replace(instance_id=f"fwd-{uuid.uuid4().hex[:8]}")
     async with AsyncExitStack() as stack:
-        adapter = Adapter(settings, "tnmt", handlers_for("tnmt", settings, stack))
+        stack.callback(os.environ.pop, "NDXP_BINDING_TNMT_BACKEND", None)
+        os.environ["NDXP_BINDING_TNMT_BACKEND"] = backend_url  # the binding's ${env:BACKEND}
+        bindings = Bindings("tnmt", Catalog.load(settings.schemas_dir), settings)
+        stack.push_async_callback(bindings.close)
+        await bindings.sync()
+        adapter = Adapter(settings, "tnmt", bindings.handlers)
         await stack.enter_async_context(adapter)
         await adapter.wait_assigned()
         http, _ = await stack.enter_async_context(running_gateway(settings))
@@ -82,7 +88,7 @@ async def test_slow_backend_gives_provider_error_and_waiting_work_does_not_pile_
 
     async with fake_backend(slow) as url, land_platform(settings, url) as http:
         results = await asyncio.gather(*(_land(http) for _ in range(100)))
-    # Every caller got the adapter's 502 (its backend bound, 2 s, or its concurrency cap at once), none
+    # Every caller got the adapter's 502 (its binding's timeout, 2 s, or its concurrency cap), none
     # the gateway's 504 at the service timeout: waiting work did not pile up until the deadline.
     assert {(s, b["code"]) for s, b in results} == {(502, "provider_error")}
     assert most <= 64  # the forwarder's concurrency bound: the rest failed at once
@@ -111,8 +117,8 @@ async def test_backend_transient_failure_is_retried_once(settings: Settings) -> 
         owner = {"soCccd": "001090012345", "hoTen": "Hoàng Thành Hiếu"}
         return web.json_response(
             {"maThua": request.match_info["ma_thua"], "tinhThanh": "Hà Nội", "dienTichM2": 120.5,
-             "mucDichSuDung": "ODT", "chuSuDung": owner, "soGiayChungNhan": "CS123456",
-             "dangTheChap": False}
+             "mucDichSuDung": "ODT", "tenMucDichSuDung": "Đất ở tại đô thị", "chuSuDung": owner,
+             "soGiayChungNhan": "CS123456", "dangTheChap": False}
         )  # fmt: skip
 
     async with fake_backend(flaky) as url, land_platform(settings, url) as http:

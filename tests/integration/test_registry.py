@@ -282,7 +282,11 @@ async def test_two_admins_patching_one_agency_at_once_one_wins_and_the_other_get
                 "timeout_ms": 10,
                 "request": {},
                 "response": {},
-                "binding": {"rest": {"method": "GET", "url": "https://x.example", "colour": 1}},
+                "binding": {
+                    "rest": {"method": "GET", "url": "https://x.example", "colour": 1},
+                    "response": "@",
+                    "example": {},
+                },
             },
             "binding/rest",
         ),

@@ -1,11 +1,11 @@
-"""Where the keeper's callbacks may go (broker/keeper/egress.py)."""
+"""Where the keeper's callbacks may go (broker/egress.py)."""
 
 from __future__ import annotations
 
 import aiohttp
 import pytest
 
-from broker.keeper.egress import connector, error_kind, is_public, refusal, status_kind
+from broker.egress import connector, error_kind, is_public, refusal, status_kind
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,11 @@ AGENCIES: dict[str, str] = {
     "bca": "adapters.demo.agencies.population",
     "dkkd": "adapters.demo.agencies.enterprise",
     "thue": "adapters.demo.agencies.tax",
-    "bhxh": "adapters.demo.agencies.insurance",
     "btp": "adapters.demo.agencies.justice",
     "csgt": "adapters.demo.agencies.transport",
-    "tnmt": "adapters.demo.agencies.land",
 }
-"""Provider agency id → module serving it."""
+"""Provider agency id → module serving it. Land (``tnmt``) and social insurance (``bhxh``) have
+no code here: their services are bound to their own backends (``schemas/*/``, ``binding``)."""
 
 
 def handlers_for(agency: str, settings: Settings, resources: AsyncExitStack) -> Mapping[str, Handler]:
