@@ -145,8 +145,7 @@ CASES: list[tuple[str, str, Callable[[str], Any], list[str]]] = [
 async def test_bound_answers_are_byte_identical_to_the_hand_written_handlers(
     backends: None, key: str, field: str, today: Callable[[str], Any], ids: list[str]
 ) -> None:
-    svc = CATALOG.get(*key.split("/"))
-    assert svc is not None
+    svc = _service(key)
     assert svc.binding is not None, f"{key} is served by its binding, no code"
     handler, client = await compile_binding(svc, SETTINGS)
     found = missing = 0
@@ -181,8 +180,14 @@ def _with(svc: Service, **changes: Any) -> Service:
     return service_from_document(doc, svc.provider, svc.service, source="test")
 
 
-LAND = CATALOG.get("tnmt", "land_parcel")
-assert LAND is not None
+def _service(key: str) -> Service:
+    provider, service = key.split("/", 1)
+    svc = CATALOG.get(provider, service)
+    assert svc is not None, key
+    return svc
+
+
+LAND = _service("tnmt/land_parcel")
 Backend = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
