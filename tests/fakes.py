@@ -198,6 +198,9 @@ class FakeConsumer:
         self.listener = listener
         self.assign([TopicPartition(t, p) for t in topics for p in range(len(self.kafka.partitions(t)))])
 
+    def unsubscribe(self) -> None:
+        self.assign([])
+
     def assign(self, partitions: Sequence[TopicPartition]) -> None:
         self._assigned = list(partitions)
         committed = self.kafka.groups.get(self.group_id or "", {})
