@@ -290,7 +290,7 @@ class Settings:
     backend_timeout_ms: int = setting(2000, minimum=1, help="Timeout of a call to an agency's own backend.")
     backend_secrets_dir: Path | None = setting(
         None, help="Where bound services' ${secret:NAME} and ${env:NAME} are files "
-        "(<dir>/<provider>/<NAME>), besides the variables NDXP_BINDING_<PROVIDER>_<NAME>.",
+        "(<dir>/<provider>/<NAME>), besides the provider's variables (see the agency guide).",
     )  # fmt: skip
     backend_allow_private: bool = setting(
         False,

@@ -10,13 +10,15 @@ import asyncio
 from contextlib import AsyncExitStack
 from typing import Any
 
+import jmespath
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.demo import synthetic
+from adapters.demo import soap_backend, synthetic
 from adapters.demo.agencies import AGENCIES, handlers_for
 from adapters.runtime import Change, Request
+from adapters.runtime.bindings import plain
 from broker.contracts.catalog import Catalog, Effects
 from broker.errors import BusinessError
 from broker.model.envelope import RequestMeta
@@ -24,7 +26,24 @@ from broker.settings import Settings
 
 SETTINGS = Settings()
 CATALOG = Catalog.load(SETTINGS.schemas_dir)
-LOCAL = sorted(a for a in AGENCIES if a != "tnmt")  # tnmt needs its backend: see test_contracts.py
+LOCAL = sorted(AGENCIES)
+"""The agencies with code; social insurance is bound to its SOAP backend (below), the land registry to
+its REST backend (its contract test is test_contracts.py, its answers test_bindings.py)."""
+
+
+def _soap_without_transport(svc: Any) -> Any:
+    """Social insurance's binding minus its HTTP hop: the backend's own answer (as zeep hands it over:
+    typed values, dates as ISO text) mapped by the binding's JMESPath expression."""
+    binding = svc.binding
+    operation = soap_backend.OPERATIONS[binding["soap"]["operation"]]
+
+    async def handler(req: Request) -> Any:
+        p = synthetic.person(req.body["cccd"])
+        if p is None:
+            raise BusinessError(404, binding["not_found"]["code"], f"no citizen {req.body['cccd']}")
+        return jmespath.search(binding["response"], plain(dict(operation(p))))
+
+    return handler
 
 
 def _handlers() -> dict[str, Any]:
@@ -33,6 +52,8 @@ def _handlers() -> dict[str, Any]:
     for agency in LOCAL:
         for service, handler in handlers_for(agency, SETTINGS, stack).items():
             out[f"{agency}/{service}"] = handler
+    for svc in CATALOG.of_provider("bhxh"):
+        out[svc.key] = _soap_without_transport(svc)
     return out
 
 
