@@ -205,11 +205,21 @@ def measure(
     m = _measured(
         base, up, f"[{users} users] exchanges", [*gen, "--seconds", str(args.seconds)], args.seconds + 60
     )
+    alone = {}
+    for service in args.compare:
+        one = [*gen, "--only", service]
+        _run_measured([*one, "--seconds", "3", "--seed", "1"], timeout=63)  # its connections warm
+        alone[service] = _measured(
+            base, up, f"[{users} users] {service} alone", [*one, "--seconds", str(args.seconds)],
+            args.seconds + 60,
+        )  # fmt: skip
+        alone[service]["ratio"] = alone[service]["exchange"]["rps"] / raw["rps"] if raw["rps"] else 0.0
     return {
         "users": users,
         "raw": raw,
         "ratio": m["exchange"]["rps"] / raw["rps"] if raw["rps"] else 0.0,
         **m,
+        **({"alone": alone} if alone else {}),
     }
 
 
@@ -313,7 +323,12 @@ def main() -> int:
     parser.add_argument(
         "--async", dest="respond_async", action="store_true", help="also measure async exchanges"
     )
+    parser.add_argument(
+        "--compare", default="", metavar="P/S,…",
+        help="also each of these services alone (e.g. a bound one and an in-process handler's)",
+    )  # fmt: skip
     args = parser.parse_args()
+    args.compare = [s for s in args.compare.split(",") if s]
     sweep = [int(u) for u in args.users.split(",")]
     with (
         tempfile.TemporaryDirectory(prefix="ndxp-bench-") as tmp,
@@ -326,6 +341,14 @@ def main() -> int:
             [measure_async(base, up, users, args) for users in sweep] if args.respond_async else []
         )
     report(results)
+    for r in results:
+        for service, a in r.get("alone", {}).items():
+            ex = a["exchange"]
+            print(
+                f"{service} alone, {r['users']} users: {ex['rps']:.0f} exchanges/s p50 {ex['p50']:.1f} ms"
+                f" p99 {ex['p99']:.1f} ms, failed {ex['failures'] + ex['errors']}, {a['ratio']:.1%} of raw;"
+                f" counted {a['counted']} {'==' if a['exact'] else '!='} {a['responses']} answered"
+            )
     for r in async_results:
         ex = r["exchange"]
         sync_rps = next(s["exchange"]["rps"] for s in results if s["users"] == r["users"])
@@ -341,7 +364,8 @@ def main() -> int:
         (args.out / "bench.json").write_text(json.dumps(results + async_results, indent=2))
         plot(results, args.out / "bench.png")
         print(f"figures in {args.out / 'bench.json'} and {args.out / 'bench.png'}")
-    return 0 if all(r["exact"] for r in results + async_results) else 1
+    alone = [a for r in results for a in r.get("alone", {}).values()]
+    return 0 if all(r["exact"] for r in results + async_results + alone) else 1
 
 
 if __name__ == "__main__":

@@ -34,13 +34,19 @@ from loadtests.mix import MIX
 from loadtests.rawkafka import summary
 
 
-def requests(host: str, n: int, seed: int, *, respond_async: bool = False) -> list[tuple[bytes, str]]:
-    """``n`` ready-to-send HTTP requests drawn from the exchange mix, with the caller's key."""
+def requests(
+    host: str, n: int, seed: int, *, respond_async: bool = False, only: str | None = None
+) -> list[tuple[bytes, str]]:
+    """``n`` ready-to-send HTTP requests drawn from the exchange mix (``only``: of that service),
+    with the caller's key."""
     rng = random.Random(seed)  # synthetic identifiers, not secrets
-    weights = [m[0] for m in MIX]
+    mix = [m for m in MIX if only in (None, m[2])]
+    if not mix:
+        raise SystemExit(f"no service {only} in the mix: {', '.join(m[2] for m in MIX)}")
+    weights = [m[0] for m in mix]
     out: list[tuple[bytes, str]] = []
     for _ in range(n):
-        _, key, service, make = rng.choices(MIX, weights=weights)[0]
+        _, key, service, make = rng.choices(mix, weights=weights)[0]
         body = orjson.dumps(make(rng))
         head = (
             f"POST /v1/exchange/{service} HTTP/1.1\r\nHost: {host}\r\n"
@@ -84,11 +90,17 @@ async def _finished(
 
 
 async def run(
-    url: str, users: int, seconds: float, seed: int = 7, *, respond_async: bool = False
+    url: str,
+    users: int,
+    seconds: float,
+    seed: int = 7,
+    *,
+    respond_async: bool = False,
+    only: str | None = None,
 ) -> dict[str, object]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    pool = requests(f"{host}:{port}", 4096, seed, respond_async=respond_async)
+    pool = requests(f"{host}:{port}", 4096, seed, respond_async=respond_async, only=only)
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
     errors = 0
@@ -133,8 +145,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--async", dest="respond_async", action="store_true", help="submit async, then poll")
+    parser.add_argument("--only", metavar="PROVIDER/SERVICE", help="one service of the mix alone")
     args = parser.parse_args()
-    result = uvloop.run(run(args.url, args.users, args.seconds, args.seed, respond_async=args.respond_async))
+    result = uvloop.run(
+        run(args.url, args.users, args.seconds, args.seed, respond_async=args.respond_async, only=args.only)
+    )
     print(orjson.dumps(result).decode(), flush=True)
     return 0
 

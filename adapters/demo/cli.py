@@ -22,12 +22,42 @@ def _adapter(settings: Settings, args: argparse.Namespace) -> int:
 
     if not args.agencies and not args.bound:
         raise AdapterSetupError("name the agencies to serve, or --bound for every bound provider")
+    if args.check:
+        return _check(settings, args.agencies)
     return run_part(
         "adapter",
         lambda s, p: run_adapters(s, args.agencies, progress=p, every_bound=args.bound),
         settings,
         args,
     )
+
+
+def _check(settings: Settings, agencies: list[str]) -> int:
+    """The contract test of agencies' own handlers, against the contracts in NDXP_SCHEMAS_DIR."""
+    from contextlib import AsyncExitStack
+
+    import uvloop
+
+    from adapters.demo.agencies import handlers_for, known
+    from adapters.runtime.contract import check_contracts
+    from broker.contracts.catalog import Catalog
+
+    catalog = Catalog.load(settings.schemas_dir)
+
+    async def run() -> int:
+        failed = 0
+        async with AsyncExitStack() as resources:
+            for agency in agencies:
+                if not known(agency):
+                    raise AdapterSetupError(f"no handlers for {agency!r} installed here")
+                for f in await check_contracts(agency, handlers_for(agency, settings, resources), catalog):
+                    where = f"{agency}/{f.service}" + (f" example {f.example}" if f.example >= 0 else "")
+                    progress(f"{'ok  ' if f.ok else 'FAIL'} {where}: {f.what}")
+                    failed += not f.ok
+        progress(f"{failed} failure(s)" if failed else "every example answers within its contract")
+        return 1 if failed else 0
+
+    return uvloop.run(run())
 
 
 def _backend(settings: Settings, args: argparse.Namespace) -> int:
@@ -75,6 +105,10 @@ def register(sub: Any) -> None:
 
     adapter = sub.add_parser("adapter", help="adapters of agencies: simulated ones' code, bound services")
     adapter.add_argument("agencies", nargs="*", metavar="agency")
+    adapter.add_argument(
+        "--check", action="store_true",
+        help="do not serve: run the contract test of the agencies' handlers (their examples, no Kafka)",
+    )  # fmt: skip
     adapter.add_argument(
         "--bound", action="store_true",
         help="also every provider with a bound service, now and as they are published",

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from adapters.demo.agencies import AGENCIES, handlers_for
+from adapters.demo.agencies import AGENCIES, handlers_for, known
 from adapters.runtime.adapter import Adapter
 from adapters.runtime.bindings import Bindings
 from broker.contracts.catalog import Catalog, Effects
@@ -41,12 +41,12 @@ def build_adapters(
     bound = bound or {}
     adapters = []
     for agency in agencies:
-        if agency not in AGENCIES and not (agency in bound and bound[agency].handlers):
-            known = ", ".join(sorted(AGENCIES))
+        if not known(agency) and not (agency in bound and bound[agency].handlers):
             raise AdapterSetupError(
-                f"no simulated agency {agency!r} and no bound service of it; known: {known}"
+                f"no handlers for {agency!r} (simulated: {', '.join(sorted(AGENCIES))}; or an installed "
+                "package's ndxp.agencies entry point) and no bound service of it"
             )
-        handlers = dict(handlers_for(agency, settings, resources)) if agency in AGENCIES else {}
+        handlers = dict(handlers_for(agency, settings, resources)) if known(agency) else {}
         contracted = {s.service for s in catalog.of_provider(agency)}
         if not set(handlers) <= contracted:
             raise AdapterSetupError(

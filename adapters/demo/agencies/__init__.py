@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from importlib.metadata import entry_points
 
 from adapters.runtime import Handler
 from broker.settings import Settings
@@ -20,12 +21,29 @@ AGENCIES: dict[str, str] = {
 no code here: their services are bound to their own backends (``schemas/*/``, ``binding``)."""
 
 
+ENTRY_POINTS = "ndxp.agencies"
+"""Where an agency's own package offers its handlers: an entry point named by its agency id, pointing
+at ``handlers(settings, resources) -> {service: handler}`` (see the adapter kit in the docs)."""
+
+
+def known(agency: str) -> bool:
+    """Whether ``agency`` has handlers here: simulated, or an installed package's entry point."""
+    return agency in AGENCIES or bool(entry_points(group=ENTRY_POINTS, name=agency))
+
+
 def handlers_for(agency: str, settings: Settings, resources: AsyncExitStack) -> Mapping[str, Handler]:
-    """The service handlers of a simulated agency (KeyError if there is none).
+    """The service handlers of a simulated agency, or of an agency's own installed package (its
+    ``ndxp.agencies`` entry point); KeyError if there are none.
 
     An agency that holds resources (an HTTP client, say) registers their
     cleanup on ``resources``, which the caller closes after its adapter stops.
     """
-    module = importlib.import_module(AGENCIES[agency])
-    result: Mapping[str, Handler] = module.handlers(settings, resources)
+    if agency in AGENCIES:
+        make = importlib.import_module(AGENCIES[agency]).handlers
+    else:
+        found = entry_points(group=ENTRY_POINTS, name=agency)
+        if not found:
+            raise KeyError(agency)
+        make = next(iter(found)).load()
+    result: Mapping[str, Handler] = make(settings, resources)
     return result
