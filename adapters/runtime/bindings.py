@@ -83,10 +83,12 @@ def _forwarder(url_template: str, resolved: str, timeout_ms: int, settings: Sett
     if not trusted:
         parts = urllib.parse.urlsplit(resolved)
         if parts.scheme != "https":
-            raise AdapterSetupError(f"{resolved}: a backend URL written in the registry is https")
+            raise AdapterSetupError(f"{url_template}: a backend URL written in the registry is https")
         host = parts.hostname or ""
         if _is_address(host) and not is_public(host):
-            raise AdapterSetupError(f"{resolved}: a backend URL written in the registry names a public host")
+            raise AdapterSetupError(
+                f"{url_template}: a backend URL written in the registry must name a public host"
+            )
     return Forwarder(
         timeout_ms=timeout_ms,
         resolver=None if trusted else PublicOnlyResolver(),
@@ -172,7 +174,8 @@ async def _soap(
         operation = client.service._binding.get(soap["operation"])
     except Exception as exc:
         await backend.close()
-        raise AdapterSetupError(f"{svc.key}: cannot use the WSDL {wsdl}: {exc}") from exc
+        what = f"{type(exc).__name__}: {exc}"
+        raise AdapterSetupError(f"{svc.key}: cannot use the WSDL {soap['wsdl']}: {what}") from exc
     address = client.service._binding_options["address"]
     faults = frozenset(soap.get("not_found", []))
     action = operation.soapaction or ""
