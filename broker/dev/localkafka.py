@@ -214,7 +214,12 @@ SCRAM_USER = "ndxp"
 
 
 def _secure_properties(node: NodeSpec, tls: Path, password: str) -> dict[str, object]:
-    """A SASL_SSL listener (SCRAM-SHA-512 over TLS) for clients and brokers; the controller stays local."""
+    """A SASL_SSL listener (SCRAM-SHA-512 over TLS) for clients and brokers; the controller stays local.
+
+    Kafka's StandardAuthorizer is on: the platform's own parts connect as the super user
+    (``SCRAM_USER``); a member's adapter as its own user, with only the ACLs the management API
+    grants it (``broker/kafka/members.py``); anyone else gets nothing. The controller listener is
+    loopback PLAINTEXT between the nodes (its principal, ANONYMOUS, is a super user too)."""
     jaas = (
         "org.apache.kafka.common.security.scram.ScramLoginModule required "
         f'username="{SCRAM_USER}" password="{password}";'
@@ -231,6 +236,9 @@ def _secure_properties(node: NodeSpec, tls: Path, password: str) -> dict[str, ob
         "ssl.keystore.location": tls / "broker.pem",
         "ssl.truststore.type": "PEM",
         "ssl.truststore.location": tls / "ca.pem",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{SCRAM_USER};User:ANONYMOUS",
+        "allow.everyone.if.no.acl.found": "false",
     }
 
 

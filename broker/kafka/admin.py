@@ -8,7 +8,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka.admin import NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka.errors import (
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 
 from broker.kafka.clients import admin_client, make_consumer, topic_partitions
 from broker.settings import Settings
@@ -46,13 +51,23 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
             configs = {"min.insync.replicas": str(min(2, rf)), **s.configs}
             new.append(NewTopic(s.name, s.partitions, rf, topic_configs=configs))
         response = await admin.create_topics(new, timeout_ms=30_000)
+        # A member's adapter may not create topics (its ACLs): the platform made them, and what
+        # it may see (DESCRIBE) and finds there is all it needs.
+        unauthorized = [
+            t for t, code, _ in response.topic_errors if code == TopicAuthorizationFailedError.errno
+        ]
+        if unauthorized:
+            found = {d["topic"] for d in await admin.describe_topics(unauthorized) if d["error_code"] == 0}
+            missing = sorted(set(unauthorized) - found)
+            if missing:
+                raise KafkaError(f"not allowed to create topics {missing}, and they do not exist")
     finally:
         await admin.close()
     created: list[str] = []
     for topic, code, message in response.topic_errors:
         if code == 0:
             created.append(topic)
-        elif code != TopicAlreadyExistsError.errno:
+        elif code not in (TopicAlreadyExistsError.errno, TopicAuthorizationFailedError.errno):
             raise KafkaError(f"cannot create topic {topic!r}: error {code}: {message}")
     if created:
         await wait_for_topics(settings, created)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from prometheus_client import CollectorRegistry
 
 from broker.counter.counter import TxCounter
 from broker.dev.localkafka import LocalKafka
-from broker.kafka import make_producer
+from broker.kafka import Topics, admin_client, ensure_topics, make_producer
+from broker.kafka.members import acls, grant, revoke
 from broker.metrics import CounterMetrics
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import (
@@ -65,3 +68,70 @@ async def test_the_platform_runs_on_a_sasl_ssl_kafka_and_wrong_credentials_are_r
         await wrong.stop()
     finally:
         await asyncio.to_thread(kafka.stop)
+
+
+async def _send(producer: Any, topic: str) -> None:
+    await (await producer.send(topic, b"forged"))
+
+
+async def _described(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Kafka's answer to ``settings``' user describing ``topics`` (0, or the error: 29 is "topic
+    authorization failed"; without DESCRIBE a consumer never learns a partition's leader)."""
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        return {d["topic"]: d["error_code"] for d in await admin.describe_topics(topics)}
+    finally:
+        await admin.close()
+
+
+async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and_nothing_else(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """A provider's own adapter connects as its member user (SCRAM, ACLs): it serves its requests end
+    to end and Kafka refuses it another provider's requests, another provider's topics and the
+    registry; once revoked, it cannot connect."""
+    provider, other = f"tp{uuid.uuid4().hex[:10]}", f"tq{uuid.uuid4().hex[:10]}"
+    kafka = LocalKafka(base_settings, nodes=1, data_dir=tmp_path / "kafka", secure=True)
+    await asyncio.to_thread(kafka.start)
+    try:
+        platform = kafka.client_settings().replace(
+            schemas_dir=write_contracts(tmp_path, provider),
+            registry_path=write_registry(tmp_path, provider),
+            instance_id=f"test-{uuid.uuid4().hex[:8]}",
+        )
+        await ensure_topics(platform, [Topics(platform).request(other, "echo"), Topics(platform).data(other)])
+        started = time.monotonic()
+        creds = await grant(platform, provider, ["echo"])
+        granted_s = time.monotonic() - started
+        member = platform.replace(kafka_sasl_username=creds.username, kafka_sasl_password=creds.password)
+        async with (
+            running_gateway(platform) as (http, _),
+            running_adapter(member, provider, EchoHandlers()),
+        ):
+            resp = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "mine"},
+                                   headers={"Authorization": "Bearer key-alice"})  # fmt: skip
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["msg"] == "mine"
+        names = platform.names
+        refused = TopicAuthorizationFailedError.errno
+        seen = await _described(member, [names.request(provider, "echo"), names.request(other, "echo"),
+                                         platform.registry_topic, platform.stats_topic])  # fmt: skip
+        assert seen == {names.request(provider, "echo"): 0, names.request(other, "echo"): refused,
+                        platform.registry_topic: refused, platform.stats_topic: refused}, seen  # fmt: skip
+        writer = make_producer(member)
+        await writer.start()
+        try:
+            with pytest.raises(TopicAuthorizationFailedError):
+                await _send(writer, names.data(other))
+        finally:
+            await writer.stop()
+        await revoke(platform, provider)
+        gone = make_producer(member, request_timeout_ms=5000)
+        with pytest.raises(KafkaError):
+            async with asyncio.timeout(30):
+                await gone.start()
+        await gone.stop()
+    finally:
+        await asyncio.to_thread(kafka.stop)
+    print(f"\nthe member user and its {len(acls(platform, provider))} ACLs were made in {granted_s:.2f}s")
