@@ -50,7 +50,7 @@ from broker.errors import (
 from broker.gateway.auth import address_of, credential_agency
 from broker.gateway.limits import Limits
 from broker.gateway.middleware import header
-from broker.kafka import Topics, ensure_topics
+from broker.kafka import Topics, ensure_topics, members
 from broker.kafka.registry import Proposal, RegistryFollower, RegistryWriter, new_change
 from broker.metrics import RegistryMetrics
 from broker.model.envelope import new_exchange_id
@@ -302,8 +302,45 @@ async def delete_agency(request: web.Request) -> web.Response:
             *(_entry(live, change, "right", r, None) for r in rights),
         ]
 
-    await request.app[ADMIN].writer.write(_decide(write, caller.id, "agency.delete", f"agency/{aid}", (aid,)))
+    admin = request.app[ADMIN]
+    await admin.writer.write(_decide(write, caller.id, "agency.delete", f"agency/{aid}", (aid,)))
+    if _sasl(admin.settings):  # its member user (if it had one) and every ACL of it go too
+        await members.revoke(admin.settings, aid)
     return web.Response(status=204)
+
+
+def _sasl(settings: Settings) -> bool:
+    return settings.kafka_security_protocol.startswith("SASL")
+
+
+async def kafka_credentials(request: web.Request) -> web.Response:
+    """A provider's own Kafka user for the adapter it runs on its premises (SCRAM-SHA-512 over TLS,
+    ACLs to its own topics only), or a new password for it: shown once (Kafka keeps its hash)."""
+    caller = _caller(request)
+    aid = request.match_info["id"]
+    await _refusing(
+        request,
+        caller,
+        "kafka.credentials",
+        f"agency/{aid}",
+        caller.operator,
+        "only an operator issues Kafka credentials",
+    )
+    admin = request.app[ADMIN]
+    _agency_or_404(admin.live, aid)
+    if not _sasl(admin.settings):
+        raise Conflict("this platform's Kafka has no users of its own (not SASL): run it with SASL_SSL, "
+                       "e.g. `ndxp kafka start --secure`")  # fmt: skip
+    services = sorted({s.service for s in admin.live.catalog.versions(aid)})
+    creds = await members.grant(admin.settings, aid, services)
+    change = new_change(caller.id, "kafka.credentials", f"agency/{aid}", parties=(aid,))
+    await admin.writer.write(lambda live: Proposal(change=change))
+    return json_response(
+        {"username": creds.username, "password": creds.password, "mechanism": creds.mechanism,
+         "security_protocol": "SASL_SSL", "bootstrap": admin.settings.kafka_bootstrap,
+         "acls": len(members.acls(admin.settings, aid))},
+        201,
+    )  # fmt: skip
 
 
 # -- keys -------------------------------------------------------------------------------------------
@@ -675,6 +712,7 @@ def routes(app: web.Application) -> None:
     r.add_patch("/admin/v1/agencies/{id}", patch_agency)
     r.add_delete("/admin/v1/agencies/{id}", delete_agency)
     r.add_post("/admin/v1/agencies/{id}/keys", issue_key)
+    r.add_post("/admin/v1/agencies/{id}/kafka-credentials", kafka_credentials)
     r.add_delete("/admin/v1/agencies/{id}/keys/{key_id}", revoke_key)
     r.add_get("/admin/v1/services", list_versions)
     r.add_put("/admin/v1/services/{provider}/{service}", publish_service)

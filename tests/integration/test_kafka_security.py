@@ -15,18 +15,20 @@ from prometheus_client import CollectorRegistry
 from broker.counter.counter import TxCounter
 from broker.dev.localkafka import LocalKafka
 from broker.kafka import Topics, admin_client, ensure_topics, make_producer
-from broker.kafka.members import acls, grant, revoke
+from broker.kafka.members import acls, revoke
 from broker.metrics import CounterMetrics
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
     running_adapter,
+    running_admin,
     running_gateway,
     write_contracts,
     write_registry,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+OPS = {"Authorization": "Bearer key-ops"}
 
 
 async def test_the_platform_runs_on_a_sasl_ssl_kafka_and_wrong_credentials_are_refused(
@@ -101,10 +103,19 @@ async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and
             instance_id=f"test-{uuid.uuid4().hex[:8]}",
         )
         await ensure_topics(platform, [Topics(platform).request(other, "echo"), Topics(platform).data(other)])
-        started = time.monotonic()
-        creds = await grant(platform, provider, ["echo"])
-        granted_s = time.monotonic() - started
-        member = platform.replace(kafka_sasl_username=creds.username, kafka_sasl_password=creds.password)
+        async with running_admin(platform) as (admin, _):
+            by_alice = await admin.post(f"/admin/v1/agencies/{provider}/kafka-credentials",
+                                        headers={"Authorization": "Bearer key-alice"})  # fmt: skip
+            assert by_alice.status == 403
+            started = time.monotonic()
+            issued = await admin.post(f"/admin/v1/agencies/{provider}/kafka-credentials", headers=OPS)
+            granted_s = time.monotonic() - started
+            assert issued.status == 201, await issued.text()
+            creds = await issued.json()
+        assert (creds["username"], creds["mechanism"]) == (f"member-{provider}", "SCRAM-SHA-512")
+        member = platform.replace(
+            kafka_sasl_username=creds["username"], kafka_sasl_password=creds["password"]
+        )
         async with (
             running_gateway(platform) as (http, _),
             running_adapter(member, provider, EchoHandlers()),
@@ -134,4 +145,4 @@ async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and
         await gone.stop()
     finally:
         await asyncio.to_thread(kafka.stop)
-    print(f"\nthe member user and its {len(acls(platform, provider))} ACLs were made in {granted_s:.2f}s")
+    print(f"\nthe member user, its topics and its {len(acls(platform, provider))} ACLs: {granted_s:.2f}s")
