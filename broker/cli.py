@@ -21,7 +21,7 @@ from broker.commands import COMMANDS, positive_rate, progress, run_part
 from broker.dev.localkafka import LocalKafka, state_file
 from broker.errors import SettingsError, StartupError
 from broker.logs import setup_logging
-from broker.settings import Settings
+from broker.settings import Settings, child_environment
 
 
 def _kafka_start(settings: Settings, args: argparse.Namespace) -> int:
@@ -35,11 +35,19 @@ def _kafka_start(settings: Settings, args: argparse.Namespace) -> int:
             )
             return 1
         path.unlink()
-    kafka = LocalKafka(settings, nodes=args.nodes, data_dir=args.data_dir, progress=progress)
+    kafka = LocalKafka(
+        settings, nodes=args.nodes, data_dir=args.data_dir, progress=progress, secure=args.secure
+    )
     bootstrap = kafka.start()
     kafka.save_state(path)
     print(bootstrap)
     progress(f"export NDXP_KAFKA_BOOTSTRAP={bootstrap}   # stop with: ndxp kafka stop")
+    if args.secure:
+        client = kafka.client_settings()
+        progress("SASL_SSL with Kafka's StandardAuthorizer; the platform's parts connect as its super user:")
+        for name, value in sorted(child_environment(client).items()):
+            if name.startswith("NDXP_KAFKA_") and name != "NDXP_KAFKA_BOOTSTRAP":
+                progress(f"export {name}={value}")
     return 0
 
 
@@ -105,7 +113,9 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     from broker.dev.platform import run_platform
 
     settings = settings.replace(port=args.port if args.port is not None else settings.port)
-    return run_platform(settings, data_dir=args.data_dir, changes=args.changes, progress=progress)
+    return run_platform(
+        settings, data_dir=args.data_dir, changes=args.changes, progress=progress, secure=args.secure
+    )
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
@@ -145,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     start = ksub.add_parser("start", help="start a local Kafka and print its bootstrap address")
     start.add_argument("--nodes", type=int, choices=(1, 3), default=1)
     start.add_argument(
+        "--secure", action="store_true",
+        help="SASL_SSL (SCRAM-SHA-512 over TLS) with Kafka's StandardAuthorizer: member adapters get "
+        "users fenced by ACLs",
+    )  # fmt: skip
+    start.add_argument(
         "--data-dir", type=Path, default=None,
         help="keep data here across restarts (default: a temporary directory removed on stop)",
     )  # fmt: skip
@@ -160,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="the whole platform on this machine; Ctrl-C stops all")
     up.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
     up.add_argument("--data-dir", type=Path, default=None, help="keep Kafka data here")
+    up.add_argument(
+        "--secure", action="store_true",
+        help="run Kafka with SASL_SSL and ACLs (the platform as its super user; member adapters with "
+        "the credentials POST /admin/v1/agencies/{id}/kafka-credentials issues)",
+    )  # fmt: skip
     up.add_argument(
         "--changes", type=positive_rate, default=None, metavar="N/s",
         help="also run a simulated change feed publishing N events a second (off by default)",

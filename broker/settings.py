@@ -470,6 +470,12 @@ def child_environment(settings: Settings, **overrides: str) -> dict[str, str]:
     env = dict(os.environ)
     if settings.kafka_bootstrap:
         env[PREFIX + "KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    if settings.kafka_security_protocol != "PLAINTEXT":  # a secure local Kafka: how to reach it
+        env[PREFIX + "KAFKA_SECURITY_PROTOCOL"] = settings.kafka_security_protocol
+        env[PREFIX + "KAFKA_SASL_MECHANISM"] = settings.kafka_sasl_mechanism
+        for name in ("kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile"):
+            if getattr(settings, name) is not None:
+                env[PREFIX + name.upper()] = str(getattr(settings, name))
     env.update({PREFIX + k: v for k, v in overrides.items()})
     return env
 

@@ -173,6 +173,14 @@ def _admin(settings: Settings, args: argparse.Namespace) -> int:
               ["id", "code", "name", "roles", "rate_limit"])  # fmt: skip
     elif what == "agencies show":
         _show(args, client.call("GET", f"/admin/v1/agencies/{_segment(args.id)}"), None, [])
+    elif what == "agencies kafka-credentials":
+        issued = client.call("POST", f"/admin/v1/agencies/{_segment(args.id)}/kafka-credentials")
+        _show(args, {"credentials": [issued]}, "credentials",
+              ["username", "password", "mechanism", "bootstrap", "acls"])  # fmt: skip
+        if not args.json:
+            progress(
+                "the password is shown once: its adapter connects with NDXP_KAFKA_SASL_USERNAME/PASSWORD"
+            )
     elif what == "keys issue":
         body = {"expires": args.expires} if args.expires else {}
         issued = client.call("POST", f"/admin/v1/agencies/{_segment(args.agency)}/keys", body)
@@ -261,6 +269,9 @@ def add_commands(sub: Any) -> None:
     add.add_argument("--role", action="append", choices=("operator", "tracker"))
     add.add_argument("--rate-limit", type=float, default=None)
     verb(agencies, "show", "one agency with its key ids").add_argument("id")
+    verb(
+        agencies, "kafka-credentials", "a provider's own Kafka user for its adapter (operator)"
+    ).add_argument("id")
     keys = groups.add_parser("keys", help="API keys").add_subparsers(dest="verb", required=True)
     issue = verb(keys, "issue", "issue a key (shown once)")
     issue.add_argument("agency")

@@ -599,6 +599,7 @@ class LocalKafka:
             "data_dir": str(self.data_dir),
             "temporary": self.temporary,
             "nodes": self.node_count,
+            "secure": self.secure,
             "pids": {str(k): v for k, v in self.pids.items()},
         }
         path.write_text(json.dumps(state, indent=2))
@@ -606,7 +607,8 @@ class LocalKafka:
     @classmethod
     def from_state(cls, settings: Settings, path: Path) -> LocalKafka:
         state = json.loads(path.read_text())
-        kafka = cls(settings, nodes=int(state["nodes"]), data_dir=Path(state["data_dir"]))
+        kafka = cls(settings, nodes=int(state["nodes"]), data_dir=Path(state["data_dir"]),
+                    secure=bool(state.get("secure", False)))  # fmt: skip
         kafka.temporary = bool(state["temporary"])
         kafka.layout = Layout.load(kafka.data_dir / "cluster.json")
         kafka.pids = {

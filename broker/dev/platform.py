@@ -181,8 +181,10 @@ def run_platform(
     data_dir: Path | None = None,
     changes: float | None = None,
     progress: Callable[[str], Any] = print,
+    secure: bool = False,
 ) -> int:
-    """Run everything until SIGINT/SIGTERM; return the exit code."""
+    """Run everything until SIGINT/SIGTERM; return the exit code. ``secure``: the local Kafka speaks
+    SASL_SSL with ACLs, the platform's parts connect as its super user."""
     stopping = False
 
     def on_signal(signum: int, _: Any) -> None:
@@ -202,8 +204,15 @@ def run_platform(
         return 1
     try:
         if not settings.kafka_bootstrap:
-            kafka = LocalKafka(settings, nodes=1, data_dir=data_dir, progress=progress)
-            settings = settings.replace(kafka_bootstrap=kafka.start())
+            kafka = LocalKafka(settings, nodes=1, data_dir=data_dir, progress=progress, secure=secure)
+            kafka.start()
+            settings = kafka.client_settings()
+            if secure:
+                progress(
+                    f"Kafka: SASL_SSL with ACLs at {settings.kafka_bootstrap} "
+                    f"(CA {settings.kafka_ssl_cafile}); a member adapter's user: "
+                    "POST /admin/v1/agencies/<id>/kafka-credentials"
+                )
         catalog = Catalog.load(settings.schemas_dir)
         progress(_import_registry(settings))
         ndxp = [sys.executable, "-m", "broker.cli"]
