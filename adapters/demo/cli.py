@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from broker.commands import positive_rate, progress, run_part
@@ -26,7 +27,9 @@ def _adapter(settings: Settings, args: argparse.Namespace) -> int:
         return _check(settings, args.agencies)
     return run_part(
         "adapter",
-        lambda s, p: run_adapters(s, args.agencies, progress=p, every_bound=args.bound),
+        lambda s, p: run_adapters(
+            s, args.agencies, progress=p, every_bound=args.bound, contracts=args.contracts
+        ),
         settings,
         args,
     )
@@ -105,6 +108,11 @@ def register(sub: Any) -> None:
 
     adapter = sub.add_parser("adapter", help="adapters of agencies: simulated ones' code, bound services")
     adapter.add_argument("agencies", nargs="*", metavar="agency")
+    adapter.add_argument(
+        "--contracts", type=Path, default=None, metavar="DIR",
+        help="a member's own adapter: its contracts from these files (<provider>/<service>.json, as "
+        "published), not the live registry its Kafka user may not read",
+    )  # fmt: skip
     adapter.add_argument(
         "--check", action="store_true",
         help="do not serve: run the contract test of the agencies' handlers (their examples, no Kafka)",

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -15,6 +16,7 @@ from adapters.demo.agencies import AGENCIES, handlers_for, known
 from adapters.runtime.adapter import Adapter
 from adapters.runtime.bindings import Bindings
 from broker.contracts.catalog import Catalog, Effects
+from broker.contracts.registry import Registry
 from broker.errors import AdapterSetupError
 from broker.kafka import Producer, make_producer
 from broker.kafka.registry import RegistryFollower, seed_if_empty
@@ -66,9 +68,11 @@ def build_adapters(
     return adapters
 
 
-def bound_providers(catalog: Catalog) -> list[str]:
-    """Providers with a bound service (a version with a binding, not retired)."""
-    return sorted({s.provider for s in catalog.versions() if s.binding is not None})
+def bound_providers(catalog: Catalog, registry: Registry | None = None) -> list[str]:
+    """Providers with a bound service (a version with a binding), but those that run their own
+    adapter (``own_adapter`` in the registry: they serve their bindings themselves)."""
+    own = {a.id for a in registry if a.own_adapter} if registry is not None else set()
+    return sorted({s.provider for s in catalog.versions() if s.binding is not None} - own)
 
 
 async def run_adapters(
@@ -77,28 +81,37 @@ async def run_adapters(
     progress: Callable[[str], Any] = print,
     *,
     every_bound: bool = False,
+    contracts: Path | None = None,
 ) -> None:
     """Serve ``agencies`` (their code handlers and bound services) until SIGTERM/SIGINT; stop cleanly
     (commit, leave the group). ``every_bound``: also every provider with a bound service, now and
-    as they are published."""
+    as they are published. ``contracts``: a member's adapter, with its own Kafka user that may not
+    read the registry, takes its contracts from these files (as published), not the live registry."""
     metrics = AdapterMetrics(CollectorRegistry())
     async with AsyncExitStack() as resources:
-        # The contracts as the live registry has them (read to the end before anything serves).
-        follower = RegistryFollower(
-            settings, part="adapters", metrics=RegistryMetrics(metrics.registry, "adapters")
-        )
-        await follower.start()
-        resources.push_async_callback(follower.stop)
-        if settings.registry_seed:
-            await seed_if_empty(settings, follower)
-            await follower.caught_up()
-        catalog = follower.live.catalog
+        follower: RegistryFollower | None = None
+        registry: Registry | None = None
+        if contracts is not None:
+            catalog = Catalog.load(contracts)
+        else:
+            # The contracts as the live registry has them (read to the end before anything serves).
+            follower = RegistryFollower(
+                settings, part="adapters", metrics=RegistryMetrics(metrics.registry, "adapters")
+            )
+            await follower.start()
+            resources.push_async_callback(follower.stop)
+            if settings.registry_seed:
+                await seed_if_empty(settings, follower)
+                await follower.caught_up()
+            catalog, registry = follower.live.catalog, follower.live.registry
         # One producer for every agency's replies: they go to the same reply
         # topics, so one producer sends them in fewer, bigger requests.
         producer = make_producer(settings, client_id="ndxp-adapters")
         await producer.start()
         resources.push_async_callback(producer.stop)
-        served = list(dict.fromkeys([*agencies, *(bound_providers(catalog) if every_bound else [])]))
+        served = list(
+            dict.fromkeys([*agencies, *(bound_providers(catalog, registry) if every_bound else [])])
+        )
         bound: dict[str, Bindings] = {}
         for provider in served:
             bound[provider] = Bindings(provider, catalog, settings)
@@ -111,7 +124,7 @@ async def run_adapters(
 
         async def follow() -> None:
             """A binding published, changed or withdrawn; with ``every_bound``, a new bound provider."""
-            for provider in bound_providers(catalog) if every_bound else []:
+            for provider in bound_providers(catalog, registry) if every_bound else []:
                 if provider not in bound:
                     bound[provider] = Bindings(provider, catalog, settings)
                     resources.push_async_callback(bound[provider].close)
@@ -129,15 +142,19 @@ async def run_adapters(
                     await adapter.update(handlers)
             _warn_unserved(catalog, adapters, noted)
 
-        refresh = _Refresh(follow)
-        follower.listeners.append(lambda _: refresh.kick())
-        resources.push_async_callback(refresh.stop)
+        if follower is not None:
+            refresh = _Refresh(follow)
+            follower.listeners.append(lambda _: refresh.kick())
+            resources.push_async_callback(refresh.stop)
         if settings.metrics_port:
             runner = await serve_metrics(
                 metrics.registry,
                 settings.internal_host,
                 settings.metrics_port,
-                ready=lambda: follower.healthy and all(a.assigned.is_set() and a.healthy for a in adapters),
+                ready=lambda: (
+                    (follower is None or follower.healthy)
+                    and all(a.assigned.is_set() and a.healthy for a in adapters)
+                ),
             )
             resources.push_async_callback(runner.cleanup)
             progress(f"adapter metrics on http://{settings.internal_host}:{settings.metrics_port}/metrics")

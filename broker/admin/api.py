@@ -333,8 +333,13 @@ async def kafka_credentials(request: web.Request) -> web.Response:
                        "e.g. `ndxp kafka start --secure`")  # fmt: skip
     services = sorted({s.service for s in admin.live.catalog.versions(aid)})
     creds = await members.grant(admin.settings, aid, services)
-    change = new_change(caller.id, "kafka.credentials", f"agency/{aid}", parties=(aid,))
-    await admin.writer.write(lambda live: Proposal(change=change))
+
+    def write(live: LiveRegistry, change: Change) -> list[Entry]:
+        # From now on its own adapter serves it: the platform's generic one leaves its bindings.
+        doc = {**_agency_or_404(live, aid), "own_adapter": True}
+        return [_entry(live, change, "agency", aid, doc)]
+
+    await admin.writer.write(_decide(write, caller.id, "kafka.credentials", f"agency/{aid}", (aid,)))
     return json_response(
         {"username": creds.username, "password": creds.password, "mechanism": creds.mechanism,
          "security_protocol": "SASL_SSL", "bootstrap": admin.settings.kafka_bootstrap,

@@ -32,6 +32,12 @@ _AGENCY = {
         },
         "certs_sha256": {"type": "array", "items": {"type": "string"}},
         "cert_required": {"type": "boolean"},
+        "max_open_stored": {"type": "integer", "minimum": 1},
+        "own_adapter": {
+            "type": "boolean",
+            "description": "runs its own adapter (set when its Kafka user "
+            "is issued): the platform's generic adapter leaves its bound services to it",
+        },
     },
 }
 _ACCESS = {

@@ -96,6 +96,9 @@ class Agency:
     """SHA-256 fingerprints of its client certificates."""
     cert_required: bool = False
     """Its key alone is not enough: every call also presents one of its certificates (mutual TLS)."""
+    own_adapter: bool = False
+    """It runs its adapter itself, with its own Kafka user (the platform's generic adapter leaves its
+    bound services to it)."""
 
     @property
     def callback_secrets(self) -> tuple[bytes, ...]:
@@ -145,7 +148,8 @@ def agency_from_document(doc: Any, where: str = "agency") -> Agency:
     if not isinstance(doc, dict):
         raise RegistryError(f"{where}: an agency is an object")
     unknown = sorted(set(doc) - {"id", "code", "name", "roles", "rate_limit", "max_in_flight", "callback",
-                                  "certs_sha256", "cert_required", "max_open_stored"})  # fmt: skip
+                                  "certs_sha256", "cert_required", "max_open_stored",
+                                  "own_adapter"})  # fmt: skip
     if unknown:
         raise RegistryError(f"{where}.{unknown[0]}: unknown field")
     aid = doc.get("id")
@@ -179,9 +183,13 @@ def agency_from_document(doc: Any, where: str = "agency") -> Agency:
     cert_required = doc.get("cert_required", False)
     if not isinstance(cert_required, bool) or (cert_required and not fingerprints):
         raise RegistryError(f"{where}.cert_required: true or false, and true only with certs_sha256")
+    own_adapter = doc.get("own_adapter", False)
+    if not isinstance(own_adapter, bool):
+        raise RegistryError(f"{where}.own_adapter: true or false")
     return Agency(
         id=aid,
         cert_required=cert_required,
+        own_adapter=own_adapter,
         code=str(doc.get("code", aid)),
         name=str(doc.get("name", aid)),
         roles=frozenset(roles),
