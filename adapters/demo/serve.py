@@ -134,13 +134,17 @@ async def run_adapters(
                     resources.push_async_callback(new.stop)
                     adapters.append(new)
                     progress(f"adapter for {provider} started (a bound service was published)")
+            named = set(agencies)
+            own = {a.id for a in registry if a.own_adapter} if registry is not None else set()
             for adapter in adapters:
                 bindings = bound[adapter.provider]
                 await bindings.sync()
                 handlers = {**code[adapter.provider], **bindings.handlers}
+                if adapter.provider in own and adapter.provider not in named:
+                    handlers = {}  # it runs its own adapter now: its partitions go to that one
                 if handlers != adapter.handlers:
                     await adapter.update(handlers)
-            _warn_unserved(catalog, adapters, noted)
+            _warn_unserved(catalog, [a for a in adapters if a.handlers], noted)
 
         if follower is not None:
             refresh = _Refresh(follow)

@@ -112,6 +112,8 @@ async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and
             granted_s = time.monotonic() - started
             assert issued.status == 201, await issued.text()
             creds = await issued.json()
+            entry = await (await admin.get(f"/admin/v1/agencies/{provider}", headers=OPS)).json()
+            assert entry["own_adapter"] is True, entry  # the generic adapter leaves it to its own
         assert (creds["username"], creds["mechanism"]) == (f"member-{provider}", "SCRAM-SHA-512")
         member = platform.replace(
             kafka_sasl_username=creds["username"], kafka_sasl_password=creds["password"]
