@@ -107,8 +107,8 @@ async def run_adapters(
         # One producer for every agency's replies: they go to the same reply
         # topics, so one producer sends them in fewer, bigger requests.
         producer = make_producer(settings, client_id="ndxp-adapters")
+        resources.push_async_callback(producer.stop)  # also when it cannot start (wrong credentials)
         await producer.start()
-        resources.push_async_callback(producer.stop)
         served = list(
             dict.fromkeys([*agencies, *(bound_providers(catalog, registry) if every_bound else [])])
         )
