@@ -340,9 +340,11 @@ async def kafka_credentials(request: web.Request) -> web.Response:
         return [_entry(live, change, "agency", aid, doc)]
 
     await admin.writer.write(_decide(write, caller.id, "kafka.credentials", f"agency/{aid}", (aid,)))
+    cafile = admin.settings.kafka_ssl_cafile
     return json_response(
-        {"username": creds.username, "password": creds.password, "mechanism": creds.mechanism,
-         "security_protocol": "SASL_SSL", "bootstrap": admin.settings.kafka_bootstrap,
+        {"username": creds.username, "password": creds.password, "bootstrap": admin.settings.kafka_bootstrap,
+         "security_protocol": admin.settings.kafka_security_protocol, "sasl_mechanism": creds.mechanism,
+         "ca": cafile.read_text() if cafile is not None else None,
          "acls": len(members.acls(admin.settings, aid))},
         201,
     )  # fmt: skip

@@ -176,7 +176,7 @@ def _admin(settings: Settings, args: argparse.Namespace) -> int:
     elif what == "agencies kafka-credentials":
         issued = client.call("POST", f"/admin/v1/agencies/{_segment(args.id)}/kafka-credentials")
         _show(args, {"credentials": [issued]}, "credentials",
-              ["username", "password", "mechanism", "bootstrap", "acls"])  # fmt: skip
+              ["username", "password", "sasl_mechanism", "bootstrap", "acls"])  # fmt: skip
         if not args.json:
             progress(
                 "the password is shown once: its adapter connects with NDXP_KAFKA_SASL_USERNAME/PASSWORD"

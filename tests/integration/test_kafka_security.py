@@ -114,7 +114,9 @@ async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and
             creds = await issued.json()
             entry = await (await admin.get(f"/admin/v1/agencies/{provider}", headers=OPS)).json()
             assert entry["own_adapter"] is True, entry  # the generic adapter leaves it to its own
-        assert (creds["username"], creds["mechanism"]) == (f"member-{provider}", "SCRAM-SHA-512")
+        assert (creds["username"], creds["sasl_mechanism"]) == (f"member-{provider}", "SCRAM-SHA-512")
+        assert (creds["security_protocol"], creds["bootstrap"]) == ("SASL_SSL", platform.kafka_bootstrap)
+        assert creds["ca"].startswith("-----BEGIN CERTIFICATE-----")  # what signs the brokers' certificates
         member = platform.replace(
             kafka_sasl_username=creds["username"], kafka_sasl_password=creds["password"]
         )
