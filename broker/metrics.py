@@ -65,6 +65,13 @@ class GatewayMetrics:
             "Replies that arrived after their exchange timed out (dropped)",
             registry=registry,
         )
+        self.forged_replies = Counter(
+            "ndxp_forged_replies_total",
+            "Replies dropped because they carry no valid signature of the exchange's provider (a member "
+            "adapter's provider signs its replies)",
+            ["provider"],
+            registry=registry,
+        )
         self.tx_pending = Gauge(
             "ndxp_tx_records_pending",
             "Transaction records sent, not yet acknowledged by Kafka",
@@ -169,6 +176,12 @@ class KeeperMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.forged_replies = Counter(
+            "ndxp_keeper_forged_replies_total",
+            "Replies to stored exchanges dropped for want of their provider's signature",
+            ["provider"],
+            registry=registry,
+        )
         self.finished = Counter(
             "ndxp_stored_exchanges_total",
             "Stored (async or idempotent) exchanges finished by the keeper, by mode and status",

@@ -288,6 +288,11 @@ class Settings:
     )
     sim_latency_ms: int = setting(0, minimum=0, help="Simulated agencies' extra latency.")
     backend_timeout_ms: int = setting(2000, minimum=1, help="Timeout of a call to an agency's own backend.")
+    reply_secret: str | None = setting(
+        None, secret=True,
+        help="A member's own adapter: the reply secret its Kafka credentials came with (it signs every "
+        "reply, which the platform checks).",
+    )  # fmt: skip
     backend_secrets_dir: Path | None = setting(
         None, help="Where bound services' ${secret:NAME} and ${env:NAME} are files "
         "(<dir>/<provider>/<NAME>), besides the provider's variables (see the agency guide).",

@@ -63,9 +63,11 @@ from broker.kafka import (
 from broker.metrics import AdapterMetrics
 from broker.model.envelope import (
     H_ERROR,
+    H_ORIGIN,
     Reply,
     ReplyOutcome,
     RequestMeta,
+    reply_mac,
 )
 from broker.settings import Settings
 
@@ -400,11 +402,16 @@ class Adapter(KafkaService):
         return outs
 
     def _reply_out(self, meta: RequestMeta, reply: Reply) -> _Out:
+        headers = reply.headers()
+        if self.settings.reply_secret:  # a member's adapter: its proof of origin
+            mac = reply_mac(self.settings.reply_secret.encode(), reply.exchange_id, reply.status,
+                            reply.outcome.value, reply.body)  # fmt: skip
+            headers.append((H_ORIGIN, mac.encode()))
         return _Out(
             meta.reply_to,
             reply.body,
             meta.exchange_id.encode(),
-            reply.headers(),
+            headers,
             partition=meta.reply_partition,
             reply=reply,
         )

@@ -181,6 +181,7 @@ def _public_agency(doc: dict[str, Any]) -> dict[str, Any]:
     out = dict(doc)
     if "callback" in out:
         out["callback"] = {"url": out["callback"]["url"]}  # the secrets are write-only
+    out.pop("reply_secret", None)
     return out
 
 
@@ -334,9 +335,12 @@ async def kafka_credentials(request: web.Request) -> web.Response:
     services = sorted({s.service for s in admin.live.catalog.versions(aid)})
     creds = await members.grant(admin.settings, aid, services)
 
+    reply_secret = secrets.token_urlsafe(32)
+
     def write(live: LiveRegistry, change: Change) -> list[Entry]:
-        # From now on its own adapter serves it: the platform's generic one leaves its bindings.
-        doc = {**_agency_or_404(live, aid), "own_adapter": True}
+        # From now on its own adapter serves it (the platform's generic one leaves its bindings), and
+        # signs its replies: on shared topics, a reply is taken only with its provider's signature.
+        doc = {**_agency_or_404(live, aid), "own_adapter": True, "reply_secret": reply_secret}
         return [_entry(live, change, "agency", aid, doc)]
 
     await admin.writer.write(_decide(write, caller.id, "kafka.credentials", f"agency/{aid}", (aid,)))
@@ -344,7 +348,7 @@ async def kafka_credentials(request: web.Request) -> web.Response:
     return json_response(
         {"username": creds.username, "password": creds.password, "bootstrap": admin.settings.kafka_bootstrap,
          "security_protocol": admin.settings.kafka_security_protocol, "sasl_mechanism": creds.mechanism,
-         "ca": cafile.read_text() if cafile is not None else None,
+         "ca": cafile.read_text() if cafile is not None else None, "reply_secret": reply_secret,
          "acls": len(members.acls(admin.settings, aid))},
         201,
     )  # fmt: skip

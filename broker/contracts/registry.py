@@ -99,6 +99,9 @@ class Agency:
     own_adapter: bool = False
     """It runs its adapter itself, with its own Kafka user (the platform's generic adapter leaves its
     bound services to it)."""
+    reply_secret: bytes | None = field(default=None, repr=False)
+    """Its own adapter signs its replies with it (``ndxp-origin``): replies that travel on shared topics
+    are taken from it only with a valid signature."""
 
     @property
     def callback_secrets(self) -> tuple[bytes, ...]:
@@ -149,7 +152,7 @@ def agency_from_document(doc: Any, where: str = "agency") -> Agency:
         raise RegistryError(f"{where}: an agency is an object")
     unknown = sorted(set(doc) - {"id", "code", "name", "roles", "rate_limit", "max_in_flight", "callback",
                                   "certs_sha256", "cert_required", "max_open_stored",
-                                  "own_adapter"})  # fmt: skip
+                                  "own_adapter", "reply_secret"})  # fmt: skip
     if unknown:
         raise RegistryError(f"{where}.{unknown[0]}: unknown field")
     aid = doc.get("id")
@@ -186,10 +189,14 @@ def agency_from_document(doc: Any, where: str = "agency") -> Agency:
     own_adapter = doc.get("own_adapter", False)
     if not isinstance(own_adapter, bool):
         raise RegistryError(f"{where}.own_adapter: true or false")
+    reply_secret = doc.get("reply_secret")
+    if reply_secret is not None and (not isinstance(reply_secret, str) or len(reply_secret) < 32):
+        raise RegistryError(f"{where}.reply_secret: a text of at least 32 characters")
     return Agency(
         id=aid,
         cert_required=cert_required,
         own_adapter=own_adapter,
+        reply_secret=reply_secret.encode() if reply_secret is not None else None,
         code=str(doc.get("code", aid)),
         name=str(doc.get("name", aid)),
         roles=frozenset(roles),

@@ -156,7 +156,8 @@ async def _round_trip(gw: Gateway, ex: Exchange) -> Reply:
     svc = ex.svc
     assert svc is not None
     meta = ex.meta(reply_to=gw.replies.topic, deadline_ms=now_ms() + svc.timeout_ms)
-    reply_future = gw.replies.expect(ex.id)
+    provider = gw.registry.agencies.get(svc.provider)
+    reply_future = gw.replies.expect(ex.id, svc.provider, provider.reply_secret if provider else None)
     gw.metrics.in_flight.inc()
     sent = time.perf_counter()
     try:

@@ -120,7 +120,10 @@ class ExchangeKeeper(KafkaService):
         self.group_id = f"{self.topic}.keeper"
         self.topics = Topics(settings)
         self.dlq_topic = self.topics.callbacks_dlq().name
-        self.ledger = Ledger()
+        self.ledger = Ledger(
+            secret_of=lambda p: a.reply_secret if (a := self.registry.agencies.get(p)) is not None else None,
+            on_forged=lambda p: self.metrics.forged_replies.labels(p).inc(),
+        )
         """What is open and what is due: every decision of the keeper, no I/O."""
         self._results: list[_Attempted] = []
         """Callback attempts' results, to write in the next transaction."""

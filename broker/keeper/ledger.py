@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
 from broker.model.documents import GRACE_MS, Claims, Final, Pending, decode, doc_kind
-from broker.model.envelope import Reply
+from broker.model.envelope import Reply, from_provider
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,15 @@ class Work:
 class Ledger:
     """The open exchanges of the keeper's partitions (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        secret_of: Callable[[str], bytes | None] = lambda _: None,
+        on_forged: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        """``secret_of``: a provider's reply secret (its own adapter signs its replies; None: the
+        platform runs its adapter); ``on_forged``: told of a reply dropped for want of it."""
+        self.secret_of = secret_of
+        self.on_forged = on_forged
         self.open: dict[TopicPartition, dict[str, Open]] = {}
         self.catching_up: dict[TopicPartition, int] = {}
         """Partitions assigned and not yet read up to their end offset at assignment."""
@@ -123,6 +131,13 @@ class Ledger:
                 return
             o = opens.get(reply.exchange_id)
             if o is not None and o.pending is not None and o.final is None and o.reply is None:
+                secret = self.secret_of(o.pending.provider)
+                if secret is not None and not from_provider(reply, headers, secret):
+                    # Every provider may write to this topic: only the exchange's own provider answers.
+                    log.warning("keeper: dropping a reply for %s's exchange %s without its signature",
+                                o.pending.provider, reply.exchange_id)  # fmt: skip
+                    self.on_forged(o.pending.provider)
+                    return
                 o.reply = reply
                 self._replied.add((tp, reply.exchange_id))
             return

@@ -9,6 +9,8 @@ HTTP status the provider chose and an outcome.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import os
 import time
 from collections.abc import Iterable
@@ -179,6 +181,25 @@ class RequestMeta:
 
     def expired(self, at_ms: int | None = None) -> bool:
         return (now_ms() if at_ms is None else at_ms) >= self.deadline_ms
+
+
+H_ORIGIN = "ndxp-origin"
+"""On a reply from a member's own adapter: HMAC-SHA256 of the reply by its provider's reply secret."""
+
+
+def reply_mac(secret: bytes, exchange_id: str, status: int, outcome: str, body: bytes) -> str:
+    """The proof that the provider holding ``secret`` sent this reply (nobody else can make it)."""
+    message = f"{exchange_id}\0{status}\0{outcome}\0".encode() + body
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def from_provider(reply: Reply, headers: Iterable[tuple[str, bytes | None]], secret: bytes) -> bool:
+    """Whether ``reply`` carries a valid proof by the provider whose reply secret is ``secret``."""
+    sent = next((v for k, v in headers if k == H_ORIGIN), None)
+    if sent is None:
+        return False
+    want = reply_mac(secret, reply.exchange_id, reply.status, reply.outcome.value, reply.body)
+    return hmac.compare_digest(sent, want.encode())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

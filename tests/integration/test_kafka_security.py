@@ -12,12 +12,16 @@ import pytest
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from prometheus_client import CollectorRegistry
 
+from adapters.runtime import Request
+from adapters.runtime.adapter import Adapter
 from broker.counter.counter import TxCounter
 from broker.dev.localkafka import LocalKafka
 from broker.kafka import Topics, admin_client, ensure_topics, make_producer
 from broker.kafka.members import acls, revoke
 from broker.metrics import CounterMetrics
+from broker.model.envelope import H_ORIGIN, Reply, ReplyOutcome, RequestMeta, reply_mac
 from broker.settings import Settings
+from tests.fixtures import sample
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
     running_adapter,
@@ -114,20 +118,61 @@ async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and
             creds = await issued.json()
             entry = await (await admin.get(f"/admin/v1/agencies/{provider}", headers=OPS)).json()
             assert entry["own_adapter"] is True, entry  # the generic adapter leaves it to its own
+            assert "reply_secret" not in entry, "write-only: shown once, with the credentials"
         assert (creds["username"], creds["sasl_mechanism"]) == (f"member-{provider}", "SCRAM-SHA-512")
         assert (creds["security_protocol"], creds["bootstrap"]) == ("SASL_SSL", platform.kafka_bootstrap)
         assert creds["ca"].startswith("-----BEGIN CERTIFICATE-----")  # what signs the brokers' certificates
         member = platform.replace(
             kafka_sasl_username=creds["username"], kafka_sasl_password=creds["password"]
         )
+        member = member.replace(reply_secret=creds["reply_secret"])  # it signs its replies
+        seen_by_handler: list[RequestMeta] = []
+        go_on = asyncio.Event()
+
+        async def echo(req: Request) -> Any:
+            seen_by_handler.append(req.meta)
+            if req.body.get("mode") == "hold":
+                await go_on.wait()
+            return {"msg": req.body["msg"], "via": req.meta.reply_to}
+
+        alice = {"Authorization": "Bearer key-alice"}
         async with (
-            running_gateway(platform) as (http, _),
-            running_adapter(member, provider, EchoHandlers()),
+            running_gateway(platform) as (http, gw),
+            Adapter(member, provider, {"echo": echo}) as adapter,
         ):
-            resp = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "mine"},
-                                   headers={"Authorization": "Bearer key-alice"})  # fmt: skip
+            await adapter.wait_assigned()
+            resp = await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "mine"}, headers=alice)
             assert resp.status == 200, await resp.text()
             assert (await resp.json())["msg"] == "mine"
+            # A reply for the member's exchange that its provider did not sign: dropped and counted,
+            # and the exchange gets its real answer.
+            held = asyncio.create_task(
+                http.post(
+                    f"/v1/exchange/{provider}/echo", json={"msg": "held", "mode": "hold"}, headers=alice
+                )
+            )
+            async with asyncio.timeout(30):
+                while len(seen_by_handler) < 2:
+                    await asyncio.sleep(0.05)
+            meta = seen_by_handler[1]
+            forged = Reply(exchange_id=meta.exchange_id, status=200, outcome=ReplyOutcome.OK,
+                           body=b'{"msg": "forged", "via": "x"}')  # fmt: skip
+            wrong = reply_mac(b"not-the-provider's-secret-at-all-0123456789", forged.exchange_id, 200, "ok",
+                              forged.body)  # fmt: skip
+            forger = make_producer(member)
+            await forger.start()
+            try:
+                for headers in (forged.headers(), [*forged.headers(), (H_ORIGIN, wrong.encode())]):
+                    await (await forger.send(meta.reply_to, forged.body, headers=headers))
+            finally:
+                await forger.stop()
+            async with asyncio.timeout(30):
+                while sample(gw.metrics.registry, "ndxp_forged_replies_total", provider=provider) < 2:
+                    await asyncio.sleep(0.05)
+            go_on.set()
+            answer = await held
+            assert answer.status == 200, await answer.text()
+            assert (await answer.json())["msg"] == "held", "the forged reply never answered the caller"
         names = platform.names
         refused = TopicAuthorizationFailedError.errno
         seen = await _described(member, [names.request(provider, "echo"), names.request(other, "echo"),

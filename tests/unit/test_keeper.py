@@ -14,7 +14,7 @@ from broker.kafka import Outgoing, Transactions
 from broker.keeper.callbacks import MAX_BACKOFF_S, after_attempt, backoff_s, headers, sign
 from broker.keeper.ledger import Ledger
 from broker.model.documents import GRACE_MS, CallbackState, Final, Pending, Status
-from broker.model.envelope import Reply, ReplyOutcome
+from broker.model.envelope import H_ORIGIN, Reply, ReplyOutcome, reply_mac
 from broker.model.records import Mode
 from tests.fakes import FakeKafka
 
@@ -228,3 +228,22 @@ def test_final_documents_survive_a_round_trip_with_their_enums() -> None:
     assert doc.status is Status.DONE
     assert doc.mode is Mode.ASYNC
     assert dataclasses.replace(doc, callback=None).callback_due is False
+
+
+def test_a_member_providers_reply_is_taken_only_with_its_signature() -> None:
+    """Every provider's adapter may write to the stored-exchanges topic: for a provider that runs its
+    own adapter (it has a reply secret), an unsigned or wrongly signed reply is dropped and told."""
+    secret = b"prov's-reply-secret-0123456789-abcdef"
+    forged: list[str] = []
+    ledger = caught_up(Ledger(secret_of=lambda p: secret if p == "prov" else None, on_forged=forged.append))
+    ledger.apply(TP, 0, PENDING, pending("a"))
+    headers, body = reply("a")
+    ledger.apply(TP, 1, headers, body)  # no signature
+    wrong = reply_mac(b"another-providers-secret-0123456789", "a", 200, "ok", body)
+    ledger.apply(TP, 2, [*headers, (H_ORIGIN, wrong.encode())], body)
+    assert ledger.due(now_ms=0).finish == []
+    assert forged == ["prov", "prov"]
+    signed = reply_mac(secret, "a", 200, "ok", body)
+    ledger.apply(TP, 3, [*headers, (H_ORIGIN, signed.encode())], body)
+    work = ledger.due(now_ms=0)
+    assert [o.pending.exchange_id for _, o in work.finish if o.pending] == ["a"]
