@@ -59,18 +59,24 @@ class PublicOnlyResolver(AbstractResolver):
         await self._inner.close()
 
 
-def refusal(url: str, allow_private: bool) -> str | None:
-    """Why a callback may not be sent to ``url`` before any connection (None: it may be tried)."""
+def is_address(text: str) -> bool:
+    """Whether ``text`` is an IP address (not a name)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def refusal(url: str, allow_private: bool, what: str = "callback") -> str | None:
+    """Why a ``what`` (a callback, a bound backend) may not be called at ``url`` before any
+    connection (None: it may be tried; a host name is checked when it is resolved)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https" and not allow_private:
-        return "refused: a callback URL is https"
+        return f"refused: a {what} URL is https"
     host = parts.hostname or ""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return None  # a name: checked when it is resolved
-    if not allow_private and not is_public(host):
-        return "refused: the callback's address is not public"
+    if is_address(host) and not allow_private and not is_public(host):
+        return f"refused: the {what}'s address is not public"
     return None
 
 

@@ -9,10 +9,14 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from adapters.runtime import Handler, Request
 from broker.errors import BusinessError
@@ -205,3 +209,14 @@ def sample(registry: Any, name: str, **labels: str) -> float:
     exposition, never a client library's private state."""
     value = registry.get_sample_value(name, labels or None)
     return float(value) if value is not None else 0.0
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on loopback (an agency's backend, a fake one): yields its base URL."""
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
-import ipaddress
 import logging
 import os
 import re
@@ -47,7 +46,7 @@ import orjson
 from adapters.runtime.forward import Answer, Forwarder, json_of
 from adapters.runtime.request import Handler, Request
 from broker.contracts.catalog import REFERENCE, Catalog, Service, VersionState
-from broker.egress import PublicOnlyResolver, is_public
+from broker.egress import PublicOnlyResolver, refusal
 from broker.errors import AdapterSetupError, BackendError, BusinessError
 from broker.settings import Settings
 
@@ -80,27 +79,13 @@ def _resolve(text: str, provider: str, settings: Settings) -> str:
 def _forwarder(url_template: str, resolved: str, timeout_ms: int, settings: Settings) -> Forwarder:
     """A bounded client; public addresses only when the URL is the registry's own (not a reference)."""
     trusted = url_template.startswith("${") or settings.backend_allow_private
-    if not trusted:
-        parts = urllib.parse.urlsplit(resolved)
-        if parts.scheme != "https":
-            raise AdapterSetupError(f"{url_template}: a backend URL written in the registry is https")
-        host = parts.hostname or ""
-        if _is_address(host) and not is_public(host):
-            raise AdapterSetupError(
-                f"{url_template}: a backend URL written in the registry must name a public host"
-            )
+    refused = None if trusted else refusal(resolved, allow_private=False, what="backend")
+    if refused is not None:  # the registry's own URL: the callbacks' rule (https, public addresses)
+        raise AdapterSetupError(f"{url_template}: written in the registry, {refused}")
     return Forwarder(
         timeout_ms=timeout_ms,
         resolver=None if trusted else PublicOnlyResolver(),
     )
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _not_found(svc: Service, body: Any) -> BusinessError:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from broker.contracts.registry import Agency, Registry
+from broker.egress import is_address
 from broker.errors import NdxpError, Unauthorized
 from broker.gateway.middleware import header
 from broker.gateway.state import Gateway
@@ -75,16 +76,8 @@ def address_of(request: web.Request, trusted: Networks) -> str:
     ]
     for hop in reversed(forwarded):  # the right-most hops were added by our own proxies
         if not _within(hop, trusted):
-            return hop if _is_ip(hop) else peer
+            return hop if is_address(hop) else peer
     return peer
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _within(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
 
 from broker.settings import Settings
+from tests.fixtures import serving
 from tests.integration.exchange_fixtures import running_admin, running_gateway
 from tests.integration.test_exchange_processes import ROOT, _env
 
@@ -60,12 +60,8 @@ async def backend() -> AsyncIterator[tuple[str, list[str]]]:
 
     app = web.Application()
     app.router.add_get("/nguoi/{id}", person)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/"), seen
-    finally:
-        await server.close()
+    async with serving(app) as url:
+        yield url, seen
 
 
 async def _served(http: ClientSession, provider: str, want: Any, within_s: float = 30) -> float:

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
 
 from adapters.runtime.adapter import Adapter
 from adapters.runtime.bindings import Bindings
 from broker.contracts.catalog import Catalog
 from broker.dev.ports import free_port
 from broker.settings import Settings
+from tests.fixtures import serving
 from tests.integration.exchange_fixtures import running_gateway
 
 pytestmark = pytest.mark.kafka
@@ -48,12 +48,8 @@ async def land_platform(settings: Settings, backend_url: str) -> AsyncIterator[C
 async def fake_backend(handler: BackendHandler) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/api/v1/thua-dat/{ma_thua}", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with serving(app) as url:
+        yield url
 
 
 async def _land(http: ClientSession) -> tuple[int, dict[str, Any]]:

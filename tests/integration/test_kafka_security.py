@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +37,26 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 OPS = {"Authorization": "Bearer key-ops"}
 
 
-async def test_the_platform_runs_on_a_sasl_ssl_kafka_and_wrong_credentials_are_refused(
-    base_settings: Settings, tmp_path: Path
-) -> None:
-    provider = f"tp{uuid.uuid4().hex[:10]}"
-    kafka = LocalKafka(base_settings, nodes=1, data_dir=tmp_path / "kafka", secure=True)
+@asynccontextmanager
+async def secure_platform(base: Settings, tmp_path: Path, provider: str) -> AsyncIterator[Settings]:
+    """A local Kafka with SASL_SSL and ACLs, and the platform's settings for it (its super user)."""
+    kafka = LocalKafka(base, nodes=1, data_dir=tmp_path / "kafka", secure=True)
     await asyncio.to_thread(kafka.start)
     try:
-        settings = kafka.client_settings().replace(
+        yield kafka.client_settings().replace(
             schemas_dir=write_contracts(tmp_path, provider),
             registry_path=write_registry(tmp_path, provider),
             instance_id=f"test-{uuid.uuid4().hex[:8]}",
         )
+    finally:
+        await asyncio.to_thread(kafka.stop)
+
+
+async def test_the_platform_runs_on_a_sasl_ssl_kafka_and_wrong_credentials_are_refused(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    provider = f"tp{uuid.uuid4().hex[:10]}"
+    async with secure_platform(base_settings, tmp_path, provider) as settings:
         assert settings.kafka_security_protocol == "SASL_SSL"
         assert settings.kafka_sasl_password is not None
         assert settings.kafka_sasl_password not in repr(settings)
@@ -72,8 +82,6 @@ async def test_the_platform_runs_on_a_sasl_ssl_kafka_and_wrong_credentials_are_r
             async with asyncio.timeout(30):
                 await wrong.start()
         await wrong.stop()
-    finally:
-        await asyncio.to_thread(kafka.stop)
 
 
 async def _send(producer: Any, topic: str) -> None:
@@ -98,14 +106,7 @@ async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and
     to end and Kafka refuses it another provider's requests, another provider's topics and the
     registry; once revoked, it cannot connect."""
     provider, other = f"tp{uuid.uuid4().hex[:10]}", f"tq{uuid.uuid4().hex[:10]}"
-    kafka = LocalKafka(base_settings, nodes=1, data_dir=tmp_path / "kafka", secure=True)
-    await asyncio.to_thread(kafka.start)
-    try:
-        platform = kafka.client_settings().replace(
-            schemas_dir=write_contracts(tmp_path, provider),
-            registry_path=write_registry(tmp_path, provider),
-            instance_id=f"test-{uuid.uuid4().hex[:8]}",
-        )
+    async with secure_platform(base_settings, tmp_path, provider) as platform:
         await ensure_topics(platform, [Topics(platform).request(other, "echo"), Topics(platform).data(other)])
         async with running_admin(platform) as (admin, _):
             by_alice = await admin.post(f"/admin/v1/agencies/{provider}/kafka-credentials",
@@ -192,6 +193,4 @@ async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and
             async with asyncio.timeout(30):
                 await gone.start()
         await gone.stop()
-    finally:
-        await asyncio.to_thread(kafka.stop)
     print(f"\nthe member user, its topics and its {len(acls(platform, provider))} ACLs: {granted_s:.2f}s")

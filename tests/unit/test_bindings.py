@@ -16,15 +16,16 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from adapters.demo import land_backend, soap_backend, synthetic
+from adapters.demo.agencies.common import person_fields
 from adapters.runtime import Request
 from adapters.runtime.bindings import compile_binding
 from broker.contracts.catalog import Catalog, Service, service_from_document
 from broker.errors import AdapterSetupError, BackendError, BusinessError, CatalogError
 from broker.model.envelope import RequestMeta
 from broker.settings import Settings
+from tests.fixtures import serving
 
 SETTINGS = Settings()
 CATALOG = Catalog.load(SETTINGS.schemas_dir)
@@ -43,22 +44,12 @@ async def _call(svc: Service, body: Any, settings: Settings = SETTINGS) -> Any:
         await client.close()
 
 
-@asynccontextmanager
-async def _serving(app: web.Application) -> AsyncIterator[str]:
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
-
-
 @pytest.fixture
 async def backends(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     """The demo's two backends, and the references their bindings name."""
     async with (
-        _serving(land_backend.create_backend(SETTINGS)) as land,
-        _serving(soap_backend.create_backend(SETTINGS)) as bhxh,
+        serving(land_backend.create_backend(SETTINGS)) as land,
+        serving(soap_backend.create_backend(SETTINGS)) as bhxh,
     ):
         monkeypatch.setenv("NDXP_BINDING_TNMT_BACKEND", land)
         monkeypatch.setenv("NDXP_BINDING_BHXH_BACKEND", bhxh)
@@ -66,15 +57,6 @@ async def backends(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
 
 
 # -- what the hand-written handlers answered before the bindings (kept here as the reference) --------
-
-
-def _person(p: synthetic.Person) -> dict[str, Any]:
-    return {
-        "cccd": p.cccd,
-        "full_name": p.full_name,
-        "gender": p.gender,
-        "birth_date": p.birth_date.isoformat(),
-    }
 
 
 def todays_land(parcel_id: str) -> Any:
@@ -95,7 +77,7 @@ def todays_insurance_status(cccd: str) -> Any:
     working_age = 18 <= synthetic.age(p) < 62
     participating = working_age and r.random() < 0.65
     months = r.randrange(1, 12 * (synthetic.age(p) - 17)) if participating else 0
-    return {**_person(p), "social_insurance_number": synthetic.insurance_number(p),
+    return {**person_fields(p), "social_insurance_number": synthetic.insurance_number(p),
             "participating": participating, "contribution_months": months}  # fmt: skip
 
 
@@ -112,7 +94,7 @@ def todays_health_card(cccd: str) -> Any:
         valid_from = valid_from.replace(year=valid_from.year - 1)
         valid_to = valid_to.replace(year=valid_to.year - 1)
     card = f"{group}{r.randint(1, 5)}{p.cccd[1:3]}{synthetic.insurance_number(p)}"
-    return {**_person(p), "card_number": card,
+    return {**person_fields(p), "card_number": card,
             "valid_from": valid_from.isoformat(), "valid_to": valid_to.isoformat(), "valid": not expired,
             "registered_facility": r.choice(synthetic.HOSPITALS)}  # fmt: skip
 
@@ -195,7 +177,7 @@ Backend = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def _bad_land(handler: Backend, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     app = web.Application()
     app.router.add_get("/api/v1/thua-dat/{ma_thua}", handler)
-    async with _serving(app) as url:
+    async with serving(app) as url:
         monkeypatch.setenv("NDXP_BINDING_TNMT_BACKEND", url)
         yield
 
@@ -245,7 +227,7 @@ async def test_a_soap_backend_outside_its_wsdl_is_a_clear_error(monkeypatch: pyt
     svc = CATALOG.get("bhxh", "health_card")
     assert svc is not None
     real = soap_backend.create_backend(SETTINGS)
-    async with _serving(real) as wsdl_host:
+    async with serving(real) as wsdl_host:
         for answer in (
             b"<html>oops</html>",
             b'<?xml version="1.0"?><soap:Envelope xmlns:soap="http://'
@@ -263,7 +245,7 @@ async def test_a_soap_backend_outside_its_wsdl_is_a_clear_error(monkeypatch: pyt
             app = web.Application()
             app.router.add_get("/soap", wsdl)
             app.router.add_post("/soap", wrong)
-            async with _serving(app) as url:
+            async with serving(app) as url:
                 monkeypatch.setenv("NDXP_BINDING_BHXH_BACKEND", url)
                 with pytest.raises(BackendError, match="outside its WSDL"):
                     await _call(svc, {"cccd": "001090012345"})
