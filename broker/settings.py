@@ -105,6 +105,17 @@ class Settings:
     kafka_ssl_cafile: Path | None = setting(
         None, help="CA bundle (PEM) that signed the brokers' certificates."
     )
+    kafka_users: str = setting(
+        "kafka",
+        choices=("kafka", "strimzi"),
+        help="Who makes members' Kafka users and ACLs: the platform, through Kafka's Admin API, or "
+        "Strimzi's User Operator from KafkaUser resources (deploy/k8s/base/users.yaml).",
+    )
+    kafka_member_bootstrap: str | None = setting(
+        None,
+        shown="NDXP_KAFKA_BOOTSTRAP",
+        help="The Kafka address members' own adapters connect to, from their premises.",
+    )
     cache_dir: Path = setting(
         factory=lambda: Path.home() / ".cache" / "ndxp", shown="~/.cache/ndxp",
         help="Resolved Kafka jars and local state files.",
@@ -392,10 +403,11 @@ def _cast(name: str, raw: str, hint: Any, info: Setting) -> Any:
         raise SettingsError(f"{name}={raw!r}: must be >= {info.minimum:g}")
     if info.maximum is not None and value > info.maximum:
         raise SettingsError(f"{name} must be at most {info.maximum:g}")
-    if info.choices:
-        value = str(value).upper()
-        if value not in info.choices:
+    if info.choices:  # in any case, taken as the choice is spelled
+        spelled = {c.upper(): c for c in info.choices}
+        if str(value).upper() not in spelled:
             raise SettingsError(f"{name}={value!r}: one of {sorted(info.choices)}")
+        value = spelled[str(value).upper()]
     return value
 
 

@@ -15,6 +15,7 @@ that is stale gets 409 ``conflict``.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ from broker.kafka.registry import Proposal, RegistryFollower, RegistryWriter, ne
 from broker.metrics import RegistryMetrics
 from broker.model.envelope import new_exchange_id
 from broker.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_KEY_DAYS = 3 * 366
 """Longest a key issued here lives (rotate before)."""
@@ -305,8 +308,11 @@ async def delete_agency(request: web.Request) -> web.Response:
 
     admin = request.app[ADMIN]
     await admin.writer.write(_decide(write, caller.id, "agency.delete", f"agency/{aid}", (aid,)))
-    if _sasl(admin.settings):  # its member user (if it had one) and every ACL of it go too
-        await members.revoke(admin.settings, aid)
+    if _sasl(admin.settings) and admin.settings.kafka_users == "kafka":
+        await members.revoke(admin.settings, aid)  # its member user (if it had one) and its ACLs go too
+    elif _sasl(admin.settings):
+        log.warning("agency %s left: delete its KafkaUser %s (Strimzi's User Operator owns it)",
+                    aid, members.member_user(aid))  # fmt: skip
     return web.Response(status=204)
 
 
@@ -332,8 +338,16 @@ async def kafka_credentials(request: web.Request) -> web.Response:
     if not _sasl(admin.settings):
         raise Conflict("this platform's Kafka has no users of its own (not SASL): run it with SASL_SSL, "
                        "e.g. `ndxp kafka start --secure`")  # fmt: skip
+    settings = admin.settings
     services = sorted({s.service for s in admin.live.catalog.versions(aid)})
-    creds = await members.grant(admin.settings, aid, services)
+    if settings.kafka_users == "kafka":
+        creds = await members.grant(settings, aid, services)
+        issued: dict[str, object] = {"username": creds.username, "password": creds.password}
+    else:  # Strimzi's User Operator owns the users: the KafkaUser to apply, its password in a Secret
+        await members.ensure_member_topics(settings, aid, services)
+        user = members.kafka_user(settings, aid)
+        issued = {"username": members.member_user(aid), "password": None,
+                  "password_secret": members.member_user(aid), "kafka_user": user}  # fmt: skip
 
     reply_secret = secrets.token_urlsafe(32)
 
@@ -344,12 +358,12 @@ async def kafka_credentials(request: web.Request) -> web.Response:
         return [_entry(live, change, "agency", aid, doc)]
 
     await admin.writer.write(_decide(write, caller.id, "kafka.credentials", f"agency/{aid}", (aid,)))
-    cafile = admin.settings.kafka_ssl_cafile
+    cafile = settings.kafka_ssl_cafile
     return json_response(
-        {"username": creds.username, "password": creds.password, "bootstrap": admin.settings.kafka_bootstrap,
-         "security_protocol": admin.settings.kafka_security_protocol, "sasl_mechanism": creds.mechanism,
+        {**issued, "bootstrap": settings.kafka_member_bootstrap or settings.kafka_bootstrap,
+         "security_protocol": settings.kafka_security_protocol, "sasl_mechanism": members.MECHANISM,
          "ca": cafile.read_text() if cafile is not None else None, "reply_secret": reply_secret,
-         "acls": len(members.acls(admin.settings, aid))},
+         "acls": len(members.grants(settings, aid))},
         201,
     )  # fmt: skip
 

@@ -177,7 +177,12 @@ def _admin(settings: Settings, args: argparse.Namespace) -> int:
         issued = client.call("POST", f"/admin/v1/agencies/{_segment(args.id)}/kafka-credentials")
         _show(args, {"credentials": [issued]}, "credentials",
               ["username", "password", "sasl_mechanism", "bootstrap", "acls"])  # fmt: skip
-        if not args.json:
+        if not args.json and issued.get("kafka_user"):
+            secret = issued["password_secret"]
+            progress(f"Strimzi's User Operator makes Kafka's users here: apply the answer's kafka_user "
+                     f"(--json), a KafkaUser; its password will be in the Secret {secret}, "
+                     "key password")  # fmt: skip
+        elif not args.json:
             progress(
                 "the password is shown once: its adapter connects with NDXP_KAFKA_SASL_USERNAME/PASSWORD"
             )

@@ -68,32 +68,97 @@ def _admin(settings: Settings) -> Any:
     return _ka().AdminClient(conf)
 
 
-def acls(settings: Settings, provider: str) -> list[Any]:
-    """The ACL bindings of ``provider``'s member user."""
-    ka = _ka()
-    R, AclOperation = ka.ResourceType, ka.AclOperation
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One right of a member user: a resource (``topic``, ``group``, ``transactionalId``), its name,
+    whether the name is a prefix, and one operation (``Read``, ``Write``, ``Describe``)."""
 
+    resource: str
+    name: str
+    prefix: bool
+    operation: str
+
+
+def grants(settings: Settings, provider: str) -> list[Grant]:
+    """The rights of ``provider``'s member user, in one place: Kafka's ACLs (``acls``, made through
+    the Admin API) and Strimzi's ``KafkaUser`` (``kafka_user``, deploy/k8s/users.py) both come from
+    this list."""
     names = settings.names
+    req, events, txn = (
+        f"{names.prefix}.req.{provider}.",
+        f"{names.prefix}.events.{provider}.",
+        f"{names.adapter_group(provider)}.",
+    )
+    return [
+        Grant("topic", req, True, "Read"),
+        Grant("topic", req, True, "Describe"),
+        Grant("group", names.adapter_group(provider), False, "Read"),
+        Grant("topic", names.reply_prefix, True, "Write"),
+        Grant("topic", settings.exchanges_topic, False, "Write"),
+        Grant("topic", names.data(provider), False, "Write"),
+        Grant("topic", names.data(provider), False, "Describe"),
+        Grant("topic", names.dlq(provider), False, "Write"),
+        Grant("topic", names.dlq(provider), False, "Describe"),
+        Grant("topic", events, True, "Write"),
+        Grant("topic", events, True, "Describe"),
+        Grant("topic", settings.tx_topic, False, "Write"),
+        Grant("transactionalId", txn, True, "Write"),
+        Grant("transactionalId", txn, True, "Describe"),
+    ]  # fmt: skip
+
+
+def acls(settings: Settings, provider: str) -> list[Any]:
+    """The ACL bindings of ``provider``'s member user (confluent-kafka's AclBinding)."""
+    ka = _ka()
+    kinds = {"topic": ka.ResourceType.TOPIC, "group": ka.ResourceType.GROUP,
+             "transactionalId": ka.ResourceType.TRANSACTIONAL_ID}  # fmt: skip
     who = f"User:{member_user(provider)}"
-    prefixed, literal = ka.ResourcePatternType.PREFIXED, ka.ResourcePatternType.LITERAL
-    grants: list[tuple[Any, str, Any, Any]] = [
-        (R.TOPIC, f"{names.prefix}.req.{provider}.", prefixed, AclOperation.READ),
-        (R.TOPIC, f"{names.prefix}.req.{provider}.", prefixed, AclOperation.DESCRIBE),
-        (R.GROUP, names.adapter_group(provider), literal, AclOperation.READ),
-        (R.TOPIC, names.reply_prefix, prefixed, AclOperation.WRITE),
-        (R.TOPIC, settings.exchanges_topic, literal, AclOperation.WRITE),
-        (R.TOPIC, names.data(provider), literal, AclOperation.WRITE),
-        (R.TOPIC, names.data(provider), literal, AclOperation.DESCRIBE),
-        (R.TOPIC, names.dlq(provider), literal, AclOperation.WRITE),
-        (R.TOPIC, names.dlq(provider), literal, AclOperation.DESCRIBE),
-        (R.TOPIC, f"{names.prefix}.events.{provider}.", prefixed, AclOperation.WRITE),
-        (R.TOPIC, f"{names.prefix}.events.{provider}.", prefixed, AclOperation.DESCRIBE),
-        (R.TOPIC, settings.tx_topic, literal, AclOperation.WRITE),
-        (R.TRANSACTIONAL_ID, f"{names.adapter_group(provider)}.", prefixed, AclOperation.WRITE),
-        (R.TRANSACTIONAL_ID, f"{names.adapter_group(provider)}.", prefixed, AclOperation.DESCRIBE),
-    ]
     allow = ka.AclPermissionType.ALLOW
-    return [ka.AclBinding(r, name, pattern, who, "*", op, allow) for r, name, pattern, op in grants]
+    return [
+        ka.AclBinding(
+            kinds[g.resource],
+            g.name,
+            ka.ResourcePatternType.PREFIXED if g.prefix else ka.ResourcePatternType.LITERAL,
+            who,
+            "*",
+            ka.AclOperation[g.operation.upper()],
+            allow,
+        )
+        for g in grants(settings, provider)
+    ]
+
+
+def kafka_user(settings: Settings, provider: str, cluster: str = "ndxp") -> dict[str, Any]:
+    """``provider``'s member user as a Strimzi ``KafkaUser`` (SCRAM-SHA-512, simple authorization):
+    where Strimzi's User Operator owns Kafka's users, the same rights as ``acls``. The operator
+    writes the password to a Secret of the user's name (key ``password``)."""
+    rules: dict[tuple[str, str, bool], list[str]] = {}
+    for g in grants(settings, provider):
+        rules.setdefault((g.resource, g.name, g.prefix), []).append(g.operation)
+    return {
+        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "kind": "KafkaUser",
+        "metadata": {"name": member_user(provider), "labels": {"strimzi.io/cluster": cluster}},
+        "spec": {
+            "authentication": {"type": "scram-sha-512"},
+            "authorization": {
+                "type": "simple",
+                "acls": [
+                    {
+                        "resource": {
+                            "type": kind,
+                            "name": name,
+                            "patternType": "prefix" if prefix else "literal",
+                        },
+                        "operations": ops,
+                        "host": "*",
+                        "type": "allow",
+                    }
+                    for (kind, name, prefix), ops in rules.items()
+                ],
+            },
+        },
+    }
 
 
 def _wait(futures: dict[Any, Any] | list[Any], what: str) -> None:
@@ -135,12 +200,17 @@ async def grant(settings: Settings, provider: str, services: list[str] | None = 
     """Create (or give a new password to) ``provider``'s member user and its ACLs, after the topics
     its adapter uses and may not create itself (its dead letters, its changes, the request topics
     of ``services``)."""
+    await ensure_member_topics(settings, provider, services)
+    return await asyncio.to_thread(_grant, settings, provider)
+
+
+async def ensure_member_topics(settings: Settings, provider: str, services: list[str] | None = None) -> None:
+    """The topics a member's adapter uses and may not create itself."""
     topics = Topics(settings)
     await ensure_topics(
         settings,
         [topics.dlq(provider), topics.data(provider), *(topics.request(provider, s) for s in services or [])],
     )
-    return await asyncio.to_thread(_grant, settings, provider)
 
 
 async def revoke(settings: Settings, provider: str) -> None:

@@ -18,8 +18,8 @@ from adapters.runtime import Request
 from adapters.runtime.adapter import Adapter
 from broker.counter.counter import TxCounter
 from broker.dev.localkafka import LocalKafka
-from broker.kafka import Topics, admin_client, ensure_topics, make_producer
-from broker.kafka.members import acls, revoke
+from broker.kafka import Topics, admin_client, ensure_topics, make_producer, members
+from broker.kafka.members import acls, kafka_user, revoke
 from broker.metrics import CounterMetrics
 from broker.model.envelope import H_ORIGIN, Reply, ReplyOutcome, RequestMeta, reply_mac
 from broker.settings import Settings
@@ -193,4 +193,35 @@ async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and
             async with asyncio.timeout(30):
                 await gone.start()
         await gone.stop()
+        # Where Strimzi's User Operator owns Kafka's users (Kubernetes), the platform makes none: it
+        # answers with the KafkaUser to apply (the same rights) and where its password will be.
+        strimzi = platform.replace(kafka_users="strimzi", kafka_member_bootstrap="kafka.example.vn:9094")
+        async with running_admin(strimzi) as (admin, _):
+            answer = await admin.post(f"/admin/v1/agencies/{other}/kafka-credentials", headers=OPS)
+            assert answer.status == 404, await answer.text()  # not an agency of this registry
+            answer = await admin.post(f"/admin/v1/agencies/{provider}/kafka-credentials", headers=OPS)
+            assert answer.status == 201, await answer.text()
+            told = await answer.json()
+        assert (told["username"], told["password"], told["password_secret"]) == (
+            f"member-{provider}", None, f"member-{provider}")  # fmt: skip
+        assert told["kafka_user"] == kafka_user(platform, provider), told["kafka_user"]
+        assert told["bootstrap"] == "kafka.example.vn:9094"
+        assert told["reply_secret"]
+        assert not await _scram_users(platform, f"member-{provider}"), "revoked, and not made again"
     print(f"\nthe member user, its topics and its {len(acls(platform, provider))} ACLs: {granted_s:.2f}s")
+
+
+async def _scram_users(settings: Settings, user: str) -> list[Any]:
+    """``user``'s SCRAM credentials in Kafka (none: an empty list)."""
+    admin = members._admin(settings)
+
+    def described() -> list[Any]:
+        try:
+            found = admin.describe_user_scram_credentials([user])[user].result(timeout=30)
+            return list(found.scram_credential_infos)
+        except Exception as exc:
+            if "RESOURCE_NOT_FOUND" in str(exc) or "not found" in str(exc).lower():
+                return []
+            raise
+
+    return await asyncio.to_thread(described)

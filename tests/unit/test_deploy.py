@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -98,7 +99,7 @@ def test_kubernetes_manifests_validate_strictly(rendered_overlay: Path) -> None:
     kinds = {d["kind"] for d in yaml.safe_load_all(rendered_overlay.read_text()) if d}
     assert kinds >= {
         "Namespace", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-        "NetworkPolicy", "ConfigMap", "Kafka", "KafkaNodePool", "KafkaTopic", "ServiceMonitor",
+        "NetworkPolicy", "ConfigMap", "Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "ServiceMonitor",
     }  # fmt: skip
 
 
@@ -117,23 +118,49 @@ def test_strimzi_resources_fit_strimzis_own_model(rendered_overlay: Path, tmp_pa
             f"-Dmdep.outputFile={classpath}",
         ]
     )
-    files = [str(DEPLOY / "k8s" / "base" / "kafka.yaml"), str(DEPLOY / "k8s" / "base" / "topics.yaml"),
+    files = [*(str(DEPLOY / "k8s" / "base" / f) for f in ("kafka.yaml", "topics.yaml", "users.yaml")),
              str(rendered_overlay)]  # fmt: skip
     out = report(
         run(["java", "-cp", classpath.read_text().strip(), str(check / "StrimziCheck.java"), *files])
     )
     assert ", 0 faults" in out, out
+    users = sum(d["kind"] == "KafkaUser" for d in yaml.safe_load_all(rendered_overlay.read_text()) if d)
+    assert users >= 2, "the platform's KafkaUser and the members' are checked too"
 
 
-def test_topics_yaml_is_what_the_code_makes() -> None:
+@pytest.mark.parametrize("generator", ["topics", "users"])
+def test_generated_manifests_are_what_the_code_makes(generator: str) -> None:
     sys.path.insert(0, str(DEPLOY / "k8s"))
     try:
-        import topics
+        module = importlib.import_module(generator)
     finally:
         sys.path.pop(0)
-    assert (DEPLOY / "k8s" / "base" / "topics.yaml").read_text() == topics.render(), (
-        "deploy/k8s/base/topics.yaml is stale: run .venv/bin/python deploy/k8s/topics.py"
+    assert (DEPLOY / "k8s" / "base" / f"{generator}.yaml").read_text() == module.render(), (
+        f"deploy/k8s/base/{generator}.yaml is stale: run .venv/bin/python deploy/k8s/{generator}.py"
     )
+
+
+def test_kafka_on_kubernetes_takes_its_users_acls_from_the_code() -> None:
+    """Every client authenticates and is held to ACLs there: the platform's parts as the super user,
+    each member as the KafkaUser whose rights are members.grants (not a right more)."""
+    from broker.kafka.members import grants
+
+    base = DEPLOY / "k8s" / "base"
+    kafka = next(d for d in yaml.safe_load_all((base / "kafka.yaml").read_text()) if d["kind"] == "Kafka")
+    spec = kafka["spec"]["kafka"]
+    assert all(listener["tls"] and listener["authentication"]["type"] == "scram-sha-512"
+               for listener in spec["listeners"]), spec["listeners"]  # fmt: skip
+    assert spec["authorization"] == {"type": "simple", "superUsers": ["ndxp"]}
+    users = {d["metadata"]["name"]: d for d in yaml.safe_load_all((base / "users.yaml").read_text()) if d}
+    assert "authorization" not in users["ndxp"]["spec"], "the super user needs no ACLs"
+    settings = Settings.from_env({})
+    for provider in ("bca", "tnmt", "bhxh"):
+        rules = users[f"member-{provider}"]["spec"]["authorization"]["acls"]
+        given = {(r["resource"]["type"], r["resource"]["name"], r["resource"]["patternType"], op)
+                 for r in rules for op in r["operations"]}  # fmt: skip
+        assert given == {(g.resource, g.name, "prefix" if g.prefix else "literal", g.operation)
+                         for g in grants(settings, provider)}, provider  # fmt: skip
+        assert all(r["type"] == "allow" for r in rules)
 
 
 def _known_keys() -> set[str]:
@@ -157,7 +184,9 @@ def _k8s_environments() -> Iterator[tuple[str, dict[str, str]]]:
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 env = dict(config)
                 for item in container.get("env", []):
-                    env[item["name"]] = item.get("value", "pod-name-from-the-downward-api")
+                    source = item.get("valueFrom", {})
+                    env[item["name"]] = item.get("value", "from-a-secret" if "secretKeyRef" in source
+                                                 else "pod-name-from-the-downward-api")  # fmt: skip
                 yield f"k8s {doc['metadata']['name']}", env
 
 
@@ -172,4 +201,6 @@ def test_every_part_is_given_an_environment_the_platform_accepts() -> None:
         assert not unknown, f"{part}: unknown settings {sorted(unknown)}"
         assert env.get("NDXP_KAFKA_BOOTSTRAP"), f"{part}: no NDXP_KAFKA_BOOTSTRAP"
         settings = Settings.from_env(env)
+        if part.startswith("k8s") and settings.kafka_security_protocol.startswith("SASL"):
+            assert env["NDXP_KAFKA_SASL_PASSWORD"] == "from-a-secret", f"{part}: Kafka's password inline"
         assert settings.internal_host == "0.0.0.0", f"{part}: metrics would listen on loopback only"

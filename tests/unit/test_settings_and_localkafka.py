@@ -193,7 +193,7 @@ def test_every_setting_is_declared_once_with_its_variable_bounds_and_help() -> N
         ({"NDXP_WORKERS": "0"}, "NDXP_WORKERS='0': must be >= 1"),
         ({"NDXP_COUNTER_BATCH": "20001"}, "NDXP_COUNTER_BATCH must be at most 20000"),
         ({"NDXP_PORT": "70000"}, "NDXP_PORT must be at most 65535"),
-        ({"NDXP_KAFKA_SECURITY_PROTOCOL": "tls"}, "NDXP_KAFKA_SECURITY_PROTOCOL='TLS': one of"),
+        ({"NDXP_KAFKA_SECURITY_PROTOCOL": "tls"}, "NDXP_KAFKA_SECURITY_PROTOCOL='tls': one of"),
         ({"NDXP_DEFAULT_RATE_LIMIT": "fast"}, "NDXP_DEFAULT_RATE_LIMIT='fast': expected a number"),
     ):
         with pytest.raises(SettingsError) as caught:

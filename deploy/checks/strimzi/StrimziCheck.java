@@ -1,4 +1,4 @@
-// Checks Strimzi custom resources (Kafka, KafkaNodePool, KafkaTopic) against Strimzi's own
+// Checks Strimzi custom resources (Kafka, KafkaNodePool, KafkaTopic, KafkaUser) against Strimzi's own
 // published model (io.strimzi:api): each document is read into its model class, as the
 // operator reads it; a wrong type or value fails, and a field the model does not know (which
 // the operator would only warn about and ignore) fails too. Other kinds are skipped.
@@ -14,6 +14,7 @@ import io.strimzi.api.kafka.model.common.UnknownPropertyPreserving;
 import io.strimzi.api.kafka.model.kafka.Kafka;
 import io.strimzi.api.kafka.model.nodepool.KafkaNodePool;
 import io.strimzi.api.kafka.model.topic.KafkaTopic;
+import io.strimzi.api.kafka.model.user.KafkaUser;
 import java.io.File;
 import java.lang.reflect.Method;
 import java.lang.reflect.Modifier;
@@ -25,7 +26,8 @@ import java.util.Map;
 
 public class StrimziCheck {
     static final Map<String, Class<?>> KINDS = Map.of(
-            "Kafka", Kafka.class, "KafkaNodePool", KafkaNodePool.class, "KafkaTopic", KafkaTopic.class);
+            "Kafka", Kafka.class, "KafkaNodePool", KafkaNodePool.class, "KafkaTopic", KafkaTopic.class,
+            "KafkaUser", KafkaUser.class);
 
     public static void main(String[] args) throws Exception {
         ObjectMapper yaml = new ObjectMapper(new YAMLFactory())
