@@ -142,6 +142,12 @@ class Settings:
         shown="the host name",
         help="Names this instance's reply topics and transactional ids.",
     )
+    static_membership: bool = setting(
+        True,
+        help="Adapters, keepers and the counter join their consumer groups as static members "
+        "(group.instance.id = the instance id): one restarted within the session timeout takes "
+        "its partitions back with no rebalance; one stopped for good holds them until then.",
+    )
     registry_path: Path = setting(
         factory=lambda: _project_root() / "deploy" / "registry.yaml", env="REGISTRY",
         shown="deploy/registry.yaml",
@@ -290,6 +296,11 @@ class Settings:
     )
     metrics_dir: Path | None = setting(
         None, help="prometheus-client multiprocess directory for gateway workers."
+    )
+    shared_limits: Path | None = setting(
+        None,
+        help="The file the workers of one gateway instance share clients' limits in (the "
+        "supervisor makes one; unset, each worker keeps 1/workers of every limit).",
     )
 
     # -- Adapters --

@@ -59,6 +59,7 @@ from broker.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    static_member,
 )
 from broker.metrics import AdapterMetrics
 from broker.model.envelope import (
@@ -195,6 +196,7 @@ class Adapter(KafkaService):
             self.settings,
             group_id=self.group_id,
             client_id=f"ndxp-adapter-{self.provider}",
+            group_instance_id=static_member(self.settings),
             # Requests are written without transactions; committed reads cost nothing extra.
             isolation_level="read_committed",
             max_poll_records=self.settings.adapter_concurrency,

@@ -42,6 +42,7 @@ from broker.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    static_member,
 )
 from broker.metrics import CounterMetrics
 from broker.model.envelope import H_ERROR
@@ -153,6 +154,7 @@ class TxCounter(KafkaService):
             self.settings,
             group_id=self.group_id,
             client_id="ndxp-counter",
+            group_instance_id=static_member(self.settings),
             isolation_level="read_committed",
             max_poll_records=self.settings.counter_batch,
             fetch_max_wait_ms=100,

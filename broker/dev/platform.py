@@ -32,8 +32,9 @@ from broker.ops.status import state_path
 from broker.settings import Settings, child_environment
 
 PART_STOP_GRACE_S = 20.0
-RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
-"""Waits before restarting a part that died, growing while it keeps dying."""
+RESTART_BACKOFF_S = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+"""Waits before restarting a part that died: none the first time (a static group member is back
+before its session times out), then growing while it keeps dying."""
 STABLE_AFTER_S = 60.0
 """A part up this long counts as healthy again: its next restart waits the shortest time."""
 

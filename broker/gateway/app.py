@@ -26,8 +26,10 @@ from broker.gateway import events, meta
 from broker.gateway.exchange import exchange
 from broker.gateway.limits import Limits
 from broker.gateway.middleware import problems, server_header
+from broker.gateway.presence import Presence
 from broker.gateway.recorder import TxRecorder
 from broker.gateway.replies import ReplyRouter
+from broker.gateway.shared import SharedLimits
 from broker.gateway.state import GATEWAY, Gateway
 from broker.gateway.stored import get_exchange
 from broker.gateway.view import ExchangeView
@@ -118,6 +120,7 @@ def create_app(
             auth_failure_rate=settings.auth_failure_rate,
             max_streams=settings.max_streams,
             max_long_polls=settings.max_long_polls,
+            shared=SharedLimits(settings.shared_limits, worker) if settings.shared_limits else None,
         ),
         replies=ReplyRouter(settings, worker_reply_topic(settings, worker), metrics),
         recorder=TxRecorder(settings.tx_topic, metrics),
@@ -157,7 +160,12 @@ def create_app(
             raise
         gw.kafka = Reachability(gw.producer)
         gw.kafka.start()
+        # The live gateway instances, for each to take its share of a client's limits.
+        presence = Presence(settings, gw.limits)
+        await presence.start()
+        presence.start_beating(gw.producer)
         yield
+        await presence.leave()
         await gw.kafka.stop()
         # Flushes what is still batched, but never waits past the grace period (Kafka may be gone).
         await _bounded(gw.producer.stop(), settings.shutdown_grace_s, "producer")

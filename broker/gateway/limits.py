@@ -1,7 +1,12 @@
 """Per-client rate limits (token buckets) and in-flight caps.
 
-Limits are per worker process: with N workers each gets 1/N of a client's
-rate, so the total across workers stays what the registry says.
+A client's limits are the client's, not a fixed share per process. The workers of one instance
+share its buckets and in-flight counts (:mod:`broker.gateway.shared`, when the supervisor gives them
+the shared file): exact, however the client's connections land on the workers. Across instances,
+each takes ``1/instances`` of a client's rate and in-flight cap, ``instances`` being the gateway
+instances alive now (:mod:`broker.gateway.presence`): exact when a load balancer spreads a client's
+calls over them, less for a client that reaches one instance only. Without a shared file (one
+worker, or a test's) each worker keeps its own buckets, ``1/workers`` of the rate.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from contextlib import contextmanager
 
 from broker.contracts.registry import Agency
 from broker.errors import Overloaded, RateLimited
+from broker.gateway.shared import SharedLimits
 
 MAX_TRACKED_ADDRESSES = 100_000
 
@@ -57,41 +63,66 @@ class Limits:
         auth_failure_rate: float = 5.0,
         max_streams: int = 10,
         max_long_polls: int = 50,
+        shared: SharedLimits | None = None,
     ) -> None:
+        self.shared = shared
+        self.instances = 1
+        """Gateway instances alive now (the presence follower keeps it): each takes its share."""
         self.default_rate = default_rate
         self.max_streams = max_streams
         self._streams: dict[str, int] = {}
         self.max_long_polls = max_long_polls
         self._polls: dict[str, int] = {}
         self.max_in_flight = max_in_flight
-        self.workers = max(1, workers)
-        self.auth_failure_rate = auth_failure_rate / self.workers
+        self.workers = 1 if shared is not None else max(1, workers)
+        self._auth_failure_rate = auth_failure_rate
         self._failures: dict[str, TokenBucket] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._in_flight: dict[str, int] = {}
         self.total_in_flight = 0
 
-    def _bucket(self, agency: Agency) -> TokenBucket:
+    @property
+    def auth_failure_rate(self) -> float:
+        """Failed authentications per second one address is allowed here (its share)."""
+        return self._auth_failure_rate / (self.workers * self.instances)
+
+    def _rate(self, agency: Agency) -> float:
+        return (agency.rate_limit or self.default_rate) / (self.workers * self.instances)
+
+    def _take(self, agency: Agency) -> float:
+        rate = self._rate(agency)
+        if self.shared is not None:
+            wait = self.shared.take(agency.id, rate, max(1.0, rate))
+            if wait is not None:
+                return wait
         bucket = self._buckets.get(agency.id)
         if bucket is None:
-            rate = (agency.rate_limit or self.default_rate) / self.workers
-            bucket = TokenBucket(rate, burst=max(1.0, rate))
-            self._buckets[agency.id] = bucket
-        return bucket
+            bucket = self._buckets[agency.id] = TokenBucket(rate, burst=max(1.0, rate))
+        bucket.rate, bucket.burst = rate, max(1.0, rate)  # the share follows the live instances
+        return bucket.take()
+
+    def _cap(self, agency: Agency) -> int | None:
+        cap = agency.max_in_flight
+        return None if cap is None else max(1, -(-cap // self.instances))
 
     @contextmanager
     def admit(self, agency: Agency) -> Iterator[None]:
         """Admit one exchange of ``agency`` or raise RateLimited/Overloaded."""
-        wait = self._bucket(agency).take()
+        wait = self._take(agency)
         if wait > 0:
             raise RateLimited(
                 f"{agency.id} exceeds its rate limit of "
                 f"{agency.rate_limit or self.default_rate:g} requests/s",
                 retry_after=wait,
             )
+        if self.total_in_flight >= self.max_in_flight:
+            raise Overloaded("too many exchanges in flight; retry shortly", retry_after=1)
+        cap = self._cap(agency)
+        entered = self.shared.enter(agency.id, cap) if self.shared is not None else None
+        if entered is False:
+            raise Overloaded("too many exchanges in flight; retry shortly", retry_after=1)
         mine = self._in_flight.get(agency.id, 0)
-        cap = agency.max_in_flight
-        if self.total_in_flight >= self.max_in_flight or (cap is not None and mine >= cap):
+        if entered is None and cap is not None and mine >= cap:
             raise Overloaded("too many exchanges in flight; retry shortly", retry_after=1)
         self._in_flight[agency.id] = mine + 1
         self.total_in_flight += 1
@@ -100,11 +131,14 @@ class Limits:
         finally:
             self._in_flight[agency.id] -= 1
             self.total_in_flight -= 1
+            if entered:
+                assert self.shared is not None
+                self.shared.leave(agency.id)
 
     def charge(self, agency: Agency) -> None:
         """One request of ``agency``'s rate for what holds nothing in flight (a replay, a status read),
         or RateLimited."""
-        wait = self._bucket(agency).take()
+        wait = self._take(agency)
         if wait > 0:
             raise RateLimited(f"{agency.id} exceeds its rate limit", retry_after=wait)
 
@@ -124,7 +158,7 @@ class Limits:
     def stream(self, agency: Agency) -> Iterator[None]:
         """Hold one event stream of ``agency`` open (a Kafka consumer each): at most ``max_streams``
         per client and worker, else 429; opening one costs a request of the client's rate."""
-        wait = self._bucket(agency).take()
+        wait = self._take(agency)
         if wait > 0:
             raise RateLimited(f"{agency.id} exceeds its rate limit", retry_after=wait)
         mine = self._streams.get(agency.id, 0)
@@ -146,9 +180,17 @@ class Limits:
             self._buckets.clear()
         for agency in agencies or ():
             self._buckets.pop(agency, None)
+            if self.shared is not None:
+                self.shared.reset(agency)
 
     def check_address(self, address: str) -> None:
         """Refuse (429) an address that has used up its failed authentications."""
+        if self.shared is not None:
+            rate = self.auth_failure_rate
+            wait = self.shared.address_wait(address, rate, max(1.0, 4 * rate))
+            if wait > 0:
+                raise RateLimited("too many failed authentications from this address", retry_after=wait)
+            return
         bucket = self._failures.get(address)
         if bucket is not None:
             wait = bucket.wait()
@@ -157,6 +199,10 @@ class Limits:
 
     def auth_failed(self, address: str) -> None:
         """Count one failed authentication of ``address`` against its allowance."""
+        if self.shared is not None:
+            rate = self.auth_failure_rate
+            self.shared.address_failed(address, rate, max(1.0, 4 * rate))
+            return
         bucket = self._failures.get(address)
         if bucket is None:
             if len(self._failures) >= MAX_TRACKED_ADDRESSES:

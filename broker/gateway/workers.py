@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client.multiprocess import mark_process_dead
 
 from broker.errors import PartFailed, StartupError
+from broker.gateway import shared
 from broker.gateway.app import create_app
 from broker.gateway.state import GATEWAY
 from broker.kafka import bootstrap
@@ -39,6 +40,9 @@ from broker.logs import setup_logging
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+STABLE_AFTER_S = 60.0
+"""A worker up this long counts as healthy again: if it dies, it is restarted at once."""
 
 
 async def serve(settings: Settings, *, worker: int = 0, on_ready: Callable[[], None] | None = None) -> None:
@@ -142,6 +146,11 @@ def run_gateway(
         metrics_dir = tempfile.TemporaryDirectory(prefix="ndxp-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
         settings = settings.replace(metrics_dir=Path(metrics_dir.name))
+    # The workers share every client's limits (token buckets, in-flight counts) in one file.
+    shared_dir: tempfile.TemporaryDirectory[str] | None = None
+    if settings.workers > 1 and settings.shared_limits is None:
+        shared_dir = tempfile.TemporaryDirectory(prefix="ndxp-limits-")
+        settings = settings.replace(shared_limits=shared.create(Path(shared_dir.name) / "limits"))
     ctx = multiprocessing.get_context("spawn")
     ready: Queue[int] = ctx.Queue()
 
@@ -187,6 +196,7 @@ def run_gateway(
         # Supervise: a worker that dies (SIGKILL, a failed Kafka loop) is
         # restarted with the same index, hence the same reply topic, with backoff.
         failures = [0] * len(procs)
+        up_since = [time.monotonic()] * len(procs)
         restart_at: list[float | None] = [None] * len(procs)
         while not stopping and any(
             p.is_alive() or r is not None for p, r in zip(procs, restart_at, strict=True)
@@ -196,11 +206,15 @@ def run_gateway(
                 if restart_at[i] is not None and now >= (restart_at[i] or 0):
                     restart_at[i] = None
                     procs[i] = spawn(i)
+                    up_since[i] = now
                     progress(f"{_name(settings, i)} restarted (pid {procs[i].pid})")
                 elif restart_at[i] is None and not p.is_alive() and not stopping:
                     if settings.metrics_dir is not None and p.pid is not None:
                         mark_process_dead(p.pid, str(settings.metrics_dir))  # type: ignore[no-untyped-call]
-                    wait = min(30.0, 2.0 ** failures[i])
+                    # At once the first time, then with a backoff growing while it keeps dying.
+                    if now - up_since[i] >= STABLE_AFTER_S:  # it served a while: a fresh start
+                        failures[i] = 0
+                    wait = 0.0 if failures[i] == 0 else min(30.0, 2.0 ** (failures[i] - 1))
                     failures[i] += 1
                     restart_at[i] = now + wait
                     progress(f"{_name(settings, i)} exited with {p.exitcode}; restarting in {wait:g}s")
@@ -212,6 +226,8 @@ def run_gateway(
             signal.signal(s, handler)
         if metrics_dir is not None:
             metrics_dir.cleanup()
+        if shared_dir is not None:
+            shared_dir.cleanup()
     codes = [p.exitcode or 0 for p in procs]
     return 0 if all(c == 0 for c in codes) else 1
 

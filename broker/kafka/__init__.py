@@ -45,6 +45,7 @@ from broker.kafka.clients import (
     make_producer,
     poll,
     security,
+    static_member,
     topic_partitions,
 )
 from broker.kafka.service import KafkaService, Reachability
@@ -82,6 +83,7 @@ __all__ = [
     "poll",
     "security",
     "send_all",
+    "static_member",
     "sweep_idle_topics",
     "topic_partitions",
     "wait_for_topics",

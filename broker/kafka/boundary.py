@@ -133,6 +133,7 @@ class ConsumerParams(TypedDict, total=False):
 
     client_id: str
     group_id: str | None
+    group_instance_id: str | None
     auto_offset_reset: str
     enable_auto_commit: bool
     max_poll_records: int

@@ -101,6 +101,15 @@ def make_producer(settings: Settings, **params: Unpack[ProducerParams]) -> Produ
     return producer
 
 
+def static_member(settings: Settings) -> str | None:
+    """This process's ``group.instance.id`` in a consumer group (KIP-345), or None for a dynamic member.
+
+    A static member that restarts within the session timeout gets its partitions back with no
+    rebalance; group names are per part (per provider for adapters), so the instance id is unique
+    in each group, as its transactional ids are."""
+    return settings.instance_id if settings.static_membership else None
+
+
 def make_consumer(settings: Settings, *topics: str, **params: Unpack[ConsumerParams]) -> Consumer:
     """A consumer with our defaults (manual commits, earliest reset); not started."""
     kw: dict[str, Any] = {

@@ -92,6 +92,15 @@ class Topics:
             configs={"cleanup.policy": "delete", "retention.ms": str(CHANGES_RETENTION_DAYS * 24 * _HOUR_MS)},
         )
 
+    def presence(self) -> TopicSpec:
+        """Gateway instances' beats (each worker's, once a second): who is alive to share the limits
+        of the registry's clients (named after the registry: the gateways that serve it)."""
+        return TopicSpec(
+            name=f"{self.settings.registry_topic}.gateways",
+            partitions=1,
+            configs={"retention.ms": str(_HOUR_MS)},
+        )
+
     def callbacks_dlq(self) -> TopicSpec:
         """Callbacks that could not be delivered after every attempt."""
         return TopicSpec(name=f"{self.settings.exchanges_topic}.callbacks.dlq")
@@ -145,6 +154,7 @@ class Topics:
             self.callbacks_dlq(),
             self.registry(),
             self.registry_changes(),
+            self.presence(),
         ]
         for provider in catalog.providers():
             out.extend(self.of_provider(catalog, provider))

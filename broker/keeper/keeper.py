@@ -53,6 +53,7 @@ from broker.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    static_member,
     sweep_idle_topics,
 )
 from broker.kafka.registry import RegistryFollower
@@ -171,6 +172,7 @@ class ExchangeKeeper(KafkaService):
             self.settings,
             group_id=self.group_id,
             client_id="ndxp-keeper",
+            group_instance_id=static_member(self.settings),
             isolation_level="read_committed",
             fetch_max_wait_ms=100,
         )
