@@ -81,7 +81,24 @@ class FakeKafka:
         return FakeConsumer(self, topics, group_id=group_id, read_committed=read_committed)
 
 
+class _Cluster:
+    """One broker (node 0) leads every partition."""
+
+    def __init__(self, kafka: FakeKafka) -> None:
+        self.kafka = kafka
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        parts = self.kafka.topics.get(topic)
+        return None if parts is None else set(range(len(parts)))
+
+    def leader_for_partition(self, partition: TopicPartition) -> int | None:
+        return 0 if partition.topic in self.kafka.topics else None
+
+
 class _Metadata:
+    def __init__(self, kafka: FakeKafka) -> None:
+        self.cluster = _Cluster(kafka)
+
     async def fetch_all_metadata(self) -> object:
         return {}
 
@@ -97,7 +114,7 @@ class FakeProducer:
         self._txn_offsets: list[tuple[str, Mapping[TopicPartition, int]]] = []
         self.fail_next_commit: BaseException | None = None
         """Set to make the next transaction fail at commit (then it is aborted)."""
-        self.client: Metadata = _Metadata()
+        self.client: Metadata = _Metadata(kafka)
 
     async def start(self) -> None:
         if self.transactional_id is not None:  # InitProducerId: fences every older producer of this id

@@ -55,12 +55,14 @@ from broker.kafka import (
     Record,
     Topics,
     Transactions,
+    Written,
     consumer_lag,
     ensure_topics,
     make_consumer,
     make_producer,
     static_member,
 )
+from broker.kafka.routing import LeaderWatch
 from broker.metrics import AdapterMetrics
 from broker.model.envelope import (
     H_ERROR,
@@ -131,6 +133,7 @@ class Adapter(KafkaService):
         self._memory = ReplyMemory(settings.adapter_dedupe_size)
         self._shared_producer = producer
         self._producer: Producer | None = None
+        self._leaders: LeaderWatch | None = None
         self._txn_producer: Producer | None = None
         self._tx: Transactions | None = None
         self._offsets = OffsetTracker()
@@ -273,6 +276,18 @@ class Adapter(KafkaService):
 
     # -- lookups: at least once ---------------------------------------------
 
+    async def _send(self, producer: Producer, out: Outgoing) -> asyncio.Future[Written]:
+        """A reply to a gateway worker goes to a partition of its topic whose leader answers (the
+        worker reads them all, by exchange id); anything else where its key or partition says."""
+        headers = out.headers or None
+        if isinstance(out, _Out) and out.reply is not None and out.partition is None:
+            if self._leaders is None or self._leaders.producer is not producer:
+                self._leaders = LeaderWatch(producer)
+            return await self._leaders.send(out.topic, out.value, key=out.key, headers=headers)
+        return await producer.send(
+            out.topic, out.value, key=out.key, headers=headers, partition=out.partition
+        )
+
     async def _serve_lookup(self, tp: TopicPartition, msg: Record) -> None:
         producer = self._shared_producer or self._producer
         assert producer is not None
@@ -281,12 +296,7 @@ class Adapter(KafkaService):
             delay = 0.1
             while True:
                 try:
-                    deliveries = [
-                        await producer.send(
-                            o.topic, o.value, key=o.key, headers=o.headers or None, partition=o.partition
-                        )
-                        for o in outs
-                    ]
+                    deliveries = [await self._send(producer, o) for o in outs]
                     for delivery in deliveries:
                         await delivery
                     break

@@ -42,6 +42,7 @@ from broker.kafka import (
     make_producer,
 )
 from broker.kafka.registry import RegistryFollower, seed_if_empty
+from broker.kafka.routing import LeaderWatch
 from broker.logs import redact_aiohttp
 from broker.metrics import GatewayMetrics, RegistryMetrics
 from broker.model.envelope import H_HEARTBEAT
@@ -160,6 +161,7 @@ def create_app(
             raise
         gw.kafka = Reachability(gw.producer)
         gw.kafka.start()
+        gw.leaders = LeaderWatch(gw.producer)
         # The live gateway instances, for each to take its share of a client's limits.
         presence = Presence(settings, gw.limits)
         await presence.start()
@@ -175,7 +177,7 @@ def create_app(
         topics = Topics(settings)
         requests = [topics.request(s.provider, s.service) for s in catalog]
         await ensure_topics(settings, [topics.tx(), *requests, *topics.events(catalog)])
-        gw.recorder.start(gw.producer)
+        gw.recorder.start(gw.producer, gw.leaders)
         yield
         await _bounded(gw.recorder.stop(settings.shutdown_grace_s), settings.shutdown_grace_s, "recorder")
 

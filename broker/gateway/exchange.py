@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from broker.contracts.catalog import Contract, Service, VersionState
+from broker.contracts.catalog import Contract, Effects, Service, VersionState
 from broker.contracts.verdicts import judge
 from broker.errors import (
     AccessDenied,
@@ -167,6 +167,9 @@ async def _round_trip(gw: Gateway, ex: Exchange) -> Reply:
         await gw.hand_off(
             gw.settings.names.request(svc.provider, svc.service), ex.body,
             what="the request", headers=meta.headers(), at_most_s=svc.timeout_ms / 1000,
+            # A lookup's copy that arrives late is past its deadline or answered from the adapter's
+            # memory; a write is never sent twice.
+            hedge=svc.effects is not Effects.WRITE,
         )  # fmt: skip
         ex.sent()
         try:

@@ -22,6 +22,7 @@ import contextlib
 import logging
 
 from broker.kafka import Sender
+from broker.kafka.routing import LeaderWatch
 from broker.metrics import GatewayMetrics
 from broker.model.envelope import new_exchange_id
 from broker.model.records import TxRecord
@@ -41,6 +42,7 @@ class TxRecorder:
         self.topic = topic
         self.metrics = metrics
         self._producer: Sender | None = None
+        self._leaders: LeaderWatch | None = None
         self._pending = 0
         self._tally: dict[tuple[str, str, str, int], tuple[TxRecord, int]] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -50,8 +52,9 @@ class TxRecorder:
         """Records handed to Kafka and not yet acknowledged."""
         return self._pending
 
-    def start(self, producer: Sender) -> None:
+    def start(self, producer: Sender, leaders: LeaderWatch | None = None) -> None:
         self._producer = producer
+        self._leaders = leaders
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="tx tally")
 
@@ -102,9 +105,12 @@ class TxRecorder:
         self.metrics.tx_pending.inc()
         try:
             async with asyncio.timeout(within_s):
-                # No key: the counter dedupes by exchange id, whatever the partition.
-                delivery = await producer.send(self.topic, rec.encode())
-                await delivery
+                # No key: the counter dedupes by exchange id, whatever the partition; so a record
+                # that a stalled leader holds up is hedged to another (broker.kafka.routing).
+                if self._leaders is not None:
+                    await self._leaders.hedged(self.topic, rec.encode())
+                else:
+                    await (await producer.send(self.topic, rec.encode()))
         except Exception as exc:
             if lost_on_failure:
                 self.metrics.tx_lost.inc()

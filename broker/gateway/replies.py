@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiokafka import TopicPartition
-
-from broker.kafka import Batch, KafkaService, Topics, ensure_topics, make_consumer
+from broker.kafka import Batch, KafkaService, Topics, ensure_topics, make_consumer, topic_partitions
 from broker.metrics import GatewayMetrics
 from broker.model.envelope import H_HEARTBEAT, Reply, from_provider
 from broker.settings import Settings
@@ -60,11 +58,12 @@ class ReplyRouter(KafkaService):
             max_poll_records=2000,
         )
         await consumer.start()
-        tp = TopicPartition(self.topic, 0)
-        consumer.assign([tp])
+        tps = await topic_partitions(consumer, self.topic)
+        consumer.assign(tps)
         # Replies written before we started answer nobody that still waits.
-        await consumer.seek_to_end(tp)
-        await consumer.position(tp)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
 
     async def _close(self) -> None:
         await super()._close()

@@ -19,6 +19,7 @@ from broker.gateway.recorder import TxRecorder
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.view import ExchangeView
 from broker.kafka import Producer, Reachability, Written
+from broker.kafka.routing import LeaderWatch
 from broker.metrics import GatewayMetrics
 from broker.settings import Settings
 
@@ -49,6 +50,8 @@ class Gateway:
     """Set when the app starts (it needs the running loop)."""
     kafka: Reachability = field(init=False)
     """Whether Kafka answers; set with the producer."""
+    leaders: LeaderWatch = field(init=False)
+    """The standing of each partition leader, as this worker's sends see it; set with the producer."""
 
     async def hand_off(
         self,
@@ -60,21 +63,29 @@ class Gateway:
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
         at_most_s: float | None = None,
+        hedge: bool = False,
     ) -> Written:
         """Hand ``value`` to Kafka and wait for its acknowledgement (acks=all).
 
         The one place where the gateway turns Kafka's refusal or silence into
         an answer: :class:`Unavailable` (503, ``Retry-After: 1``) if Kafka
         refuses ``what`` or does not acknowledge it within ``SEND_WITHIN_S``
-        (or ``at_most_s``, if shorter).
+        (or ``at_most_s``, if shorter). A record with no key and no partition goes to a partition
+        whose leader answers (``hedge``: and, held up, once more to another; only for what is read
+        once by id, see :mod:`broker.kafka.routing`).
         """
         within_s = SEND_WITHIN_S if at_most_s is None else min(at_most_s, SEND_WITHIN_S)
         try:
             async with asyncio.timeout(within_s):
-                delivery = await self.producer.send(
-                    topic, value, key=key, partition=partition, headers=headers
-                )
-                written = await delivery
+                if key is None and partition is None and hedge:
+                    written = await self.leaders.hedged(topic, value, headers=headers)
+                elif key is None and partition is None:
+                    written = await (await self.leaders.send(topic, value, headers=headers))
+                else:
+                    delivery = await self.producer.send(
+                        topic, value, key=key, partition=partition, headers=headers
+                    )
+                    written = await delivery
         except TimeoutError as exc:
             raise Unavailable(f"Kafka did not take {what} in time; retry shortly", retry_after=1) from exc
         except KafkaError as exc:

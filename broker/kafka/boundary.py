@@ -47,9 +47,18 @@ Batch = dict[TopicPartition, list[Record]]
 """One poll's records, by partition, each partition's in offset order."""
 
 
+class Cluster(Protocol):
+    """What the platform reads of aiokafka's cluster metadata (partition leaders)."""
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None: ...
+    def leader_for_partition(self, partition: TopicPartition) -> int | None: ...
+
+
 class Metadata(Protocol):
     """The part of aiokafka's client that asks the cluster for its metadata."""
 
+    @property
+    def cluster(self) -> Cluster: ...
     async def fetch_all_metadata(self) -> object: ...
 
 

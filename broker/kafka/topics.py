@@ -20,6 +20,9 @@ TX_PARTITIONS = 4
 """Partitions of the transaction topic (the counter's parallelism)."""
 DATA_PARTITIONS = 4
 """Partitions of a provider's changes topic (``<prefix>.data.<provider>``)."""
+REPLY_PARTITIONS = 3
+"""Partitions of a gateway worker's reply topic: leaders on several brokers, so that a reply always
+has one with a live leader to go to (:mod:`broker.kafka.routing`)."""
 EVENT_PARTITIONS = 4
 """Partitions of an event type's topic."""
 _HOUR_MS = 3600 * 1000
@@ -118,7 +121,7 @@ class Topics:
 
     def reply(self, topic: str) -> TopicSpec:
         """A gateway worker's own reply topic (replies are read at once: an hour is plenty)."""
-        return TopicSpec(name=topic, partitions=1, configs={"retention.ms": str(_HOUR_MS)})
+        return TopicSpec(name=topic, partitions=REPLY_PARTITIONS, configs={"retention.ms": str(_HOUR_MS)})
 
     def events(self, catalog: Catalog, provider: str | None = None) -> list[TopicSpec]:
         """The topics of every event type (of ``provider``), kept ``events_retention_hours``; the

@@ -22,7 +22,7 @@ from aiokafka import TopicPartition
 
 from broker.counter.counter import TxCounter
 from broker.dev.ports import free_port
-from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
+from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer, topic_partitions
 from broker.model.envelope import H_HEARTBEAT, Reply, RequestMeta, now_ms
 from broker.settings import Settings, child_environment
 from tests.fixtures import OPERATOR
@@ -184,14 +184,14 @@ async def _replies_per_exchange(settings: Settings, topic: str) -> Counter[str]:
     """Every committed reply on ``topic``, counted per exchange id."""
     consumer = make_consumer(settings, isolation_level="read_committed")
     await consumer.start()
-    tp = TopicPartition(topic, 0)
-    consumer.assign([tp])
-    await consumer.seek_to_beginning(tp)
+    tps = await topic_partitions(consumer, topic)  # replies go to any partition of a worker's topic
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
     seen: Counter[str] = Counter()
     try:
-        end = (await consumer.end_offsets([tp]))[tp]
+        ends = await consumer.end_offsets(tps)
         async with asyncio.timeout(30):
-            while await consumer.position(tp) < end:
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
                 for msgs in (await consumer.getmany(timeout_ms=200)).values():
                     seen.update(
                         Reply.from_message(m.headers, m.value or b"").exchange_id

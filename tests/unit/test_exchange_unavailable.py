@@ -18,18 +18,36 @@ from broker.gateway.exchange import _round_trip
 from broker.gateway.limits import Limits
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.state import Gateway
+from broker.kafka.routing import LeaderWatch
 from broker.metrics import GatewayMetrics
 from broker.settings import Settings
 from tests.fixtures import write_contracts, write_registry
 
 
+class _NoMetadata:
+    """No partition metadata yet: the producer chooses (as aiokafka's before its first send)."""
+
+    class cluster:
+        @staticmethod
+        def partitions_for_topic(topic: str) -> None:
+            return None
+
+        @staticmethod
+        def leader_for_partition(partition: Any) -> None:
+            return None
+
+
 class DeadProducer:
+    client = _NoMetadata()
+
     async def send(self, *args: Any, **kwargs: Any) -> Any:
         raise KafkaTimeoutError("no broker answered")
 
 
 class SilentProducer:
     """Takes the request but Kafka never acknowledges it (a paused broker)."""
+
+    client = _NoMetadata()
 
     async def send(self, *args: Any, **kwargs: Any) -> Any:
         return asyncio.get_running_loop().create_future()
@@ -61,6 +79,7 @@ def fake_gateway(
         recorder=None, stats=None, exchanges=None,  # type: ignore[arg-type]
     )  # fmt: skip
     gw.producer = producer
+    gw.leaders = LeaderWatch(producer)
     svc, agency = catalog.get("prov", "echo"), registry.authenticate("key-alice")
     assert svc is not None
     assert agency is not None

@@ -1,0 +1,89 @@
+"""KIP-794 for aiokafka: keyless records avoid a partition whose leader died or stalled."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
+
+from broker.kafka.routing import LeaderWatch
+
+DEAD = 2
+
+
+class _Cluster:
+    """Topic ``t``: six partitions, partition p led by node p % 3."""
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return set(range(6)) if topic == "t" else None
+
+    def leader_for_partition(self, partition: TopicPartition) -> int | None:
+        return int(partition.partition) % 3
+
+
+class _Client:
+    cluster = _Cluster()
+
+    async def fetch_all_metadata(self) -> object:
+        return {}
+
+
+class _Producer:
+    """Sends to node ``DEAD``'s partitions hang (or fail, with ``failing``); the others are acked."""
+
+    def __init__(self, failing: bool = False) -> None:
+        self.client = _Client()
+        self.failing = failing
+        self.sent: list[int | None] = []
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   partition: int | None = None, timestamp_ms: int | None = None,
+                   headers: Any = None) -> asyncio.Future[Any]:  # fmt: skip
+        self.sent.append(partition)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if partition is not None and partition % 3 == DEAD:
+            if self.failing:
+                fut.set_exception(KafkaConnectionError("broker gone"))
+        else:
+            fut.set_result(partition)
+        return fut
+
+
+async def test_a_hedged_send_held_by_a_dead_leader_goes_once_more_elsewhere_and_the_leader_is_avoided() -> (
+    None
+):
+    producer = _Producer()
+    watch = LeaderWatch(producer, stall_s=0.05, avoid_s=60, sticky_s=0)  # type: ignore[arg-type]
+    watch._sticky["t"] = (DEAD, float("inf"))  # the first choice: partition 2, the dead leader's
+    answered: list[Any] = [await asyncio.wait_for(watch.hedged("t", b"r"), 2) for _ in range(30)]
+    assert all(p % 3 != DEAD for p in answered), answered
+    assert watch.hedges == 1, "the first send, to the dead leader's partition, was hedged"
+    held = [p for p in producer.sent if p is not None and p % 3 == DEAD]
+    assert len(held) == 1, f"after the first stall, nothing more went to the dead leader: {producer.sent}"
+    assert watch.suspect(DEAD)
+    assert not watch.suspect(0)
+
+
+async def test_a_leader_that_fails_a_send_is_avoided_and_none_is_avoided_when_all_are() -> None:
+    producer = _Producer(failing=True)
+    watch = LeaderWatch(producer, stall_s=5, avoid_s=60, sticky_s=0)  # type: ignore[arg-type]
+    delivery = await watch.send("t", b"r", partition=2)
+    await asyncio.sleep(0)  # its callback runs
+    assert delivery.exception() is not None
+    assert watch.suspect(DEAD)
+    assert {watch.choose("t") for _ in range(50)} <= {0, 1, 3, 4}
+    for node in (0, 1):
+        watch._blame(node, "test")
+    assert set(watch.good("t")) == set(range(6)), "every leader suspect: every partition, not none"
+
+
+async def test_a_second_copy_goes_to_another_leader_and_an_unknown_topic_is_the_producers_choice() -> None:
+    watch = LeaderWatch(_Producer(), sticky_s=0)  # type: ignore[arg-type]
+    for p in range(6):
+        for _ in range(10):
+            q = watch.choose("t", besides=p)
+            assert q is not None
+            assert q % 3 != p % 3
+    assert watch.choose("unknown") is None
