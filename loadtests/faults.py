@@ -32,6 +32,7 @@ from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -48,7 +49,15 @@ from loadtests.running import cmdline, descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FAULTS = ("broker-kill", "gateway-worker", "adapters", "counter", "broker-pause", "kafka-down")
+FAULTS = (
+    "broker-kill", "gateway-worker", "adapters", "counter", "keeper", "broker-pause", "kafka-down",
+    "broker-lost",
+)  # fmt: skip
+"""In the order they run: ``broker-lost`` (a broker SIGKILLed and never restarted) last, as the rest of
+a run would be on two of three brokers."""
+WINDOW_S = 10.0
+"""A fault's window (for its failed share and p99): from its injection to its end, or this long after
+the injection if it ends sooner (a SIGKILL ends at once; its effects do not)."""
 
 
 @dataclass
@@ -59,6 +68,35 @@ class Phase:
     fault_end: float = 0.0
     first_ok_after: float | None = None
     statuses: dict[int, int] = field(default_factory=dict)
+    injected: float = 0.0
+    first_ok_since_injected: float | None = None
+    """Seconds from the injection to the first success of a call sent after it."""
+    calls: list[tuple[float, float, str]] = field(default_factory=list)
+    """(sent at, seconds taken, outcome: "ok" or the failure's kind) of every call."""
+
+    def fail(self, sent: float, kind: str) -> None:
+        self.failed += 1
+        self.calls.append((sent, time.monotonic() - sent, kind))
+
+    def window(self) -> tuple[float, float]:
+        return self.injected, max(self.fault_end, self.injected + WINDOW_S)
+
+    def during(self) -> dict[str, object]:
+        """Calls sent in the fault's window: how many, failed by kind, p99 latency."""
+        lo, hi = self.window()
+        inside = [(took, kind) for sent, took, kind in self.calls if lo <= sent < hi]
+        kinds: dict[str, int] = {}
+        for _, kind in inside:
+            if kind != "ok":
+                kinds[kind] = kinds.get(kind, 0) + 1
+        took = sorted(t for t, _ in inside)
+        p99 = took[min(len(took) - 1, int(len(took) * 0.99))] if took else None
+        return {
+            "window_calls": len(inside),
+            "window_failed": sum(kinds.values()),
+            "window_failed_by_kind": kinds,
+            "window_p99_ms": None if p99 is None else round(p99 * 1000),
+        }
 
 
 async def load(url: str, users: int, until: float, phase: Phase, stop: asyncio.Event) -> None:
@@ -79,15 +117,17 @@ async def load(url: str, users: int, until: float, phase: Phase, stop: asyncio.E
     async def user(i: int) -> None:
         k = i
         while going():
+            sent = time.monotonic()
             try:
                 async with asyncio.timeout(5):
                     reader, writer = await asyncio.open_connection(host, int(port))
             except (OSError, TimeoutError):
-                phase.failed += 1
+                phase.fail(sent, "connect")
                 await asyncio.sleep(0.2)
                 continue
             try:
                 while going():
+                    sent = time.monotonic()
                     writer.write(pool[k % len(pool)][0])
                     k += users
                     async with asyncio.timeout(30):
@@ -105,12 +145,25 @@ async def load(url: str, users: int, until: float, phase: Phase, stop: asyncio.E
                     if status in (200, 404):
                         phase.answered.add(eid)
                         now = time.monotonic()
+                        phase.calls.append((sent, now - sent, "ok"))
                         if phase.fault_end and phase.first_ok_after is None and now >= phase.fault_end:
                             phase.first_ok_after = now - phase.fault_end
+                        if (
+                            phase.injected
+                            and phase.first_ok_since_injected is None
+                            and sent >= phase.injected
+                        ):
+                            phase.first_ok_since_injected = now - phase.injected
                     else:
-                        phase.failed += 1
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-                phase.failed += 1
+                        phase.fail(sent, str(status))
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                phase.fail(sent, "disconnect" if isinstance(exc, asyncio.IncompleteReadError) else "socket")
+                await asyncio.sleep(0.1)
+            except TimeoutError:
+                phase.fail(sent, "no answer in 30s")
+                await asyncio.sleep(0.1)
+            except ValueError:
+                phase.fail(sent, "bad answer")
                 await asyncio.sleep(0.1)
             finally:
                 writer.close()
@@ -181,7 +234,12 @@ def fault_actions(name: str, kafka: LocalKafka, up: int) -> tuple[Callable[[], N
 
     def signal_brokers(sig: int, nodes: list[int]) -> None:
         for node in nodes:
-            os.kill(kafka.pids[node], sig)
+            if node in kafka.pids:  # a lost broker is not there to signal
+                os.kill(kafka.pids[node], sig)
+
+    def lose_broker() -> None:
+        signal_brokers(signal.SIGKILL, [victim])
+        kafka.pids.pop(victim, None)  # never restarted: the rest of the run is on the others
 
     def restart_broker() -> None:
         time.sleep(10)
@@ -201,6 +259,8 @@ def fault_actions(name: str, kafka: LocalKafka, up: int) -> tuple[Callable[[], N
         "gateway-worker": (kill("multiprocessing.spawn"), lambda: None),
         "adapters": (kill("broker.cli adapter"), lambda: None),
         "counter": (kill("broker.cli counter"), lambda: None),
+        "keeper": (kill("broker.cli keeper"), lambda: None),
+        "broker-lost": (lose_broker, lambda: None),
         "broker-pause": (lambda: signal_brokers(signal.SIGSTOP, [victim]), resume([victim])),
         "kafka-down": (lambda: signal_brokers(signal.SIGSTOP, everyone), resume(everyone)),
     }
@@ -226,6 +286,7 @@ async def run_phase(
     loader = asyncio.create_task(load(base, args.users, started + args.before + 60 + args.after, phase, stop))
     await asyncio.sleep(args.before)
     print(f"  {name}: injecting", flush=True)
+    phase.injected = time.monotonic()
     inject()
     await asyncio.to_thread(end)
     phase.fault_end = time.monotonic()
@@ -262,7 +323,11 @@ async def run_phase(
         "missing": sorted(missing)[:20],
         "failed": phase.failed,
         "recovery_s": phase.first_ok_after,
+        "first_ok_s": None
+        if phase.first_ok_since_injected is None
+        else round(phase.first_ok_since_injected, 2),
         "statuses": phase.statuses,
+        **phase.during(),
     }
 
 
@@ -283,8 +348,9 @@ def main() -> int:
     for f in faults:
         if f not in FAULTS:
             parser.error(f"unknown fault {f!r}; known: {', '.join(FAULTS)}")
-    if args.nodes == 1 and {"broker-kill", "broker-pause"} & set(faults):
-        parser.error("broker-kill and broker-pause need --nodes 3 (a 1-node cluster is all of Kafka)")
+    if args.nodes == 1 and {"broker-kill", "broker-pause", "broker-lost"} & set(faults):
+        parser.error("broker faults need --nodes 3 (a 1-node cluster is all of Kafka)")
+    faults.sort(key=FAULTS.index)  # broker-lost last: what follows it would run on two of three
     results = []
     with tempfile.TemporaryDirectory(prefix="ndxp-faults-") as scratch:
         tmp = str(args.keep) if args.keep is not None else scratch
@@ -305,14 +371,17 @@ def main() -> int:
         finally:
             kafka.stop()
     print(
-        f"\n{'fault':16} {'answered':>9} {'not counted':>12} {'counted twice':>14}"
-        f" {'count lost':>11} {'failed':>7} {'recovery s':>11}"
+        f"\n{'fault':13} {'answered':>8} {'not counted':>11} {'counted twice':>13} {'count lost':>10}"
+        f" {'failed/sent in window':>22} {'p99 ms':>7} {'1st ok s':>8}  failed by kind"
     )
     for r in results:
-        rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
+        ok = "-" if r["first_ok_s"] is None else f"{r['first_ok_s']:.2f}"
+        share = f"{r['window_failed']}/{r['window_calls']}"
+        by_kind = cast(dict[str, int], r["window_failed_by_kind"])
+        kinds = ", ".join(f"{n} × {k}" for k, n in sorted(by_kind.items())) or "-"
         print(
-            f"{r['fault']:16} {r['answered']:9d} {r['not_counted']:12d} {r['counted_twice']:14d}"
-            f" {r['count_lost']:11d} {r['failed']:7d} {rec:>11}"
+            f"{r['fault']:13} {r['answered']:8d} {r['not_counted']:11d} {r['counted_twice']:13d}"
+            f" {r['count_lost']:10d} {share:>22} {r['window_p99_ms'] or '-':>7} {ok:>8}  {kinds}"
         )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
