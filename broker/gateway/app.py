@@ -167,7 +167,8 @@ def create_app(
         await presence.start()
         presence.start_beating(gw.producer)
         yield
-        await presence.leave()
+        # Bounded like every stop here: with Kafka gone, its consumer's stop can wait or fail.
+        await _bounded(presence.leave(), settings.shutdown_grace_s, "presence")
         await gw.kafka.stop()
         # Flushes what is still batched, but never waits past the grace period (Kafka may be gone).
         await _bounded(gw.producer.stop(), settings.shutdown_grace_s, "producer")
