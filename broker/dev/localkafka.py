@@ -268,6 +268,12 @@ def _server_properties(
         "share.coordinator.state.topic.replication.factor": min(3, n),
         "share.coordinator.state.topic.min.isr": min(2, n),
         "group.initial.rebalance.delay.ms": 0,
+        # Failover (decision record 0010): a dead broker stays in every ISR, holding each acks=all
+        # write, until the controller fences it. On 3 nodes it is fenced after 3 s without a
+        # heartbeat (default 9 s), a heartbeat every 0.5 s; one node is never fenced (nowhere to
+        # move). A follower that stops fetching but still beats leaves the ISR after 10 s (not 30).
+        **({"broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 500} if n > 1 else {}),
+        "replica.lag.time.max.ms": 10000,
         "auto.create.topics.enable": "false",
         "num.network.threads": 2,
         "num.io.threads": 4,

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 import psutil
 import pytest
+from aiohttp import web
 from aiokafka import TopicPartition
 
 from broker.counter.counter import TxCounter
@@ -476,3 +477,80 @@ async def test_a_key_rotated_through_the_admin_api_reaches_every_worker_without_
                 assert proc.poll() is None
     assert after_new == {200}
     assert after_old == {401}
+
+
+
+def _keeper_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """The keeper in its own process, once it runs (``log``: its own, new)."""
+    env = _env(settings, CALLBACK_ALLOW_PRIVATE="true", CALLBACK_CONCURRENCY="2", CALLBACK_BACKOFF_S="0.2")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.keeper_proc"],
+            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while b"keeper running" not in log.read_bytes():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return proc
+
+
+async def test_keeper_sigkilled_with_exchanges_open_loses_none_finishes_none_twice(
+    exchange_settings: Settings, provider: str, tmp_path: Path
+) -> None:
+    """Async exchanges stream in; the keeper is SIGKILLed while some wait for their reply, some for
+    their final document and some for their callback (a slow receiver, 2 at a time); a new keeper
+    (same instance: a static member, same transactional id) takes over. Every exchange is done,
+    counted once, and called back at least once."""
+    from tests.integration.test_async import ASYNC, Receiver, counted, receiving, until_status, with_callback
+
+    total = 60
+
+    class SlowReceiver(Receiver):
+        async def handle(self, request: web.Request) -> web.Response:
+            await asyncio.sleep(0.1)
+            return await super().handle(request)
+
+    receiver = SlowReceiver()
+    async with receiving(receiver) as callback_url:
+        settings = with_callback(exchange_settings, tmp_path, callback_url)
+        url = f"/v1/exchange/{provider}/echo"
+        first = second = None
+        try:
+            first = _keeper_process(settings, tmp_path / "keeper-1.log")
+            async with (
+                running_gateway(settings) as (http, gw),
+                running_counter(settings),
+                running_adapter(settings, provider, EchoHandlers()),
+            ):
+                ids: list[str] = []
+
+                async def submit() -> None:
+                    for i in range(total):
+                        resp = await http.post(url, json={"msg": f"k{i}"}, headers=ASYNC)
+                        assert resp.status == 202, await resp.text()
+                        ids.append((await resp.json())["exchange_id"])
+                        await asyncio.sleep(0.05)
+
+                submitting = asyncio.create_task(submit())
+                async with asyncio.timeout(60):
+                    while len(receiver.received) < 10:
+                        await asyncio.sleep(0.01)
+                os.kill(first.pid, signal.SIGKILL)
+                await asyncio.to_thread(first.wait)
+                called_back = len(receiver.received)
+                assert called_back < total, "every callback arrived before the kill; make it longer"
+                second = _keeper_process(settings, tmp_path / "keeper-2.log")
+                await submitting
+                docs = [await until_status(http, eid, "done", within_s=90) for eid in ids]
+                async with asyncio.timeout(90):
+                    while not set(ids) <= {orjson.loads(body)["exchange_id"] for _, body in receiver.received}:
+                        await asyncio.sleep(0.1)
+                stats = await counted(http, gw, settings, total)
+        finally:
+            _stop(first, second)
+    print(f"callbacks before the kill: {called_back}; after: {len(receiver.received) - called_back}")
+    assert sorted(d["result"]["msg"] for d in docs) == sorted(f"k{i}" for i in range(total))
+    assert stats["total"] == total, stats  # none lost, none finished twice
+    assert stats["by_mode"] == {"async": total}, stats
