@@ -110,9 +110,14 @@ def _keeper(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
-    from broker.dev.platform import run_platform
+    from broker.dev.platform import LOAD_TEST_FACTOR, load_test_registry, run_platform
 
     settings = settings.replace(port=args.port if args.port is not None else settings.port)
+    if args.load_test_limits:
+        out = settings.cache_dir / f"load-test-registry.{settings.port}.yaml"
+        settings = settings.replace(registry_path=load_test_registry(settings.registry_path, out))
+        progress(f"ndxp up: load-test limits: every agency's rate limit x{LOAD_TEST_FACTOR} "
+                 "(a new platform's registry; one kept in --data-dir keeps its own)")  # fmt: skip
     return run_platform(
         settings, data_dir=args.data_dir, changes=args.changes, progress=progress, secure=args.secure
     )
@@ -183,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--changes", type=positive_rate, default=None, metavar="N/s",
         help="also run a simulated change feed publishing N events a second (off by default)",
+    )  # fmt: skip
+    up.add_argument(
+        "--load-test-limits", action="store_true",
+        help="raise every agency's rate limit x1000 for a load test (Locust, loadtests/): failures "
+        "then are the platform's, not the demo clients' own 429s",
     )  # fmt: skip
     up.set_defaults(func=_up)
     status = sub.add_parser(

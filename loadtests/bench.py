@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
+from broker.dev.platform import load_test_registry
 from broker.dev.ports import free_port
 from broker.lifecycle import sigterm_as_exit
 from loadtests.running import cmdline, descendants, ndxp_up
@@ -161,10 +161,7 @@ def running_platform(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     # The demo registry's per-client rate limits would answer 429 long before
     # the platform's own limits show: measure with them raised 1000-fold.
-    registry = yaml.safe_load((ROOT / "deploy" / "registry.yaml").read_text())
-    for agency in registry["agencies"]:  # providers too: they publish events (default 1000/s)
-        agency["rate_limit"] = agency.get("rate_limit", 1000) * 1000
-    (tmp / "registry.yaml").write_text(yaml.safe_dump(registry, allow_unicode=True))
+    load_test_registry(ROOT / "deploy" / "registry.yaml", tmp / "registry.yaml")
     port = free_port()
     env = {
         **os.environ,

@@ -176,6 +176,26 @@ def _import_registry(settings: Settings) -> str:
     return uvloop.run(run())
 
 
+LOAD_TEST_FACTOR = 1000
+"""``ndxp up --load-test-limits`` and the benchmarks raise every agency's rate limit this much."""
+
+
+def load_test_registry(source: Path, out: Path, factor: int = LOAD_TEST_FACTOR) -> Path:
+    """A copy of the registry file ``source`` at ``out`` with every agency's rate limit raised
+    ``factor``-fold (one without a limit from NDXP_DEFAULT_RATE_LIMIT's default: providers publish
+    events): a load test then measures the platform, not the demo clients' own limits (``vcb``'s
+    100/s answers 429 first)."""
+    import yaml
+
+    default = Settings.__dataclass_fields__["default_rate_limit"].default
+    registry = yaml.safe_load(source.read_text())
+    for agency in registry["agencies"]:
+        agency["rate_limit"] = agency.get("rate_limit", default) * factor
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(registry, allow_unicode=True))
+    return out
+
+
 def run_platform(
     settings: Settings,
     *,

@@ -479,7 +479,6 @@ async def test_a_key_rotated_through_the_admin_api_reaches_every_worker_without_
     assert after_old == {401}
 
 
-
 def _keeper_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     """The keeper in its own process, once it runs (``log``: its own, new)."""
     env = _env(settings, CALLBACK_ALLOW_PRIVATE="true", CALLBACK_CONCURRENCY="2", CALLBACK_BACKOFF_S="0.2")
@@ -545,7 +544,7 @@ async def test_keeper_sigkilled_with_exchanges_open_loses_none_finishes_none_twi
                 await submitting
                 docs = [await until_status(http, eid, "done", within_s=90) for eid in ids]
                 async with asyncio.timeout(90):
-                    while not set(ids) <= {orjson.loads(body)["exchange_id"] for _, body in receiver.received}:
+                    while not set(ids) <= {orjson.loads(b)["exchange_id"] for _, b in receiver.received}:
                         await asyncio.sleep(0.1)
                 stats = await counted(http, gw, settings, total)
         finally:

@@ -29,6 +29,25 @@ def test_demo_catalog_and_registry_load_and_demo_keys_work() -> None:
         assert registry.authenticate(f"demo-{agency.id}") == agency
 
 
+def test_load_test_limits_raise_every_demo_agencys_rate_and_change_nothing_else(tmp_path: Path) -> None:
+    from broker.dev.platform import load_test_registry
+
+    settings = Settings()
+    catalog = Catalog.load(settings.schemas_dir)
+    demo = Registry.load(settings.registry_path, catalog)
+    raised = Registry.load(load_test_registry(settings.registry_path, tmp_path / "r.yaml"), catalog)
+    assert [a.id for a in raised] == [a.id for a in demo]
+    for before in demo:
+        after = raised.agencies[before.id]
+        assert after.rate_limit == (before.rate_limit or settings.default_rate_limit) * 1000, before.id
+        assert registry_rights(raised, after.id) == registry_rights(demo, before.id)
+    assert demo.agencies["vcb"].rate_limit == 100  # the limit a plain Locust run meets: 429s
+
+
+def registry_rights(registry: Registry, agency: str) -> set[str]:
+    return {str(s) for s in registry.allowed_services(agency)}
+
+
 def test_rights_are_default_deny(tmp_path: Path) -> None:
     catalog = Catalog.load(write_contracts(tmp_path, "prov"))
     registry = Registry.load(write_registry(tmp_path, "prov"), catalog)
