@@ -308,6 +308,11 @@ class Settings:
     adapter_dedupe_size: int = setting(
         100_000, minimum=1, help="Replies an adapter remembers to answer a redelivered exchange."
     )
+    adapter_dedupe_mb: float = setting(
+        32.0, minimum=0.001,
+        help="Memory each provider's adapter may give the replies it remembers (the oldest are "
+        "forgotten first): redeliveries come after a restart or a rebalance, seconds of replies.",
+    )  # fmt: skip
     sim_latency_ms: int = setting(0, minimum=0, help="Simulated agencies' extra latency.")
     backend_timeout_ms: int = setting(2000, minimum=1, help="Timeout of a call to an agency's own backend.")
     reply_secret: str | None = setting(

@@ -60,7 +60,7 @@ def _cpu_s(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def _parts(up: int) -> dict[str, list[int]]:
+def platform_parts(up: int) -> dict[str, list[int]]:
     """The platform's processes by part (Kafka: the JVMs under this benchmark)."""
     parts: dict[str, list[int]] = {p: [] for p in PARTS}
     gateway_roots: list[int] = []
@@ -225,7 +225,7 @@ def _measured(
 ) -> dict[str, Any]:
     """Run the generator once: its figures, CPU per part over the window, and exactness."""
     before = settled_total(base)
-    parts = _parts(up.pid)
+    parts = platform_parts(up.pid)
     cpu0 = _snapshot(parts)
     print(f"{what} for {gen[-1]}s ...", flush=True)
     ex, gen_cpu = _run_measured(gen, timeout=timeout)

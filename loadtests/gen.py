@@ -97,7 +97,10 @@ async def run(
     *,
     respond_async: bool = False,
     only: str | None = None,
+    rate: float | None = None,
 ) -> dict[str, object]:
+    """``rate``: requests per second in all, each user sending on its own schedule (rate/users a
+    second; a user behind it sends at once, never more than one at a time); None: back to back."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     pool = requests(f"{host}:{port}", 4096, seed, respond_async=respond_async, only=only)
@@ -111,8 +114,16 @@ async def run(
         nonlocal errors
         reader, writer = await asyncio.open_connection(host, port)
         k = i
+        gap = users / rate if rate else 0.0
+        due = loop.time() + gap * i / users  # users spread over the first gap
         try:
             while loop.time() < until:
+                if gap:
+                    if (wait := due - loop.time()) > 0:
+                        await asyncio.sleep(wait)
+                    due += gap
+                    if loop.time() >= until:
+                        break
                 req, key = pool[k % len(pool)]
                 k += users
                 started = time.perf_counter()

@@ -130,7 +130,7 @@ class Adapter(KafkaService):
         self.group_id = names.adapter_group(provider)
         self.topics = [names.request(provider, s) for s in sorted(self.handlers)]
         self._write_topics = {names.request(provider, s) for s in self.writes}
-        self._memory = ReplyMemory(settings.adapter_dedupe_size)
+        self._memory = ReplyMemory(settings.adapter_dedupe_size, int(settings.adapter_dedupe_mb * 2**20))
         self._shared_producer = producer
         self._producer: Producer | None = None
         self._leaders: LeaderWatch | None = None

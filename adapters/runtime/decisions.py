@@ -24,15 +24,32 @@ from broker.kafka import Outgoing
 from broker.model.envelope import H_EXCHANGE_ID, Names, Reply, RequestMeta
 from broker.model.events import envelope, published_record
 
+ENTRY_BYTES = 400
+"""What one remembered reply costs besides its body and id (the Reply, its id's str, the ordered
+dict's entry): measured with the soak (loadtests/soak.py), roughly."""
+
+
+def _cost(reply: Reply) -> int:
+    return ENTRY_BYTES + len(reply.body) + len(reply.exchange_id)
+
 
 class ReplyMemory:
-    """The last ``size`` replies, by exchange id (exchange ids are assigned by the gateway only)."""
+    """The last replies, by exchange id (exchange ids are assigned by the gateway only): at most
+    ``size`` of them and ``budget`` bytes (a count alone let an adapter grow by hundreds of MB
+    before it stopped: 100,000 replies of a few KB)."""
 
-    __slots__ = ("_replies", "size")
+    __slots__ = ("_bytes", "_replies", "budget", "size")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, budget: int | None = None) -> None:
         self.size = size
+        self.budget = budget
+        self._bytes = 0
         self._replies: OrderedDict[str, Reply] = OrderedDict()
+
+    @property
+    def bytes(self) -> int:
+        """What the remembered replies cost, as counted against ``budget``."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._replies)
@@ -43,10 +60,17 @@ class ReplyMemory:
     def remember(self, replies: Iterable[Reply]) -> None:
         """Replies that went out (the oldest are forgotten beyond ``size``)."""
         for reply in replies:
+            old = self._replies.pop(reply.exchange_id, None)
+            if old is not None:
+                self._bytes -= _cost(old)
             self._replies[reply.exchange_id] = reply
-            self._replies.move_to_end(reply.exchange_id)
-        while len(self._replies) > self.size:
-            self._replies.popitem(last=False)
+            self._bytes += _cost(reply)
+        budget = self.budget
+        while self._replies and (
+            len(self._replies) > self.size or (budget is not None and self._bytes > budget)
+        ):
+            _, gone = self._replies.popitem(last=False)
+            self._bytes -= _cost(gone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from adapters.runtime.decisions import (
+    ENTRY_BYTES,
     DeadLetter,
     Expired,
     Handle,
@@ -42,6 +43,22 @@ def test_the_reply_memory_answers_the_last_replies_and_forgets_the_oldest() -> N
     assert (memory.get("a"), memory.get("b")) == (reply("a"), None)
     assert memory.get("c") == reply("c")
     assert len(memory) == 2
+
+
+def test_the_reply_memory_keeps_to_its_byte_budget_too() -> None:
+    big = [
+        Reply(exchange_id=f"e{i}", status=200, outcome=ReplyOutcome.OK, body=b"x" * 1000) for i in range(50)
+    ]
+    memory = ReplyMemory(size=1_000, budget=10_000)
+    memory.remember(big)
+    assert 0 < memory.bytes <= 10_000
+    assert len(memory) == 10_000 // (ENTRY_BYTES + 1000 + len("e49"))  # the newest that fit
+    assert memory.get("e49") is not None
+    assert memory.get("e0") is None  # the oldest went first
+    memory.remember([big[49]])  # again: counted once
+    assert memory.bytes <= 10_000
+    memory.remember([reply("small")])
+    assert memory.get("small") == reply("small")
 
 
 def test_a_request_is_dead_lettered_replayed_skipped_or_handled() -> None:
