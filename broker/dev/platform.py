@@ -187,7 +187,7 @@ def load_test_registry(source: Path, out: Path, factor: int = LOAD_TEST_FACTOR) 
     100/s answers 429 first)."""
     import yaml
 
-    default = Settings.__dataclass_fields__["default_rate_limit"].default
+    default = Settings().default_rate_limit
     registry = yaml.safe_load(source.read_text())
     for agency in registry["agencies"]:
         agency["rate_limit"] = agency.get("rate_limit", default) * factor

@@ -58,6 +58,15 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
     )
 
 
+def _until_logged(proc: subprocess.Popen[bytes], log: Path, marker: bytes, within_s: float = 60) -> None:
+    """Wait until ``proc`` wrote ``marker`` to ``log`` (its output); fail with the log if it exits."""
+    deadline = time.monotonic() + within_s
+    while marker not in log.read_bytes():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
 @contextmanager
 def gateway_process(
     settings: Settings, workers: int, log: Path, **env: str
@@ -70,11 +79,7 @@ def gateway_process(
             env=_env(settings, **env), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while b"gateway ready" not in log.read_bytes():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        _until_logged(proc, log, b"gateway ready")
         yield f"http://127.0.0.1:{port}", proc
     finally:
         if proc.poll() is None:
@@ -487,11 +492,7 @@ def _keeper_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "tests.integration.keeper_proc"],
             env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while b"keeper running" not in log.read_bytes():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+    _until_logged(proc, log, b"keeper running")
     return proc
 
 
