@@ -50,7 +50,7 @@ class Verifier:
 
     @classmethod
     def parse(cls, vkey: str) -> Verifier:
-        parts = vkey.strip().split("+")
+        parts = vkey.strip().split("+", 2)
         if len(parts) != 3:
             raise NoteError("a verifier key is <name>+<hex id>+<base64 key>")
         name, hex_id, b64 = parts
@@ -91,7 +91,7 @@ class Signer:
 
     @classmethod
     def parse(cls, skey: str) -> Signer:
-        parts = skey.strip().split("+")
+        parts = skey.strip().split("+", 4)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise NoteError("a signer key is PRIVATE+KEY+<name>+<hex id>+<base64 key>")
         name, _, b64 = parts[2:]
