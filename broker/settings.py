@@ -233,6 +233,37 @@ class Settings:
         help="Most transaction records the counter commits in one Kafka transaction (one batch's ids fit "
         "in one Kafka message).",
     )  # fmt: skip
+    # -- Exchange log and data tracker --
+    audit_origin: str = setting(
+        "ndxp.local/log",
+        help="The exchange log's name in its signed checkpoints (C2SP origin): the platform's domain + /log.",
+    )
+    audit_key: str | None = setting(
+        None, secret=True,
+        help="The log's Ed25519 signer key (PRIVATE+KEY+…, `ndxp audit keygen`); unset, the audit part "
+        "makes one in CACHE_DIR/audit.key. A new key is recorded in the log, endorsed by the old one.",
+    )  # fmt: skip
+    audit_db: Path | None = setting(
+        None, shown="CACHE_DIR/audit.sqlite",
+        help="The audit part's SQLite index of the log (tree nodes, leaves by exchange, accesses by "
+        "subject): a cache, rebuilt from Kafka when missing.",
+    )  # fmt: skip
+    audit_checkpoint_s: float = setting(
+        1.0, minimum=0.05, help="The log signs a new checkpoint at most this often (when it grew)."
+    )
+    audit_host: str = setting("127.0.0.1", help="Where the audit part's internal API listens.")
+    audit_port: int = setting(
+        8082, minimum=0, maximum=65535, help="The audit part's internal API port (the gateway proxies it)."
+    )
+    audit_url: str | None = setting(
+        None, shown="http://AUDIT_HOST:AUDIT_PORT",
+        help="Where gateways reach the audit part (/v1/audit, /v1/subjects).",
+    )  # fmt: skip
+    subject_secret: str | None = setting(
+        None, secret=True,
+        help="The platform secret the data tracker keys subjects with (HMAC-SHA-256 of a request's "
+        "x-ndxp-subject field); unset, no subject is recorded.",
+    )  # fmt: skip
     registry_topic: str = setting(
         "", shown="<prefix>.registry",
         help="The live registry (compacted); its change log is <registry topic>.changes.",

@@ -137,6 +137,8 @@ class Service:
     """Where it came from: a file's path, or the registry."""
     document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """The document as published (what ``registry export`` writes back)."""
+    subject: tuple[str, ...] = ()
+    """``x-ndxp-subject``: the request fields naming the person the data is about (the data tracker)."""
 
     @property
     def key(self) -> str:
@@ -239,6 +241,7 @@ def service_from_document(raw: Any, provider: str, service: str, *, source: obje
             raise CatalogError(f"{where}: the {part} schema does not compile: {exc}") from exc
     if binding is not None:
         check_binding(binding, where, contracts["response"])
+    subject = _subject_fields(raw.get("x-ndxp-subject", []), raw["request"], where)
     examples = raw.get("examples", [])
     if not isinstance(examples, list):
         raise CatalogError(f"{where}: examples must be a list of request bodies")
@@ -270,7 +273,33 @@ def service_from_document(raw: Any, provider: str, service: str, *, source: obje
         examples=tuple(examples),
         source=source,
         document={k: v for k, v in raw.items() if k not in ("provider", "service")},
+        subject=subject,
     )
+
+
+def _subject_fields(given: Any, request: dict[str, Any], where: object) -> tuple[str, ...]:
+    """``x-ndxp-subject``: up to 8 names of the request's top-level string properties."""
+    props = request.get("properties", {}) if isinstance(request, dict) else {}
+    if not isinstance(given, list) or len(given) > 8 or not all(isinstance(f, str) for f in given):
+        raise CatalogError(f"{where}: x-ndxp-subject must be a list of up to 8 request field names")
+    for name in given:
+        prop = props.get(name) if isinstance(props, dict) else None
+        if not isinstance(prop, dict) or prop.get("type") != "string":
+            raise CatalogError(
+                f"{where}: x-ndxp-subject names {name!r}, not a string property of the request"
+            )
+    return tuple(given)
+
+
+def subject_of(svc: Service, doc: Any) -> str | None:
+    """The value identifying the person a request is about: its first ``x-ndxp-subject`` field given."""
+    if not svc.subject or not isinstance(doc, dict):
+        return None
+    for name in svc.subject:
+        value = doc.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 _REF = r"\$\{(env|secret):[A-Za-z_][A-Za-z0-9_]{0,63}\}"

@@ -10,6 +10,7 @@ way.
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -61,6 +62,8 @@ class Exchange:
     t_sent: float | None = None
     t_reply: float | None = None
     outcome: str = Outcome.INTERNAL_ERROR
+    subject: str | None = None
+    """The keyed hash of the person the request is about (the data tracker), once the body is read."""
     recorded_by: RecordedBy = RecordedBy.GATEWAY
 
     @property
@@ -100,8 +103,8 @@ class Exchange:
             version=self.svc.version,
         )
 
-    def record(self, *, status: int, response_bytes: int) -> TxRecord:
-        """The transaction record of this exchange, as it ends now."""
+    def record(self, *, status: int, response: bytes) -> TxRecord:
+        """The transaction record of this exchange, as it ends now (with its bodies' hashes, not them)."""
         return TxRecord(
             exchange_id=self.id,
             client=self.client,
@@ -114,10 +117,13 @@ class Exchange:
             t_reply=self.t_reply,
             t_out=_now_ms(),
             request_bytes=len(self.body),
-            response_bytes=response_bytes,
+            response_bytes=len(response),
             gateway=self.gateway,
             request_id=self.request_id,
             user_id=self.user_id,
             purpose=self.purpose,
             mode=self.mode,
+            request_sha256=hashlib.sha256(self.body).hexdigest(),
+            response_sha256=hashlib.sha256(response).hexdigest(),
+            subject=self.subject,
         )

@@ -37,7 +37,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from broker.contracts.catalog import Contract, Effects, Service, VersionState
+from broker.audit.merkle import leaf_hash
+from broker.contracts.catalog import Contract, Effects, Service, VersionState, subject_of
 from broker.contracts.verdicts import judge
 from broker.errors import (
     AccessDenied,
@@ -67,7 +68,7 @@ from broker.gateway.recorder import RECORD_WITHIN_S
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
 from broker.gateway.stored import stored_exchange
 from broker.model.envelope import Reply, now_ms
-from broker.model.records import Mode, Outcome
+from broker.model.records import Mode, Outcome, subject_key
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,11 @@ async def _read(gw: Gateway, request: web.Request, ex: Exchange) -> None:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body limit is {limit} bytes")
     ex.body = await read_body(request, limit, gw.settings.body_timeout_s)
-    validated(ex.svc.request, ex.body)
+    doc = validated(ex.svc.request, ex.body)
+    if ex.svc.subject and gw.settings.subject_secret:
+        value = subject_of(ex.svc, doc)
+        if value is not None:
+            ex.subject = subject_key(gw.settings.subject_secret, value)
 
 
 async def _round_trip(gw: Gateway, ex: Exchange) -> Reply:
@@ -191,14 +196,15 @@ async def _record(gw: Gateway, ex: Exchange, resp: web.Response) -> web.Response
         ex.recorded_by = RecordedBy.TALLY
     if ex.recorded_by in (RecordedBy.KEEPER, RecordedBy.NOBODY):
         return resp
-    record = ex.record(
-        status=resp.status, response_bytes=len(resp.body) if isinstance(resp.body, bytes) else 0
-    )
+    record = ex.record(status=resp.status, response=resp.body if isinstance(resp.body, bytes) else b"")
     if ex.recorded_by is RecordedBy.TALLY:
         gw.recorder.tally(record)
         return resp
+    raw = record.encode()
+    # The receipt: the record's leaf hash in the exchange log (DESIGN §3.2), its proof's start.
+    resp.headers["X-NDXP-Record-Hash"] = leaf_hash(raw).hex()
     # With Kafka unreachable, a record is not even tried: counted lost at once, not after a wait.
-    if await gw.recorder.write(record, RECORD_WITHIN_S if gw.kafka.ok else 0.0) or ex.t_sent is None:
+    if await gw.recorder.write(record, RECORD_WITHIN_S if gw.kafka.ok else 0.0, raw=raw) or ex.t_sent is None:
         return resp
     # The provider was asked, but the exchange cannot be counted: not answered either.
     ex.outcome = Outcome.UNAVAILABLE

@@ -97,8 +97,12 @@ class TxRecorder:
             if self._tally:
                 await self.flush(RECORD_WITHIN_S)
 
-    async def write(self, rec: TxRecord, within_s: float, *, lost_on_failure: bool = True) -> bool:
-        """Write ``rec`` and wait for its acknowledgement; False (logged, counted) if it failed."""
+    async def write(
+        self, rec: TxRecord, within_s: float, *, lost_on_failure: bool = True, raw: bytes | None = None
+    ) -> bool:
+        """Write ``rec`` (``raw``: already encoded) and wait for its acknowledgement; False (logged,
+        counted) if it failed."""
+        value = rec.encode() if raw is None else raw
         producer = self._producer
         assert producer is not None, "TxRecorder.start() was not called"
         self._pending += 1
@@ -108,9 +112,9 @@ class TxRecorder:
                 # No key: the counter dedupes by exchange id, whatever the partition; so a record
                 # that a stalled leader holds up is hedged to another (broker.kafka.routing).
                 if self._leaders is not None:
-                    await self._leaders.hedged(self.topic, rec.encode())
+                    await self._leaders.hedged(self.topic, value)
                 else:
-                    await (await producer.send(self.topic, rec.encode()))
+                    await (await producer.send(self.topic, value))
         except Exception as exc:
             if lost_on_failure:
                 self.metrics.tx_lost.inc()

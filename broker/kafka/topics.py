@@ -79,6 +79,20 @@ class Topics:
             },
         )
 
+    def audit_leaves(self) -> TopicSpec:
+        """The exchange log's leaves, in the tree's order (one partition), kept forever: the evidence."""
+        return TopicSpec(
+            name=f"{self.settings.topic_prefix}.audit.leaves", partitions=1, configs={"retention.ms": "-1"}
+        )
+
+    def audit_checkpoints(self) -> TopicSpec:
+        """The log's signed checkpoints, keyed by tree size: compacted, kept forever."""
+        return TopicSpec(
+            name=f"{self.settings.topic_prefix}.audit.checkpoints",
+            partitions=1,
+            configs={"cleanup.policy": "compact", "retention.ms": "-1"},
+        )
+
     def registry(self) -> TopicSpec:
         """The live registry: one record per document, compacted (the latest of each is the state)."""
         return TopicSpec(
@@ -158,6 +172,8 @@ class Topics:
             self.registry(),
             self.registry_changes(),
             self.presence(),
+            self.audit_leaves(),
+            self.audit_checkpoints(),
         ]
         for provider in catalog.providers():
             out.extend(self.of_provider(catalog, provider))

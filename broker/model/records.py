@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 import msgspec
@@ -99,6 +101,13 @@ class TxRecord:
     unauthenticated rejections (one record a second, not one per failed login)."""
 
     mode: Mode = Mode.SYNC
+    request_sha256: str | None = None
+    """Hex SHA-256 of the request body (the exchange log holds this, never the body)."""
+    response_sha256: str | None = None
+    """Hex SHA-256 of the response body."""
+    subject: str | None = None
+    """HMAC-SHA-256 (the platform's subject secret) of the person the request is about (``x-ndxp-subject``),
+    hex: what the data tracker indexes. Never the identifier itself."""
 
     def count_fields(self) -> tuple[str, str, str, str]:
         """What a count row is keyed by, besides the day and the mode."""
@@ -132,6 +141,12 @@ class TxRecord:
 _DECODER = msgspec.json.Decoder(TxRecord)
 MODES = frozenset(Mode)
 EXCHANGE_MODES = frozenset({Mode.SYNC, Mode.ASYNC})
+
+
+def subject_key(secret: str, subject_id: str) -> str:
+    """The data tracker's key of a person: hex HMAC-SHA-256 of their identifier under the platform secret
+    (identifiers such as CCCDs are too few to hash without a secret)."""
+    return hmac.new(secret.encode(), subject_id.encode(), hashlib.sha256).hexdigest()
 
 
 def day_of(t_ms: float, utc_offset_hours: int) -> str:
