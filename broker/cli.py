@@ -223,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     keeper.set_defaults(func=_keeper)
 
     from broker.admin.cli import add_commands
+    from broker.audit.cli import add_commands as add_audit_commands
 
     add_commands(sub)
+    add_audit_commands(sub)
     for plugin in entry_points(group=COMMANDS):  # the demo's agencies, an agency's own adapter kit
         plugin.load()(sub)
     return parser

@@ -240,6 +240,50 @@ class CounterMetrics:
         )
 
 
+class AuditMetrics:
+    """Metrics of the exchange log (the audit part) and its data tracker."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.leaves = Counter(
+            "ndxp_audit_leaves_total", "Leaves appended to the exchange log (exactly once)", registry=registry
+        )
+        self.duplicates = Counter(
+            "ndxp_audit_duplicates_total",
+            "Transaction records not appended because their exchange is already in the log",
+            registry=registry,
+        )
+        self.malformed = Counter(
+            "ndxp_audit_malformed_total",
+            "Messages on the transaction topic that are not records (not in the log; the counter "
+            "dead-letters them)",
+            registry=registry,
+        )
+        self.tree_size = Gauge("ndxp_audit_tree_size", "Leaves in the exchange log", registry=registry)
+        self.checkpoint_size = Gauge(
+            "ndxp_audit_checkpoint_size", "Leaves the newest signed checkpoint covers", registry=registry
+        )
+        self.checkpoint_time = Gauge(
+            "ndxp_audit_checkpoint_timestamp_seconds",
+            "When the newest checkpoint was signed (its age: time() - this)",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "ndxp_audit_lag", "Transaction records not yet in the log (high watermark - position)",
+            registry=registry,
+        )  # fmt: skip
+        self.requests = Counter(
+            "ndxp_audit_requests_total", "Proof and tracker requests answered", ["kind", "status"],
+            registry=registry,
+        )  # fmt: skip
+        self.commit_seconds = Histogram(
+            "ndxp_audit_commit_seconds",
+            "Time to commit one batch of leaves with its offsets (one Kafka transaction)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+
 class RegistryMetrics:
     """Metrics of one part's live registry follower (and, for the admin, its writes)."""
 

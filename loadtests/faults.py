@@ -37,10 +37,9 @@ from typing import cast
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from broker.counter.stats import read_to_end
 from broker.dev.localkafka import LocalKafka
 from broker.errors import KafkaUnavailable
-from broker.kafka import topic_partitions
+from broker.kafka import read_to_end, topic_partitions
 from broker.lifecycle import sigterm_as_exit
 from broker.settings import Settings
 from loadtests.bench import running_platform, settled_total

@@ -43,25 +43,71 @@ class Nodes(Protocol):
 
 
 class MemoryNodes:
-    """Nodes in a list per level (for verifying a bundle or a topic, and for tests)."""
+    """Nodes in a list per level (for exports and tests). A level may start past index 0: a tree
+    continued from a frontier (:class:`Frontier`) holds only what lies right of it."""
 
     def __init__(self) -> None:
-        self.levels: list[list[bytes]] = []
+        self.levels: list[tuple[int, list[bytes]]] = []
 
     def get(self, level: int, index: int) -> bytes:
-        return self.levels[level][index]
+        if level >= len(self.levels) or index < self.levels[level][0]:
+            raise KeyError((level, index))
+        first, row = self.levels[level]
+        return row[index - first]
 
     def put_many(self, nodes: Iterable[tuple[int, int, bytes]]) -> None:
         for level, index, h in nodes:
             while len(self.levels) <= level:
-                self.levels.append([])
-            row = self.levels[level]
-            if index == len(row):
+                self.levels.append((-1, []))
+            first, row = self.levels[level]
+            if not row:
+                self.levels[level] = (index, [h])
+            elif index == first + len(row):
                 row.append(h)
-            elif index < len(row):
-                row[index] = h
+            elif first <= index < first + len(row):
+                row[index - first] = h
             else:
                 raise ValueError(f"node ({level}, {index}) leaves a gap")
+
+
+class Frontier:
+    """The complete subtrees a tree of ``size`` leaves splits into, left to right: enough to append leaves
+    and compute each new head, in O(log n) memory (what ``ndxp audit verify`` streams with)."""
+
+    def __init__(self, nodes: Sequence[tuple[int, bytes]] = ()) -> None:
+        self.nodes: list[tuple[int, bytes]] = list(nodes)
+        """(level, hash) of each complete subtree, the largest (leftmost) first."""
+        levels = [lv for lv, _ in self.nodes]
+        if levels != sorted(set(levels), reverse=True):
+            raise ValueError("a frontier's subtrees shrink from left to right")
+
+    @property
+    def size(self) -> int:
+        return sum(1 << lv for lv, _ in self.nodes)
+
+    def append(self, h: bytes) -> None:
+        level = 0
+        while self.nodes and self.nodes[-1][0] == level:
+            _, left = self.nodes.pop()
+            h = node_hash(left, h)
+            level += 1
+        self.nodes.append((level, h))
+
+    def root(self) -> bytes:
+        if not self.nodes:
+            return EMPTY_ROOT
+        r = self.nodes[-1][1]
+        for _, h in reversed(self.nodes[:-1]):
+            r = node_hash(h, r)
+        return r
+
+    def indexed(self) -> list[tuple[int, int, bytes]]:
+        """The subtrees as (level, index, hash) nodes, to continue a :class:`Tree` from."""
+        out, start = [], 0
+        for level, h in self.nodes:
+            out.append((level, start >> level, h))
+            start += 1 << level
+        return out
 
 
 class Tree:

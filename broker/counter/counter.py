@@ -29,7 +29,7 @@ from collections import Counter as Tally
 import orjson
 from aiokafka import TopicPartition
 
-from broker.counter.stats import StatKey, read_compacted, read_to_end
+from broker.counter.stats import StatKey
 from broker.kafka import (
     Batch,
     Consumer,
@@ -42,6 +42,8 @@ from broker.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    read_compacted,
+    read_to_end,
     static_member,
 )
 from broker.metrics import CounterMetrics

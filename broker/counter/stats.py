@@ -17,12 +17,11 @@ from aiokafka import TopicPartition
 
 from broker.kafka import (
     Batch,
-    Consumer,
     KafkaService,
-    Record,
     Topics,
     ensure_topics,
     make_consumer,
+    read_compacted,
 )
 from broker.settings import Settings
 
@@ -83,31 +82,6 @@ def summarise(counts: dict[StatKey, int], day: str) -> dict[str, Any]:
         **{k: dict(sorted(v.items())) for k, v in by.items()},
         "events": events,
     }
-
-
-async def read_to_end(consumer: Consumer, tp: TopicPartition) -> list[Record]:
-    """Every message of ``tp``, from the beginning to its end when called."""
-    consumer.assign([tp])
-    await consumer.seek_to_beginning(tp)
-    end = (await consumer.end_offsets([tp]))[tp]
-    messages: list[Record] = []
-    while await consumer.position(tp) < end:
-        batch = await consumer.getmany(tp, timeout_ms=500)
-        messages.extend(batch.get(tp, []))
-    return messages
-
-
-async def read_compacted(consumer: Consumer, tp: TopicPartition) -> dict[bytes, bytes]:
-    """Every key's latest value in ``tp`` (a tombstone removes the key)."""
-    latest: dict[bytes, bytes] = {}
-    for msg in await read_to_end(consumer, tp):
-        if msg.key is None:  # not a row: a compacted topic keeps only keyed records
-            continue
-        if msg.value is None:
-            latest.pop(msg.key, None)
-        else:
-            latest[msg.key] = msg.value
-    return latest
 
 
 class StatsView(KafkaService):

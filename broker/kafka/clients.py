@@ -19,7 +19,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
 from broker.errors import KafkaUnavailable
-from broker.kafka.boundary import Batch, Consumer, ConsumerParams, Producer, ProducerParams
+from broker.kafka.boundary import Batch, Consumer, ConsumerParams, Producer, ProducerParams, Record
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,3 +160,28 @@ async def poll(consumer: Consumer, what: str, timeout_ms: int, max_records: int 
         await asyncio.sleep(0.5)
         return {}
     return batch
+
+
+async def read_to_end(consumer: Consumer, tp: TopicPartition) -> list[Record]:
+    """Every message of ``tp``, from the beginning to its end when called."""
+    consumer.assign([tp])
+    await consumer.seek_to_beginning(tp)
+    end = (await consumer.end_offsets([tp]))[tp]
+    messages: list[Record] = []
+    while await consumer.position(tp) < end:
+        batch = await consumer.getmany(tp, timeout_ms=500)
+        messages.extend(batch.get(tp, []))
+    return messages
+
+
+async def read_compacted(consumer: Consumer, tp: TopicPartition) -> dict[bytes, bytes]:
+    """Every key's latest value in ``tp`` (a tombstone removes the key)."""
+    latest: dict[bytes, bytes] = {}
+    for msg in await read_to_end(consumer, tp):
+        if msg.key is None:  # not a row: a compacted topic keeps only keyed records
+            continue
+        if msg.value is None:
+            latest.pop(msg.key, None)
+        else:
+            latest[msg.key] = msg.value
+    return latest

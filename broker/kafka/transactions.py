@@ -12,7 +12,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import ProducerFenced
 
 from broker.errors import TransactionFenced
-from broker.kafka.boundary import Batch, Consumer, Producer
+from broker.kafka.boundary import Batch, Consumer, Producer, Written
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,14 @@ class Outgoing:
     partition: int | None = None
 
 
-async def send_all(producer: Producer, outgoing: Iterable[Outgoing]) -> None:
-    """Hand every record to the producer (inside a transaction: part of it)."""
-    for out in outgoing:
+async def send_all(producer: Producer, outgoing: Iterable[Outgoing]) -> list[asyncio.Future[Written]]:
+    """Hand every record to the producer (inside a transaction: part of it); their acknowledgements."""
+    return [
         await producer.send(
             out.topic, out.value, key=out.key, headers=out.headers or None, partition=out.partition
         )
+        for out in outgoing
+    ]
 
 
 class Transactions:
@@ -67,11 +69,20 @@ class Transactions:
             return 0.0
         return min(self.MAX_PAUSE_S, self.FIRST_PAUSE_S * 2.0 ** (self.failures - 1))
 
-    async def commit(self, outgoing: Iterable[Outgoing], offsets: Mapping[TopicPartition, int]) -> bool:
-        """In one transaction: ``outgoing`` and ``offsets`` (either may be empty). False: it failed."""
+    async def commit(
+        self,
+        outgoing: Iterable[Outgoing],
+        offsets: Mapping[TopicPartition, int],
+        written: list[asyncio.Future[Written]] | None = None,
+    ) -> bool:
+        """In one transaction: ``outgoing`` and ``offsets`` (either may be empty). False: it failed.
+
+        ``written``, when given, receives the records' acknowledgements (where each landed)."""
         try:
             async with self.producer.transaction():
-                await send_all(self.producer, outgoing)
+                sent = await send_all(self.producer, outgoing)
+                if written is not None:
+                    written.extend(sent)
                 if offsets:
                     await self.producer.send_offsets_to_transaction(offsets, self.group_id)
         except ProducerFenced as exc:

@@ -70,6 +70,26 @@ def test_heads_and_proofs_match_the_rfc_definitions() -> None:
             merkle.verify_consistency(m, n, tree.root(m), tree.root(n), proof)
 
 
+def test_a_frontier_streams_the_heads_and_continues_a_tree() -> None:
+    frontier = merkle.Frontier()
+    for n, leaf in enumerate(LEAVES, 1):
+        frontier.append(merkle.leaf_hash(leaf))
+        assert frontier.size == n
+        assert frontier.root() == _mth(LEAVES[:n])
+    cut = merkle.Frontier()
+    for leaf in LEAVES[:37]:
+        cut.append(merkle.leaf_hash(leaf))
+    nodes = merkle.MemoryNodes()
+    nodes.put_many(cut.indexed())
+    rest = Tree(nodes, 37)  # continued from the frontier: what an export holds
+    rest.append([merkle.leaf_hash(x) for x in LEAVES[37:]])
+    full = _tree(len(LEAVES))
+    for n in range(38, len(LEAVES) + 1):
+        assert rest.root(n) == full.root(n)
+        assert rest.consistency(37, n) == full.consistency(37, n)
+        assert rest.inclusion(n - 1, n) == full.inclusion(n - 1, n)
+
+
 def test_proofs_that_lie_are_refused() -> None:
     tree = _tree(21)
     root = tree.root()

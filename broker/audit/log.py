@@ -1,0 +1,307 @@
+"""`ndxp audit serve`'s writer: every transaction record becomes a leaf of the exchange log, exactly once.
+
+It follows ``ndxp.tx`` (``read_committed``, its own consumer group) and, in **one Kafka transaction** per
+batch, writes the batch's new leaves (the records' bytes, unchanged, keyed by their leaf index) to the
+one-partition leaves topic, a signed checkpoint when one is due (at most every ``AUDIT_CHECKPOINT_S``)
+to the compacted checkpoints topic, and the consumer offsets. Killed at any point, it restarts from the
+last committed transaction: the leaves topic is the tree, in order, with nothing lost or doubled.
+
+A record whose exchange is already in the log (the gateway hedges a record to a second partition when
+a leader stalls) is not appended again. The SQLite index (:mod:`broker.audit.index`) follows the
+leaves topic: on start it reads what it has not seen (a crash between Kafka's commit and SQLite's), so
+it is only ever a cache. The first leaf written with a new signing key records that key
+(``{"kind": "audit-key", "vkey": …}``): the key history is in the log itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+import orjson
+from aiokafka import TopicPartition
+
+from broker.audit.index import KEY_LEAF, Index
+from broker.audit.note import Checkpoint, Signer, sign
+from broker.kafka import (
+    Batch,
+    KafkaService,
+    Outgoing,
+    Producer,
+    Record,
+    Topics,
+    Transactions,
+    Written,
+    consumer_lag,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from broker.metrics import AuditMetrics
+from broker.model.records import TxRecord
+from broker.settings import Settings
+
+log = logging.getLogger(__name__)
+GATHER_S = 0.25
+"""Longest a record waits for its batch's transaction."""
+BATCH = 5000
+
+
+def index_key(n: int) -> bytes:
+    """A leaf's or checkpoint's Kafka key: its index (tree size), zero-padded so keys sort."""
+    return b"%016d" % n
+
+
+def load_signer(settings: Settings) -> Signer:
+    """AUDIT_KEY, or the key kept in CACHE_DIR/audit.key (made on first use, readable by us only)."""
+    if settings.audit_key:
+        return Signer.parse(settings.audit_key)
+    path = settings.cache_dir / "audit.key"
+    if path.exists():
+        return Signer.parse(path.read_text())
+    signer = Signer.generate(settings.audit_origin)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(signer.text() + "\n")
+    log.warning("audit: made a new signing key in %s (set NDXP_AUDIT_KEY in production)", path)
+    return signer
+
+
+def index_path(settings: Settings) -> Path:
+    return settings.audit_db or settings.cache_dir / f"audit-{settings.topic_prefix}.sqlite"
+
+
+class AuditLog(KafkaService):
+    """Appends transaction records to the exchange log and signs its checkpoints."""
+
+    poll_timeout_ms = 100
+
+    def __init__(self, settings: Settings, metrics: AuditMetrics) -> None:
+        super().__init__("audit log")
+        self.settings = settings
+        self.metrics = metrics
+        self.topics = Topics(settings)
+        self.leaves_topic = self.topics.audit_leaves().name
+        self.checkpoints_topic = self.topics.audit_checkpoints().name
+        self.group_id = f"{settings.topic_prefix}.audit"
+        self.signer = load_signer(settings)
+        self.vkey = self.signer.verifier().text()
+        self.index: Index | None = None
+        self._producer: Producer | None = None
+        self._tx: Transactions | None = None
+        self._gathered: Batch = {}
+        self._gathered_n = 0
+        self._gathered_since = 0.0
+        self._checkpoint_size = 0
+        self._checkpoint_at = 0.0
+        self.signed_at = 0.0
+        """Wall time this writer last signed a checkpoint (0: not yet)."""
+        self._lag_at = 0.0
+
+    async def _open(self) -> None:
+        await ensure_topics(
+            self.settings, [self.topics.tx(), self.topics.audit_leaves(), self.topics.audit_checkpoints()]
+        )
+        # The producer first: starting it aborts what a killed predecessor left open (as the counter).
+        self._producer = make_producer(self.settings, client_id="ndxp-audit", transactional_id=self.group_id)
+        await self._producer.start()
+        self._tx = Transactions(self._producer, self.group_id, "audit log")
+        path = index_path(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.index = Index(path)
+        await self._catch_up()
+        latest = self.index.db.execute("SELECT max(size) FROM checkpoints").fetchone()[0]
+        self._checkpoint_size = int(latest or 0)
+        if self.index.vkey != self.vkey:
+            await self._record_key()
+        self.metrics.tree_size.set(self.index.tree.size)
+        self.metrics.checkpoint_size.set(self._checkpoint_size)
+        self.consumer = make_consumer(
+            self.settings,
+            group_id=self.group_id,
+            client_id="ndxp-audit",
+            isolation_level="read_committed",
+            max_poll_records=BATCH,
+            fetch_max_wait_ms=100,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe([self.settings.tx_topic])
+
+    async def _catch_up(self) -> None:
+        """Bring the index to the end of the leaves and checkpoints topics (what it has not read)."""
+        index = self.index
+        assert index is not None
+        started, before = time.monotonic(), index.tree.size
+        reader = make_consumer(self.settings, group_id=None, isolation_level="read_committed")
+        await reader.start()
+        try:
+            for topic, offset in ((self.leaves_topic, index.leaves_offset),
+                                  (self.checkpoints_topic, index.checkpoints_offset)):  # fmt: skip
+                tp = TopicPartition(topic, 0)
+                reader.assign([tp])
+                end = (await reader.end_offsets([tp]))[tp]
+                reader.seek(tp, offset)
+                while await reader.position(tp) < end:
+                    batch = (await reader.getmany(tp, timeout_ms=500)).get(tp, [])
+                    if not batch:
+                        continue
+                    index.begin()
+                    try:
+                        if topic == self.leaves_topic:
+                            self._take_leaves(index, batch)
+                        else:
+                            for msg in batch:
+                                if msg.key is not None and msg.value is not None:
+                                    index.add_checkpoint(int(msg.key), msg.value.decode())
+                        next_offset = batch[-1].offset + 1
+                        if topic == self.leaves_topic:
+                            index.commit(leaves_offset=next_offset)
+                        else:
+                            index.commit(checkpoints_offset=next_offset)
+                    except BaseException:
+                        index.rollback()
+                        raise
+        finally:
+            await reader.stop()
+        log.info(
+            "audit index caught up in %.1fs: %d leaves (%d read from Kafka)",
+            time.monotonic() - started, index.tree.size, index.tree.size - before,
+        )  # fmt: skip
+
+    def _take_leaves(self, index: Index, batch: list[Record]) -> None:
+        leaves: list[bytes] = []
+        for msg in batch:
+            key, value = msg.key, msg.value
+            if key is None or value is None:
+                continue
+            n = int(key)
+            expected = index.tree.size + len(leaves)
+            if n < expected:
+                log.warning("audit: leaves topic holds leaf %d again; the first one stands", n)
+                continue
+            if n > expected:
+                raise RuntimeError(
+                    f"the leaves topic skips from leaf {expected} to {n}: run ndxp audit verify"
+                )
+            leaves.append(value)
+        if leaves:
+            index.append(leaves)
+
+    async def _record_key(self) -> None:
+        """Append the key leaf of this writer's signing key (its first run with that key)."""
+        index, tx = self.index, self._tx
+        assert index is not None
+        assert tx is not None
+        leaf = orjson.dumps(
+            {"kind": KEY_LEAF, "vkey": self.vkey, "previous": index.vkey, "at": time.time() * 1000}
+        )
+        await self._commit_leaves([leaf], {}, force_checkpoint=True)
+        log.warning("audit: signing key %s recorded at leaf %d", self.vkey.split("+")[1], index.tree.size - 1)
+
+    async def _close(self) -> None:
+        if self._gathered and self.consumer is not None:
+            await self._commit()
+        await super()._close()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self.index is not None:
+            self.index.close()
+            self.index = None
+
+    async def _capacity(self) -> int:
+        return max(1, BATCH - self._gathered_n)
+
+    async def _on_batch(self, batch: Batch) -> None:
+        now = time.monotonic()
+        if now >= self._lag_at and self.consumer is not None:
+            self._lag_at = now + 1.0
+            self.metrics.lag.set(await consumer_lag(self.consumer))
+        for tp, messages in batch.items():
+            if not self._gathered:
+                self._gathered_since = now
+            self._gathered.setdefault(tp, []).extend(messages)
+            self._gathered_n += len(messages)
+        if self._gathered and (self._gathered_n >= BATCH or now - self._gathered_since >= GATHER_S):
+            await self._commit()
+        elif not self._gathered and self._checkpoint_due():
+            await self._commit_leaves([], {})  # the tree grew, and no record came since
+
+    def _checkpoint_due(self) -> bool:
+        index = self.index
+        return (
+            index is not None
+            and index.tree.size > self._checkpoint_size
+            and time.monotonic() - self._checkpoint_at >= self.settings.audit_checkpoint_s
+        )
+
+    async def _commit(self) -> None:
+        index = self.index
+        assert index is not None
+        batch, self._gathered, self._gathered_n = self._gathered, {}, 0
+        leaves: list[bytes] = []
+        ids: set[str] = set()
+        for messages in batch.values():
+            for msg in messages:
+                try:
+                    rec = TxRecord.decode(msg.value or b"")
+                except ValueError:
+                    self.metrics.malformed.inc()
+                    continue
+                if rec.exchange_id in ids or index.has_exchange(rec.exchange_id):
+                    self.metrics.duplicates.inc()
+                    continue
+                ids.add(rec.exchange_id)
+                leaves.append(msg.value or b"")
+        offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
+        await self._commit_leaves(leaves, offsets)
+
+    async def _commit_leaves(
+        self, leaves: list[bytes], offsets: dict[TopicPartition, int], *, force_checkpoint: bool = False
+    ) -> None:
+        """One transaction: ``leaves``, a checkpoint if due, ``offsets``; then the index."""
+        index, tx = self.index, self._tx
+        assert index is not None
+        assert tx is not None
+        index.begin()
+        try:
+            first = index.append(leaves)
+            size = index.tree.size
+            out = [Outgoing(self.leaves_topic, leaf, index_key(i)) for i, leaf in enumerate(leaves, first)]
+            note = None
+            if size > self._checkpoint_size and (force_checkpoint or self._checkpoint_due()):
+                note = sign(
+                    Checkpoint(self.settings.audit_origin, size, index.tree.root()).text(), self.signer
+                )
+                out.append(Outgoing(self.checkpoints_topic, note.encode(), index_key(size)))
+                index.add_checkpoint(size, note)
+            written: list[asyncio.Future[Written]] = []
+            started = time.perf_counter()
+            ok = await tx.commit(out, offsets, written)
+        except BaseException:
+            index.rollback()
+            raise
+        if not ok:
+            # Whether Kafka committed or not is unknown (a commit that timed out may have landed): the
+            # part restarts (its supervisor) and takes the truth from Kafka, never guessing.
+            index.rollback()
+            raise RuntimeError("audit log: a transaction failed; restarting from Kafka's committed state")
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        ends: dict[str, int] = {}
+        for fut in written:
+            w = fut.result()
+            ends[w.topic] = max(ends.get(w.topic, 0), w.offset + 1)
+        index.commit(
+            leaves_offset=ends.get(self.leaves_topic), checkpoints_offset=ends.get(self.checkpoints_topic)
+        )
+        self.metrics.leaves.inc(len(leaves))
+        self.metrics.tree_size.set(size)
+        if note is not None:
+            self._checkpoint_size, self._checkpoint_at = size, time.monotonic()
+            self.metrics.checkpoint_size.set(size)
+            self.signed_at = time.time()
+            self.metrics.checkpoint_time.set(self.signed_at)
