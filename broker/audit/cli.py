@@ -38,7 +38,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
             anchors = _anchors(settings, args)
             if not anchors and (settings.audit_key or (settings.cache_dir / "audit.key").exists()):
                 anchors = {load_signer(settings).verifier().text()}
-            progress(f"verifying the exchange log in Kafka ({settings.topic_prefix}.audit.*)")
+            progress(f"verifying the exchange log in Kafka ({settings.tx_topic}.log*)")
             check = uvloop.run(verify_kafka(settings, anchors, progress))
             where = "Kafka"
     except Tampered as exc:

@@ -72,7 +72,7 @@ def load_signer(settings: Settings) -> Signer:
 
 
 def index_path(settings: Settings) -> Path:
-    return settings.audit_db or settings.cache_dir / f"audit-{settings.topic_prefix}.sqlite"
+    return settings.audit_db or settings.cache_dir / f"audit-{settings.tx_topic}.sqlite"
 
 
 class AuditLog(KafkaService):
@@ -87,7 +87,7 @@ class AuditLog(KafkaService):
         self.topics = Topics(settings)
         self.leaves_topic = self.topics.audit_leaves().name
         self.checkpoints_topic = self.topics.audit_checkpoints().name
-        self.group_id = f"{settings.topic_prefix}.audit"
+        self.group_id = f"{settings.tx_topic}.log"
         self.signer = load_signer(settings)
         self.vkey = self.signer.verifier().text()
         self.index: Index | None = None

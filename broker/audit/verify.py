@@ -59,7 +59,9 @@ def parse_checkpoints(found: Iterable[tuple[str, bytes | None, str, int]]) -> li
             raise Tampered(f"{where}: not a checkpoint ({exc})") from exc
         if key is not None and key != b"%016d" % size:
             raise Tampered(f"{where}: keyed {key.decode(errors='replace')!r} but covers {size} leaves")
-        if size <= largest:
+        if size == largest:
+            raise Tampered(f"checkpoint of size {size} ({where}) is a second one for that size")
+        if size < largest:
             raise Tampered(f"checkpoint of size {size} ({where}) rolls the log back: written after {largest}")
         largest = size
         out.append(Signed(where, note, size, ts))

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from broker.contracts.catalog import Catalog
 from broker.contracts.registry import Registry
 from broker.counter.stats import StatsView
-from broker.gateway import events, meta
+from broker.gateway import audit, events, meta
 from broker.gateway.exchange import exchange
 from broker.gateway.limits import Limits
 from broker.gateway.middleware import problems, server_header
@@ -219,6 +219,7 @@ def create_app(
             stream.stopping.set()  # each ends within a poll (1 s), committing its position
 
     app.on_shutdown.append(end_streams)
+    audit.add_routes(app)
     app.router.add_get("/v1/agencies", meta.agencies)
     app.router.add_get("/v1/services", meta.services)
     app.router.add_get("/v1/services/{provider}/{service}", meta.service)

@@ -80,15 +80,13 @@ class Topics:
         )
 
     def audit_leaves(self) -> TopicSpec:
-        """The exchange log's leaves, in the tree's order (one partition), kept forever: the evidence."""
-        return TopicSpec(
-            name=f"{self.settings.topic_prefix}.audit.leaves", partitions=1, configs={"retention.ms": "-1"}
-        )
+        """The exchange log of the transaction topic: its leaves, in the tree's order (one partition), kept forever: the evidence."""
+        return TopicSpec(name=f"{self.settings.tx_topic}.log", partitions=1, configs={"retention.ms": "-1"})
 
     def audit_checkpoints(self) -> TopicSpec:
         """The log's signed checkpoints, keyed by tree size: compacted, kept forever."""
         return TopicSpec(
-            name=f"{self.settings.topic_prefix}.audit.checkpoints",
+            name=f"{self.settings.tx_topic}.log.checkpoints",
             partitions=1,
             configs={"cleanup.policy": "compact", "retention.ms": "-1"},
         )

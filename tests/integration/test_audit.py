@@ -1,0 +1,414 @@
+"""The verifiable exchange log and the data tracker, on a real Kafka (DESIGN §3.2).
+
+Receipts match the leaves; proofs from the API check with our verifier and with transparency-dev's Go
+one (deploy/checks/tlogcheck); tampering with a bundle or the topics is caught where it is; the writer
+SIGKILLed mid-stream loses and doubles nothing, and its next checkpoint extends the last; a subject's
+accesses are listed exactly, and only to the tracker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+
+from broker.audit import merkle
+from broker.audit.api import make_app
+from broker.audit.index import Reader
+from broker.audit.log import AuditLog, index_key, load_signer
+from broker.audit.note import Checkpoint, Signer, Verifier, sign
+from broker.audit.verify import Tampered, export_day, verify_bundle, verify_kafka
+from broker.kafka import Topics, ensure_topics, make_producer
+from broker.metrics import AuditMetrics
+from broker.model.records import TxRecord, day_of
+from broker.settings import Settings, child_environment
+from tests.integration.exchange_fixtures import EchoHandlers, key_hash, running_adapter, running_gateway
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
+ROOT = Path(__file__).resolve().parents[2]
+GO_ENV = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
+ALICE = {"Authorization": "Bearer key-alice"}
+CAROL = {"Authorization": "Bearer key-carol"}  # the tracker (VNeID's role)
+CITIZEN, OTHER = "079123456789", "001099012345"
+
+
+@pytest.fixture
+def audit_settings(exchange_settings: Settings, provider: str, tmp_path: Path) -> Settings:
+    """The test provider's echo names its subject (msg); carol has the tracker right."""
+    echo = exchange_settings.schemas_dir / provider / "echo.json"
+    doc = json.loads(echo.read_text())
+    echo.write_text(json.dumps({**doc, "x-ndxp-subject": ["msg"]}))
+    reg = yaml.safe_load(exchange_settings.registry_path.read_text())
+    reg["agencies"].append({"id": "carol", "code": "T.C", "name": "Carol the tracker", "roles": ["tracker"],
+                            "keys_sha256": [key_hash("key-carol")]})  # fmt: skip
+    exchange_settings.registry_path.write_text(yaml.safe_dump(reg))
+    return exchange_settings.replace(
+        subject_secret="test-subject-secret",
+        audit_db=tmp_path / "audit.sqlite",
+        audit_key=Signer.generate("test.ndxp/log").text(),
+        audit_origin="test.ndxp/log",
+        audit_checkpoint_s=0.2,
+        cache_dir=tmp_path / "cache",
+    )
+
+
+@asynccontextmanager
+async def running_audit(settings: Settings) -> AsyncIterator[tuple[AuditLog, str]]:
+    log = AuditLog(settings, AuditMetrics(CollectorRegistry()))
+    await log.start()
+    reader = Reader(settings.audit_db or "")
+    server = TestServer(make_app(reader, log.metrics, log.vkey, lambda: log.healthy, lambda: log.signed_at))
+    await server.start_server()
+    try:
+        yield log, str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+        await log.stop()
+        reader.close()
+
+
+@pytest.fixture(scope="module")
+def tlogcheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """transparency-dev's checkpoint, note and proof code, built into a checker (not our code)."""
+    out = tmp_path_factory.mktemp("tlogcheck") / "tlogcheck"
+    subprocess.run(["go", "build", "-o", str(out), "."], cwd=ROOT / "deploy" / "checks" / "tlogcheck",
+                   env=GO_ENV, check=True, timeout=600)  # fmt: skip
+    return out
+
+
+def _tlog(checker: Path, tmp_path: Path, evidence: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / f"evidence-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps(evidence))
+    return subprocess.run([str(checker), str(path)], capture_output=True, text=True, timeout=60)
+
+
+async def _proof(http: ClientSession, exchange_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while True:
+            resp = await http.get(f"/v1/audit/exchanges/{exchange_id}", headers=headers)
+            if resp.status == 200:
+                body: dict[str, Any] = await resp.json()
+                return body
+            assert resp.status == 202, await resp.text()
+            assert resp.headers["Retry-After"] == "1"
+            await asyncio.sleep(0.1)
+
+
+async def test_receipts_proofs_tracker_and_bundles(
+    audit_settings: Settings, provider: str, tmp_path: Path, tlogcheck: Path
+) -> None:
+    handlers = EchoHandlers()
+    async with running_audit(audit_settings) as (log, url):
+        settings = audit_settings.replace(audit_url=url)
+        async with running_adapter(settings, provider, handlers), running_gateway(settings) as (http, _gw):
+            receipts: dict[str, str] = {}
+            for i, (subject, who) in enumerate([(CITIZEN, "officer.1")] * 4 + [(OTHER, "officer.2")] * 2):
+                resp = await http.post(
+                    f"/v1/exchange/{provider}/echo", json={"msg": subject},
+                    headers={**ALICE, "X-NDXP-User-Id": who, "X-NDXP-Purpose": f"case {i}"},
+                )  # fmt: skip
+                assert resp.status == 200, await resp.text()
+                receipts[resp.headers["X-NDXP-Exchange-Id"]] = resp.headers["X-NDXP-Record-Hash"]
+            refused = await http.post(f"/v1/exchange/{provider}/echo", json={"nope": 1}, headers=ALICE)
+            assert refused.status == 400
+            assert "X-NDXP-Record-Hash" in refused.headers
+
+            vkey = await (await http.get("/v1/audit/key")).text()
+            assert vkey.strip() == log.vkey
+            verifier = Verifier.parse(vkey)
+            first = next(iter(receipts))
+            proof = await _proof(http, first, ALICE)
+            assert proof["leaf_hash"] == receipts[first]
+            assert proof["record"]["exchange_id"] == first
+            assert "cccd" not in json.dumps(proof["record"])
+            assert proof["record"]["request_sha256"]
+            assert proof["record"]["subject"] != CITIZEN
+            cp = Checkpoint.open(proof["checkpoint"], verifier, "test.ndxp/log")
+            assert cp.size == proof["tree_size"]
+            merkle.verify_inclusion(proof["leaf_index"], cp.size, bytes.fromhex(proof["leaf_hash"]),
+                                    [bytes.fromhex(h) for h in proof["inclusion_proof"]],
+                                    cp.root)  # fmt: skip
+            provider_view = await _proof(http, first, {"Authorization": "Bearer key-provider"})
+            assert provider_view["leaf_index"] == proof["leaf_index"]
+            for stranger in ({"Authorization": "Bearer key-bob"}, CAROL):
+                foreign = await http.get(f"/v1/audit/exchanges/{first}", headers=stranger)
+                assert foreign.status == 404
+            unknown = await http.get(
+                "/v1/audit/exchanges/00000000-0000-4000-8000-000000000000", headers=ALICE
+            )
+            assert unknown.status == 404
+            assert (await http.get(f"/v1/audit/exchanges/{first}")).status == 401
+
+            # The independent verifier: the API's checkpoint and proof, and the leaf rebuilt from the record.
+            leaf = await _leaf_bytes(settings, proof["leaf_index"])
+            assert merkle.leaf_hash(leaf).hex() == receipts[first]
+            evidence = {"origin": "test.ndxp/log", "vkey": vkey.strip(), "checkpoint": proof["checkpoint"],
+                        "leaf": base64.b64encode(leaf).decode(), "leaf_index": proof["leaf_index"],
+                        "inclusion_proof": proof["inclusion_proof"]}  # fmt: skip
+            ok = _tlog(tlogcheck, tmp_path, evidence)
+            assert ok.returncode == 0, ok.stdout + ok.stderr
+            assert ok.stdout.startswith("OK"), ok.stdout
+            bad = _tlog(tlogcheck, tmp_path, {**evidence, "leaf": base64.b64encode(leaf + b" ").decode()})
+            assert bad.returncode == 1, bad.stdout
+            forged = sign(
+                Checkpoint("test.ndxp/log", cp.size, cp.root).text(), Signer.generate("test.ndxp/log")
+            )
+            assert _tlog(tlogcheck, tmp_path, {**evidence, "checkpoint": forged}).returncode == 1
+
+            # A later checkpoint extends this one: the API's consistency proof, checked by both verifiers.
+            last = list(receipts)[-1]
+            later = await _proof(http, last, ALICE)
+            if later["tree_size"] == cp.size:  # the same checkpoint covers both: wait for a larger one
+                await http.post(f"/v1/exchange/{provider}/echo", json={"msg": "more"}, headers=ALICE)
+                async with asyncio.timeout(30):
+                    while later["tree_size"] == cp.size:
+                        await asyncio.sleep(0.2)
+                        later = await _proof(http, last, ALICE)
+            cons = await (
+                await http.get(f"/v1/audit/consistency?from={cp.size}&to={later['tree_size']}")
+            ).json()
+            new_cp = Checkpoint.open(later["checkpoint"], verifier)
+            merkle.verify_consistency(cp.size, new_cp.size, cp.root, new_cp.root,
+                                      [bytes.fromhex(h) for h in cons["proof"]])  # fmt: skip
+            last_leaf = await _leaf_bytes(settings, later["leaf_index"])
+            both = _tlog(tlogcheck, tmp_path, {
+                "origin": "test.ndxp/log", "vkey": vkey.strip(), "checkpoint": later["checkpoint"],
+                "leaf": base64.b64encode(last_leaf).decode(), "leaf_index": later["leaf_index"],
+                "inclusion_proof": later["inclusion_proof"], "old_checkpoint": proof["checkpoint"],
+                "consistency_proof": cons["proof"]})  # fmt: skip
+            assert both.returncode == 0, both.stdout + both.stderr
+            assert (await http.get("/v1/audit/consistency?from=9&to=x")).status == 400
+
+            # The data tracker: exactly the subject's accesses, to the tracker only.
+            resp = await http.get(
+                f"/v1/subjects/{CITIZEN}/accesses", headers={**CAROL, "X-NDXP-User-Id": "c1"}
+            )
+            assert resp.status == 200, await resp.text()
+            found = await resp.json()
+            assert found["subject"] == CITIZEN
+            mine = [a for a in found["accesses"] if a["service"] == "echo"]
+            assert len(mine) == 4
+            assert {a["exchange_id"] for a in mine} <= set(receipts)
+            assert {a["user_id"] for a in mine} == {"officer.1"}
+            assert all(a["client"] == "alice" and a["client_name"] == "Alice" for a in mine)
+            assert all(a["record_hash"] == receipts[a["exchange_id"]] for a in mine)
+            other = await (await http.get(f"/v1/subjects/{OTHER}/accesses", headers=CAROL)).json()
+            assert [a["user_id"] for a in other["accesses"] if a["service"] == "echo"] == ["officer.2"] * 2
+            assert (await http.get(f"/v1/subjects/{CITIZEN}/accesses", headers=ALICE)).status == 403
+            assert (await http.get(f"/v1/subjects/{'9' * 200}/accesses", headers=CAROL)).status == 400
+            # The tracker's own query is an access in the log too (the citizen sees who looked).
+            async with asyncio.timeout(30):
+                while True:
+                    again = await (await http.get(f"/v1/subjects/{CITIZEN}/accesses", headers=CAROL)).json()
+                    if any(a["service"] == "tracker" and a["client"] == "carol" for a in again["accesses"]):
+                        break
+                    await asyncio.sleep(0.2)
+
+        # Verify from Kafka, export today's bundle, verify it offline, then tamper with copies of it.
+        await _settled(log)
+        check = await verify_kafka(settings, {log.vkey}, progress=lambda _: None)
+        assert check.frontier.size == log.index.tree.size if log.index else False
+        assert check.checked >= 2
+        with pytest.raises(Tampered, match="not a trusted key"):
+            await verify_kafka(settings, {Signer.generate("x").verifier().text()}, progress=lambda _: None)
+        day = day_of(time.time() * 1000, settings.stats_utc_offset_hours)
+        bundle = tmp_path / "bundle"
+        await export_day(settings, day, bundle, progress=lambda _: None)
+        assert verify_bundle(bundle).frontier.size == check.frontier.size
+        _tampering_is_caught(bundle, tmp_path)
+
+        # A checkpoint forged onto the topic: verify names it (the bundle cases above cover the rest).
+        topic = Topics(settings).audit_checkpoints().name
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            size = check.frontier.size
+            fake = sign(Checkpoint("test.ndxp/log", size, b"\x01" * 32).text(), load_signer(settings))
+            await (await producer.send(topic, fake.encode(), key=index_key(size)))
+            with pytest.raises(Tampered, match=rf"checkpoint of size {size} \(.*@\d+\) is a second one"):
+                await verify_kafka(settings, {log.vkey}, progress=lambda _: None)
+        finally:
+            await producer.stop()
+
+
+async def _settled(log: AuditLog) -> None:
+    async with asyncio.timeout(30):
+        while log.index is None or log._checkpoint_size < log.index.tree.size:
+            await asyncio.sleep(0.1)
+
+
+async def _leaf_bytes(settings: Settings, index: int) -> bytes:
+    from aiokafka import TopicPartition
+
+    from broker.kafka import make_consumer
+
+    tp = TopicPartition(Topics(settings).audit_leaves().name, 0)
+    consumer = make_consumer(settings, group_id=None, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        async with asyncio.timeout(30):
+            while True:
+                for msg in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                    if msg.key == index_key(index):
+                        return bytes(msg.value or b"")
+    finally:
+        await consumer.stop()
+
+
+def _copy(bundle: Path, tmp_path: Path, name: str) -> Path:
+    out = tmp_path / name
+    shutil.copytree(bundle, out)
+    return out
+
+
+def _tampering_is_caught(bundle: Path, tmp_path: Path) -> None:
+    lines = (bundle / "leaves.jsonl").read_text().splitlines(keepends=True)
+    assert len(lines) >= 8
+    # A byte changed in leaf 3's record.
+    changed = _copy(bundle, tmp_path, "changed")
+    doc = json.loads(lines[3])
+    leaf = base64.b64decode(doc["leaf"]).replace(b'"status":200', b'"status":201', 1)
+    assert leaf != base64.b64decode(doc["leaf"])
+    (changed / "leaves.jsonl").write_text("".join(
+        [*lines[:3], json.dumps({"index": doc["index"], "leaf": base64.b64encode(leaf).decode()}) + "\n",
+         *lines[4:]]))  # fmt: skip
+    with pytest.raises(Tampered, match=r"does not match the leaves: one of leaves \d+\.\.\d+ was changed"):
+        verify_bundle(changed)
+    # A record dropped.
+    dropped = _copy(bundle, tmp_path, "dropped")
+    (dropped / "leaves.jsonl").write_text("".join([*lines[:5], *lines[6:]]))
+    with pytest.raises(Tampered, match=f"leaf {json.loads(lines[5])['index']} is missing"):
+        verify_bundle(dropped)
+    # Two swapped.
+    swapped = _copy(bundle, tmp_path, "swapped")
+    (swapped / "leaves.jsonl").write_text("".join([*lines[:2], lines[3], lines[2], *lines[4:]]))
+    with pytest.raises(Tampered, match=f"leaf {json.loads(lines[2])['index']} is missing"):
+        verify_bundle(swapped)
+    # The same, with the indexes rewritten to hide it: the checkpoint catches it.
+    hidden = _copy(bundle, tmp_path, "hidden")
+    a, b = json.loads(lines[2]), json.loads(lines[3])
+    a["index"], b["index"] = b["index"], a["index"]
+    (hidden / "leaves.jsonl").write_text("".join([*lines[:2], json.dumps(b) + "\n", json.dumps(a) + "\n",
+                                                   *lines[4:]]))  # fmt: skip
+    with pytest.raises(Tampered, match="does not match the leaves"):
+        verify_bundle(hidden)
+    # A checkpoint forged with another key, and one rolled back.
+    cps = (bundle / "checkpoints.jsonl").read_text().splitlines(keepends=True)
+    forged = _copy(bundle, tmp_path, "forged")
+    first = json.loads(cps[0])
+    text = first["note"].rpartition("\n\n")[0] + "\n"
+    first["note"] = sign(text, Signer.generate(Checkpoint.parse_text(text).origin))
+    (forged / "checkpoints.jsonl").write_text(json.dumps(first) + "\n" + "".join(cps[1:]))
+    with pytest.raises(Tampered, match=f"checkpoint of size {first['size']} .* is forged"):
+        verify_bundle(forged)
+    if len(cps) >= 2:
+        rolled = _copy(bundle, tmp_path, "rolled")
+        (rolled / "checkpoints.jsonl").write_text("".join([*cps, cps[0]]))
+        with pytest.raises(Tampered, match="rolls the log back"):
+            verify_bundle(rolled)
+
+
+async def test_the_writer_sigkilled_loses_and_doubles_nothing(
+    audit_settings: Settings, tmp_path: Path
+) -> None:
+    """Records stream into ndxp.tx while the writer is SIGKILLed and restarted: every exchange is one
+    leaf, the checkpoint after the restart extends the one before it, verify passes."""
+    settings = audit_settings
+    await ensure_topics(settings, [Topics(settings).tx()])
+    env = child_environment(
+        settings, TX_TOPIC=settings.tx_topic, AUDIT_DB=str(settings.audit_db),
+        AUDIT_KEY=settings.audit_key or "",
+        AUDIT_ORIGIN=settings.audit_origin, AUDIT_CHECKPOINT_S="0.2", AUDIT_PORT="0",
+        CACHE_DIR=str(settings.cache_dir),
+    )  # fmt: skip
+    cmd = [sys.executable, "-m", "broker.cli", "audit", "serve"]
+    t0 = time.time() * 1000
+    records = [TxRecord(exchange_id=str(uuid.uuid4()), client="alice", provider="p", service="s",
+                        outcome="ok",
+                        status=200, t_in=t0 + i) for i in range(3000)]  # fmt: skip
+    producer = make_producer(settings)
+    await producer.start()
+    out = (tmp_path / "audit.log").open("wb")
+    procs: list[subprocess.Popen[bytes]] = []
+    reader = None
+    try:
+        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
+        for i, rec in enumerate(records):
+            await producer.send(settings.tx_topic, rec.encode())
+            if i % 100 == 99:
+                await producer.flush()
+                await asyncio.sleep(0.02)
+            if i % 500 == 0:  # some records twice, as a hedged write leaves them
+                await producer.send(settings.tx_topic, rec.encode())
+            if i == 1500:
+                reader = Reader(settings.audit_db or "")
+                async with asyncio.timeout(60):
+                    while reader.latest_checkpoint() is None:
+                        await asyncio.sleep(0.1)
+                before = reader.latest_checkpoint()
+                os.kill(procs[0].pid, signal.SIGKILL)
+                procs[0].wait()
+                procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
+        await producer.flush()
+        assert reader is not None
+        assert before is not None
+        async with asyncio.timeout(120):
+            while (reader.latest_checkpoint() or (0, ""))[0] < len(records) + 1:  # + the key leaf
+                await asyncio.sleep(0.2)
+        after = reader.latest_checkpoint()
+        assert after is not None
+        assert after[0] == len(records) + 1, "a leaf lost or doubled"
+        procs[-1].send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(procs[-1].wait, 30) == 0
+    finally:
+        out.close()
+        await producer.stop()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    vkey = Signer.parse(settings.audit_key or "").verifier()
+    old, new = Checkpoint.open(before[1], vkey), Checkpoint.open(after[1], vkey)
+    merkle.verify_consistency(
+        old.size, new.size, old.root, new.root, reader.tree().consistency(old.size, new.size)
+    )
+    reader.close()
+    check = await verify_kafka(settings, {vkey.text()}, progress=lambda _: None)
+    assert check.frontier.size == len(records) + 1
+    ids = [json.loads(x)["exchange_id"] for x in await _all_leaves(settings) if b'"exchange_id"' in x]
+    assert sorted(ids) == sorted(r.exchange_id for r in records)
+
+
+async def _all_leaves(settings: Settings) -> list[bytes]:
+    from aiokafka import TopicPartition
+
+    from broker.kafka import make_consumer, read_to_end
+
+    consumer = make_consumer(settings, group_id=None, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        return [
+            bytes(m.value or b"")
+            for m in await read_to_end(consumer, TopicPartition(Topics(settings).audit_leaves().name, 0))
+        ]
+    finally:
+        await consumer.stop()
