@@ -80,7 +80,8 @@ class Topics:
         )
 
     def audit_leaves(self) -> TopicSpec:
-        """The exchange log of the transaction topic: its leaves, in the tree's order (one partition), kept forever: the evidence."""
+        """The exchange log of the transaction topic: its leaves in the tree's order (one partition),
+        kept forever (the evidence)."""
         return TopicSpec(name=f"{self.settings.tx_topic}.log", partitions=1, configs={"retention.ms": "-1"})
 
     def audit_checkpoints(self) -> TopicSpec:
