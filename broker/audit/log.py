@@ -25,6 +25,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from broker.audit.index import KEY_LEAF, Index
+from broker.audit.merkle import leaf_hash
 from broker.audit.note import Checkpoint, Signer, sign
 from broker.kafka import (
     Batch,
@@ -113,6 +114,14 @@ class AuditLog(KafkaService):
         path = index_path(self.settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.index = Index(path)
+        if not await self._index_matches_kafka():
+            log.warning(
+                "audit: %s is the index of another log (a new Kafka?); rebuilding it from Kafka", path
+            )
+            self.index.close()
+            for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                stale.unlink(missing_ok=True)
+            self.index = Index(path)
         await self._catch_up()
         latest = self.index.db.execute("SELECT max(size) FROM checkpoints").fetchone()[0]
         self._checkpoint_size = int(latest or 0)
@@ -130,6 +139,28 @@ class AuditLog(KafkaService):
         )
         await self.consumer.start()
         self.consumer.subscribe([self.settings.tx_topic])
+
+    async def _index_matches_kafka(self) -> bool:
+        """Whether the index's first leaf is the leaves topic's (not an index kept across a new Kafka)."""
+        index = self.index
+        assert index is not None
+        if index.tree.size == 0:
+            return True
+        reader = make_consumer(self.settings, group_id=None, isolation_level="read_committed")
+        await reader.start()
+        try:
+            tp = TopicPartition(self.leaves_topic, 0)
+            reader.assign([tp])
+            await reader.seek_to_beginning(tp)
+            if (await reader.end_offsets([tp]))[tp] == 0:
+                return False
+            for _ in range(20):
+                batch = (await reader.getmany(tp, timeout_ms=500, max_records=1)).get(tp, [])
+                if batch:
+                    return leaf_hash(batch[0].value or b"") == index.tree.nodes.get(0, 0)
+            return False
+        finally:
+            await reader.stop()
 
     async def _catch_up(self) -> None:
         """Bring the index to the end of the leaves and checkpoints topics (what it has not read)."""

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -196,6 +200,17 @@ def load_test_registry(source: Path, out: Path, factor: int = LOAD_TEST_FACTOR) 
     return out
 
 
+def _subject_secret(settings: Settings) -> str:
+    """The local platform's data-tracker secret: made on first use in CACHE_DIR, kept (0600)."""
+    path = settings.cache_dir / "subject.secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 def run_platform(
     settings: Settings,
     *,
@@ -217,6 +232,7 @@ def run_platform(
 
     parts: list[Supervised] = []
     kafka: LocalKafka | None = None
+    audit_tmp: Path | None = None
     if not port_is_free(settings.port):
         progress(f"ndxp up: port {settings.port} is in use; choose another with --port")
         return 1
@@ -241,7 +257,18 @@ def run_platform(
         # bindings of their services: each binding's ${env:BACKEND} is its provider's backend here.
         backends = {"land": ("tnmt", free_port()), "bhxh": ("bhxh", free_port())}
         urls = {f"BINDING_{p.upper()}_BACKEND": f"http://127.0.0.1:{port}" for p, port in backends.values()}
-        env = child_environment(settings, **urls)
+        # The exchange log: its index beside this Kafka's data (a new Kafka, a new log), and the data
+        # tracker's subject secret, made once and kept.
+        audit_port = _port(settings.audit_port)
+        if data_dir is None:
+            audit_tmp = Path(tempfile.mkdtemp(prefix="ndxp-audit-"))
+            audit_db = audit_tmp / "audit.sqlite"
+        else:
+            audit_db = data_dir / "audit.sqlite"
+        env = child_environment(
+            settings, **urls, AUDIT_PORT=str(audit_port), AUDIT_URL=f"http://127.0.0.1:{audit_port}",
+            AUDIT_DB=str(audit_db), SUBJECT_SECRET=settings.subject_secret or _subject_secret(settings),
+        )  # fmt: skip
 
         def start(name: str, *argv: str) -> list[subprocess.Popen[bytes]]:
             parts.append(Supervised(name, [*ndxp, *argv], env))
@@ -256,6 +283,7 @@ def run_platform(
         coded = [p for p in catalog.providers() if any(s.binding is None for s in catalog.of_provider(p))]
         start("adapters", "adapter", *coded, "--bound", "--metrics-port", str(adapter_metrics))
         procs = start("counter", "counter", "--metrics-port", str(counter_metrics))
+        procs = start("audit", "audit", "serve", "--port", str(audit_port))
         keeper_metrics = _port(9103)
         procs = start("keeper", "keeper", "--metrics-port", str(keeper_metrics))
         # Callers' first requests must find the adapters in their consumer groups.
@@ -265,7 +293,8 @@ def run_platform(
         _wait_ready(base + "/readyz", procs, within_s=60)
         if changes:
             start("changes", "changes", "--url", base, "--rate", f"{changes:g}")
-        metrics = {"adapters": adapter_metrics, "counter": counter_metrics, "keeper": keeper_metrics}
+        metrics = {"adapters": adapter_metrics, "counter": counter_metrics, "keeper": keeper_metrics,
+                   "audit": audit_port}  # fmt: skip
         urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in metrics.items()}
         urls["admin"] = f"http://{settings.admin_host}:{settings.admin_port}/metrics"
         state = state_path(settings.cache_dir, settings.port)
@@ -276,7 +305,7 @@ def run_platform(
         progress(
             f"metrics: gateway {base}/metrics, adapters http://127.0.0.1:{adapter_metrics}/metrics, "
             f"counter http://127.0.0.1:{counter_metrics}/metrics, "
-            f"keeper http://127.0.0.1:{keeper_metrics}/metrics"
+            f"keeper http://127.0.0.1:{keeper_metrics}/metrics, audit http://127.0.0.1:{audit_port}/metrics"
         )
         progress(f"platform up; Ctrl-C stops everything; an operator's view: ndxp status --url {base}")
         while True:  # supervise: a part that dies is restarted, with backoff
@@ -296,6 +325,8 @@ def run_platform(
             part.stop()
         if kafka is not None:
             kafka.stop()
+        if audit_tmp is not None:
+            shutil.rmtree(audit_tmp, ignore_errors=True)
         state_path(settings.cache_dir, settings.port).unlink(missing_ok=True)
         for s, handler in old.items():
             signal.signal(s, handler)

@@ -53,6 +53,10 @@ class Figures:
     today: int | None = None
     registry: dict[str, float] = field(default_factory=dict)
     """The live registry's version (offset applied) each part runs, by part."""
+    log_size: float | None = None
+    """Leaves in the exchange log."""
+    checkpoint_age_s: float | None = None
+    """Age of the log's newest signed checkpoint."""
     note: str = ""
 
 
@@ -158,12 +162,18 @@ def from_metrics(
         ("adapters", "ndxp_adapter_consumer_lag"),
         ("counter", "ndxp_counter_lag"),
         ("keeper", "ndxp_async_pending"),
+        ("audit", "ndxp_audit_lag"),
     ):
         samples = second.get(name)
         if samples is not None and metric in samples:
             f.backlog[{"keeper": "async pending"}.get(name, f"{name} lag")] = sum(
                 _sum(samples, metric).values()
             )
+    audit = second.get("audit") or {}
+    if "ndxp_audit_tree_size" in audit:
+        f.log_size = sum(_sum(audit, "ndxp_audit_tree_size").values())
+        signed = sum(_sum(audit, "ndxp_audit_checkpoint_timestamp_seconds").values())
+        f.checkpoint_age_s = time.time() - signed if signed else None
     for samples in second.values():
         for labels, value in (samples or {}).get("ndxp_registry_version", []):
             part = labels.get("part", "?")
@@ -213,11 +223,16 @@ def from_prometheus(prometheus: str, gateway: str, key: str | None = None) -> Fi
         ("adapters lag", "sum(ndxp_adapter_consumer_lag)"),
         ("counter lag", "sum(ndxp_counter_lag)"),
         ("async pending", "sum(ndxp_async_pending)"),
+        ("audit lag", "sum(ndxp_audit_lag)"),
     ):
         got = query(expr)
         if got:
             f.backlog[label] = got[0][1]
     f.registry = {r.get("part", "?"): v for r, v in query("min by (part) (ndxp_registry_version)")}
+    size = query("max(ndxp_audit_tree_size)")
+    f.log_size = size[0][1] if size else None
+    age = query("time() - max(ndxp_audit_checkpoint_timestamp_seconds)")
+    f.checkpoint_age_s = age[0][1] if age else None
     f.today = _today(gateway, key)
     return f
 
@@ -262,6 +277,13 @@ def render(f: Figures, source: str) -> Group:
     backlog.add_column("n", justify="right")
     for name, n in f.backlog.items():
         backlog.add_row(name, f"{n:,.0f}")
+    if f.log_size is not None:
+        backlog.add_row("log leaves", f"{f.log_size:,.0f}")
+        age = f.checkpoint_age_s
+        backlog.add_row(
+            "checkpoint age",
+            Text("-" if age is None else f"{age:,.1f} s", style="red" if age is None or age > 30 else ""),
+        )
     grid = Table.grid(padding=(0, 4))
     grid.add_row(parts, services, errors, backlog)
     stamp = time.strftime("%H:%M:%S")
