@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,7 @@ from loadtests.running import cmdline, descendants, ndxp_up
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PARTS = ("kafka", "gateway", "adapters", "counter", "keeper", "backend", "generator")
+PARTS = ("kafka", "gateway", "adapters", "counter", "keeper", "audit", "backend", "generator")
 
 
 def _cpu_s(pid: int) -> float:
@@ -75,6 +76,7 @@ def platform_parts(up: int) -> dict[str, list[int]]:
             ("adapters", "broker.cli adapter"),
             ("counter", "broker.cli counter"),
             ("keeper", "broker.cli keeper"),
+            ("audit", "broker.cli audit"),
             ("backend", "broker.cli backend"),
         ):
             if marker in cmd:
@@ -202,6 +204,9 @@ def measure(
     m = _measured(
         base, up, f"[{users} users] exchanges", [*gen, "--seconds", str(args.seconds)], args.seconds + 60
     )
+    without_log = (
+        _without_log(base, up, users, [*gen, "--seconds", str(args.seconds)], args) if args.log_cost else None
+    )
     alone = {}
     for service in args.compare:
         one = [*gen, "--only", service]
@@ -217,7 +222,27 @@ def measure(
         "ratio": m["exchange"]["rps"] / raw["rps"] if raw["rps"] else 0.0,
         **m,
         **({"alone": alone} if alone else {}),
+        **({"without_log": without_log} if without_log else {}),
     }
+
+
+def _without_log(
+    base: str, up: subprocess.Popen[bytes], users: int, gen: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The same measurement with the exchange log's part paused (SIGSTOP): what the log costs the sync
+    path is the difference (the gateway's share, hashing the bodies and keying the subject, stays in
+    both). It catches up afterwards (its lag is printed)."""
+    pids = platform_parts(up.pid)["audit"]
+    if not pids:
+        raise RuntimeError("--log-cost: no audit part is running")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        m = _measured(base, up, f"[{users} users] exchanges, the log paused", gen, args.seconds + 60)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    return m
 
 
 def _measured(
@@ -324,6 +349,10 @@ def main() -> int:
         "--compare", default="", metavar="P/S,…",
         help="also each of these services alone (e.g. a bound one and an in-process handler's)",
     )  # fmt: skip
+    parser.add_argument(
+        "--log-cost", action="store_true",
+        help="also measure with the exchange log's part paused: the log's cost to the sync path",
+    )  # fmt: skip
     args = parser.parse_args()
     args.compare = [s for s in args.compare.split(",") if s]
     sweep = [int(u) for u in args.users.split(",")]
@@ -345,6 +374,15 @@ def main() -> int:
                 f"{service} alone, {r['users']} users: {ex['rps']:.0f} exchanges/s p50 {ex['p50']:.1f} ms"
                 f" p99 {ex['p99']:.1f} ms, failed {ex['failures'] + ex['errors']}, {a['ratio']:.1%} of raw;"
                 f" counted {a['counted']} {'==' if a['exact'] else '!='} {a['responses']} answered"
+            )
+    for r in results:
+        if "without_log" in r:
+            w, ex = r["without_log"]["exchange"], r["exchange"]
+            cost = 1 - ex["rps"] / w["rps"] if w["rps"] else 0.0
+            print(
+                f"log cost, {r['users']} users: {ex['rps']:.0f}/s with the log, "
+                f"{w['rps']:.0f}/s with it paused"
+                f" ({cost:+.1%}); the log part's CPU {r['cpu_ms_per_exchange']['audit']:.3f} ms/exchange"
             )
     for r in async_results:
         ex = r["exchange"]
