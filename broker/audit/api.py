@@ -134,15 +134,10 @@ def _at(t_ms: Any) -> str | None:
     )
 
 
-async def accesses(request: web.Request) -> web.Response:
-    """Every access to one subject (its keyed hash): when, who, which service, why, how it ended."""
-    reader, metrics = request.app[READER], request.app[METRICS]
-    subject = request.match_info["subject"]
-    if not _HEX64.match(subject):
-        metrics.requests.labels("tracker", "400").inc()
-        return _problem(400, "invalid_request", "a subject key is 64 hex digits")
+def access_rows(reader: Reader, subject: str, limit: int = MAX_ACCESSES) -> list[dict[str, Any]]:
+    """A subject's accesses, oldest first, from the leaves that record them."""
     out = []
-    for leaf in reader.accesses(subject, MAX_ACCESSES):
+    for leaf in reader.accesses(subject, limit):
         rec = orjson.loads(leaf.leaf)
         out.append({
             "at": _at(rec.get("t_in")),
@@ -156,6 +151,17 @@ async def accesses(request: web.Request) -> web.Response:
             "record_hash": leaf_hash(leaf.leaf).hex(),
             "leaf_index": leaf.index,
         })  # fmt: skip
+    return out
+
+
+async def accesses(request: web.Request) -> web.Response:
+    """Every access to one subject (its keyed hash): when, who, which service, why, how it ended."""
+    reader, metrics = request.app[READER], request.app[METRICS]
+    subject = request.match_info["subject"]
+    if not _HEX64.match(subject):
+        metrics.requests.labels("tracker", "400").inc()
+        return _problem(400, "invalid_request", "a subject key is 64 hex digits")
+    out = access_rows(reader, subject)
     metrics.requests.labels("tracker", "200").inc()
     return _json({"accesses": out, "tree_size": reader.size()})
 
