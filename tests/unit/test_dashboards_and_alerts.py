@@ -12,7 +12,14 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from broker.metrics import AdapterMetrics, CounterMetrics, GatewayMetrics, KeeperMetrics, RegistryMetrics
+from broker.metrics import (
+    AdapterMetrics,
+    AuditMetrics,
+    CounterMetrics,
+    GatewayMetrics,
+    KeeperMetrics,
+    RegistryMetrics,
+)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMQL_WORDS = {
@@ -24,7 +31,7 @@ PROMQL_WORDS = {
 def exposed_names() -> set[str]:
     """Series names the platform's metric definitions produce, plus Prometheus' own `up`."""
     registry = CollectorRegistry()
-    for metrics in (GatewayMetrics, AdapterMetrics, CounterMetrics, KeeperMetrics):
+    for metrics in (GatewayMetrics, AdapterMetrics, CounterMetrics, KeeperMetrics, AuditMetrics):
         metrics(registry)
     RegistryMetrics(registry, "gateway")
     names = {"up"}
@@ -102,7 +109,7 @@ def test_every_metric_is_registered_where_asked_with_a_prometheus_name_labels_an
     and a help text."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    for cls in (GatewayMetrics, AdapterMetrics, CounterMetrics, KeeperMetrics):
+    for cls in (GatewayMetrics, AdapterMetrics, CounterMetrics, KeeperMetrics, AuditMetrics):
         registry = CollectorRegistry()
         metrics = cls(registry)
         defined = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
