@@ -34,6 +34,42 @@ KEY_LEAF = "audit-key"
 """The ``kind`` of a leaf that records a new signing key (the key history is in the log itself)."""
 
 
+CHUNK_BYTES = 512 * 1024
+"""Leaves travel in messages of up to this many bytes (one Kafka record per chunk, not per leaf)."""
+
+
+def pack(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Split leaves into chunks of at most CHUNK_BYTES (a leaf bigger than that is a chunk alone)."""
+    chunks: list[list[bytes]] = []
+    size = CHUNK_BYTES
+    for leaf in leaves:
+        if size + len(leaf) + 4 > CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(leaf)
+        size += len(leaf) + 4
+    return chunks
+
+
+def encode_chunk(leaves: Sequence[bytes]) -> bytes:
+    """One leaves-topic message: each leaf as a 4-byte big-endian length and its bytes."""
+    return b"".join(len(leaf).to_bytes(4, "big") + leaf for leaf in leaves)
+
+
+def decode_chunk(value: bytes) -> list[bytes]:
+    """The leaves of one message; ValueError if it is not one."""
+    out, i = [], 0
+    while i < len(value):
+        if i + 4 > len(value):
+            raise ValueError("a leaves message ends inside a length")
+        n = int.from_bytes(value[i : i + 4], "big")
+        if i + 4 + n > len(value):
+            raise ValueError("a leaves message ends inside a leaf")
+        out.append(value[i + 4 : i + 4 + n])
+        i += 4 + n
+    return out
+
+
 class _Fields(msgspec.Struct):
     """What the index reads of a leaf (a transaction record or a key leaf)."""
 
@@ -126,6 +162,7 @@ class Index:
         self.db.execute("ROLLBACK")
         if self._size_before is not None:
             self.tree.size = self._size_before
+            self.tree.forget_edge()
         self.vkey = self.meta("vkey", None)
         self._size_before = None
 

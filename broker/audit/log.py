@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 from aiokafka import TopicPartition
 
-from broker.audit.index import KEY_LEAF, Index
+from broker.audit.index import KEY_LEAF, Index, decode_chunk, encode_chunk, pack
 from broker.audit.merkle import leaf_hash
 from broker.audit.note import Checkpoint, Signer, sign
 from broker.kafka import (
@@ -157,7 +157,8 @@ class AuditLog(KafkaService):
             for _ in range(20):
                 batch = (await reader.getmany(tp, timeout_ms=500, max_records=1)).get(tp, [])
                 if batch:
-                    return leaf_hash(batch[0].value or b"") == index.tree.nodes.get(0, 0)
+                    first = decode_chunk(batch[0].value or b"")
+                    return bool(first) and leaf_hash(first[0]) == index.tree.nodes.get(0, 0)
             return False
         finally:
             await reader.stop()
@@ -209,16 +210,16 @@ class AuditLog(KafkaService):
             key, value = msg.key, msg.value
             if key is None or value is None:
                 continue
-            n = int(key)
+            n, chunk = int(key), decode_chunk(value)
             expected = index.tree.size + len(leaves)
-            if n < expected:
-                log.warning("audit: leaves topic holds leaf %d again; the first one stands", n)
+            if n + len(chunk) <= expected:
+                log.warning("audit: the leaves topic holds leaves %d.. again; the first ones stand", n)
                 continue
-            if n > expected:
+            if n != expected:
                 raise RuntimeError(
                     f"the leaves topic skips from leaf {expected} to {n}: run ndxp audit verify"
                 )
-            leaves.append(value)
+            leaves.extend(chunk)
         if leaves:
             index.append(leaves)
 
@@ -302,7 +303,10 @@ class AuditLog(KafkaService):
         try:
             first = index.append(leaves)
             size = index.tree.size
-            out = [Outgoing(self.leaves_topic, leaf, index_key(i)) for i, leaf in enumerate(leaves, first)]
+            out, at = [], first
+            for chunk in pack(leaves):  # one Kafka record per chunk of leaves, keyed by its first index
+                out.append(Outgoing(self.leaves_topic, encode_chunk(chunk), index_key(at)))
+                at += len(chunk)
             note = None
             if size > self._checkpoint_size and (force_checkpoint or self._checkpoint_due()):
                 note = sign(

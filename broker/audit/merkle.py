@@ -116,6 +116,8 @@ class Tree:
     def __init__(self, nodes: Nodes | None = None, size: int = 0) -> None:
         self.nodes: Nodes = nodes if nodes is not None else MemoryNodes()
         self.size = size
+        self._edge: dict[int, tuple[int, bytes]] = {}
+        """The newest node of each level: the left siblings the next leaves need, without a lookup."""
 
     def append(self, hashes: Sequence[bytes]) -> list[tuple[int, int, bytes]]:
         """Append leaf hashes; the new complete nodes (already stored), level 0 included."""
@@ -126,15 +128,24 @@ class Tree:
             new.append((0, index, h))
             made[(0, index)] = h
             while index & 1:  # a right child completes its parent
-                left = made.get((level, index - 1)) or self.nodes.get(level, index - 1)
+                left = made.get((level, index - 1))
+                if left is None:
+                    edge = self._edge.get(level)
+                    left = edge[1] if edge and edge[0] == index - 1 else self.nodes.get(level, index - 1)
+                self._edge[level] = (index, h)
                 h = node_hash(left, h)
                 index >>= 1
                 level += 1
                 new.append((level, index, h))
                 made[(level, index)] = h
+            self._edge[level] = (index, h)
             self.size += 1
         self.nodes.put_many(new)
         return new
+
+    def forget_edge(self) -> None:
+        """Leaves were taken back (a store's transaction undone): look siblings up in the store again."""
+        self._edge.clear()
 
     def hash(self, lo: int, hi: int) -> bytes:
         """MTH of leaves ``[lo, hi)``, where ``lo`` is aligned to the subtree the range is part of."""

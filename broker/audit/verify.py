@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from broker.audit.index import KEY_LEAF, leaf_fields
+from broker.audit.index import KEY_LEAF, decode_chunk, leaf_fields
 from broker.audit.merkle import Frontier, MemoryNodes, ProofError, Tree, leaf_hash, verify_consistency
 from broker.audit.note import Checkpoint, NoteError, Verifier
 from broker.kafka import Record, Topics, make_consumer
@@ -132,6 +132,13 @@ class Check:
 # -- from Kafka -------------------------------------------------------------------------------------
 
 
+def _chunk(where: str, msg: Record) -> list[bytes]:
+    try:
+        return decode_chunk(msg.value or b"")
+    except ValueError as exc:
+        raise Tampered(f"{where} is not a message of leaves: {exc}") from exc
+
+
 async def _read(settings: Settings, topic: str, each: Callable[[Record], None]) -> None:
     consumer = make_consumer(settings, group_id=None, isolation_level="read_committed")
     await consumer.start()
@@ -170,8 +177,10 @@ async def verify_kafka(
     started, shown = time.monotonic(), [time.monotonic()]
 
     def take(msg: Record) -> None:
+        where = f"{topic}@{msg.offset}"
         claimed = int(msg.key) if msg.key is not None and msg.key.isdigit() else None
-        check.leaf(f"{topic}@{msg.offset}", claimed, msg.value or b"")
+        for j, leaf in enumerate(_chunk(where, msg)):
+            check.leaf(where, None if claimed is None else claimed + j, leaf)
         if time.monotonic() - shown[0] >= 2:
             shown[0] = time.monotonic()
             progress(f"  … {check.frontier.size} leaves, {check.checked} checkpoints checked")
@@ -210,11 +219,14 @@ async def export_day(settings: Settings, day: str, out: Path, progress: Callable
     topic = Topics(settings).audit_leaves().name
 
     def take(msg: Record) -> None:
+        for leaf in _chunk(f"{topic}@{msg.offset}", msg):
+            take_leaf(leaf)
+
+    def take_leaf(leaf: bytes) -> None:
         nonlocal tree
         n = frontier.size if tree is None else tree.size
         if n >= end_size:
             return
-        leaf = msg.value or b""
         f = leaf_fields(leaf)
         if f.kind == KEY_LEAF and f.vkey:
             keys.append(f.vkey)

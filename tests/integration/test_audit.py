@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from broker.audit import merkle
 from broker.audit.api import make_app
-from broker.audit.index import Reader
+from broker.audit.index import Reader, decode_chunk
 from broker.audit.log import AuditLog, index_key, load_signer
 from broker.audit.note import Checkpoint, Signer, Verifier, sign
 from broker.audit.verify import Tampered, export_day, verify_bundle, verify_kafka
@@ -268,8 +268,9 @@ async def _leaf_bytes(settings: Settings, index: int) -> bytes:
         async with asyncio.timeout(30):
             while True:
                 for msg in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
-                    if msg.key == index_key(index):
-                        return bytes(msg.value or b"")
+                    first, chunk = int(msg.key or b"0"), decode_chunk(msg.value or b"")
+                    if first <= index < first + len(chunk):
+                        return chunk[index - first]
     finally:
         await consumer.stop()
 
@@ -406,9 +407,7 @@ async def _all_leaves(settings: Settings) -> list[bytes]:
     consumer = make_consumer(settings, group_id=None, isolation_level="read_committed")
     await consumer.start()
     try:
-        return [
-            bytes(m.value or b"")
-            for m in await read_to_end(consumer, TopicPartition(Topics(settings).audit_leaves().name, 0))
-        ]
+        tp = TopicPartition(Topics(settings).audit_leaves().name, 0)
+        return [leaf for m in await read_to_end(consumer, tp) for leaf in decode_chunk(m.value or b"")]
     finally:
         await consumer.stop()
