@@ -379,6 +379,9 @@ def main() -> int:
         if "without_log" in r:
             w, ex = r["without_log"]["exchange"], r["exchange"]
             cost = 1 - ex["rps"] / w["rps"] if w["rps"] else 0.0
+            paused = r["without_log"]["cpu_ms_per_exchange"]
+            shares = ", ".join(f"{p} {paused[p]:.3f}" for p in PARTS)
+            print(f"  CPU ms/exchange with the log paused: {shares}; total {sum(paused.values()):.3f}")
             print(
                 f"log cost, {r['users']} users: {ex['rps']:.0f}/s with the log, "
                 f"{w['rps']:.0f}/s with it paused"

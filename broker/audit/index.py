@@ -166,6 +166,14 @@ class Index:
         self.vkey = self.meta("vkey", None)
         self._size_before = None
 
+    def recent_exchanges(self, n: int) -> list[str]:
+        """The exchange ids of the last ``n`` leaves, oldest first."""
+        rows = self.db.execute(
+            "SELECT exchange_id FROM leaves WHERE idx >= ? AND exchange_id IS NOT NULL ORDER BY idx",
+            (max(0, self.tree.size - n),),
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def has_exchange(self, exchange_id: str) -> bool:
         row = self.db.execute("SELECT 1 FROM leaves WHERE exchange_id=? LIMIT 1", (exchange_id,)).fetchone()
         return row is not None

@@ -16,9 +16,14 @@ it is only ever a cache. The first leaf written with a new signing key records t
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import hashlib
 import logging
 import os
 import time
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
@@ -49,6 +54,37 @@ log = logging.getLogger(__name__)
 GATHER_S = 0.25
 """Longest a record waits for its batch's transaction."""
 BATCH = 5000
+RECENT_IDS = 2_000_000
+"""Exchange ids the writer remembers to drop a record sent twice (the gateway hedges a record to a
+second partition within seconds): about 70 MB; loaded from the index on start."""
+
+
+class RecentIds:
+    """The last ``size`` exchange ids appended, as 16-byte keys (a UUID's bytes, else a digest)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._order: collections.deque[bytes] = collections.deque()
+        self._ids: set[bytes] = set()
+
+    @staticmethod
+    def key(exchange_id: str) -> bytes:
+        if len(exchange_id) == 36:
+            with contextlib.suppress(ValueError):
+                return uuid.UUID(exchange_id).bytes
+        return hashlib.blake2b(exchange_id.encode(errors="surrogatepass"), digest_size=16).digest()
+
+    def seen(self, exchange_id: str) -> bool:
+        return self.key(exchange_id) in self._ids
+
+    def add(self, exchange_ids: Iterable[str]) -> None:
+        for eid in exchange_ids:
+            k = self.key(eid)
+            if k not in self._ids:
+                self._ids.add(k)
+                self._order.append(k)
+        while len(self._order) > self.size:
+            self._ids.discard(self._order.popleft())
 
 
 def index_key(n: int) -> bytes:
@@ -102,6 +138,7 @@ class AuditLog(KafkaService):
         self.signed_at = 0.0
         """Wall time this writer last signed a checkpoint (0: not yet)."""
         self._lag_at = 0.0
+        self.recent = RecentIds(RECENT_IDS)
 
     async def _open(self) -> None:
         await ensure_topics(
@@ -127,6 +164,8 @@ class AuditLog(KafkaService):
         self._checkpoint_size = int(latest or 0)
         if self.index.vkey != self.vkey:
             await self._record_key()
+        self.recent = RecentIds(RECENT_IDS)
+        self.recent.add(self.index.recent_exchanges(RECENT_IDS))
         self.metrics.tree_size.set(self.index.tree.size)
         self.metrics.checkpoint_size.set(self._checkpoint_size)
         self.consumer = make_consumer(
@@ -135,7 +174,10 @@ class AuditLog(KafkaService):
             client_id="ndxp-audit",
             isolation_level="read_committed",
             max_poll_records=BATCH,
-            fetch_max_wait_ms=100,
+            # The broker holds a fetch until 256 KB or 200 ms have gathered: a few fetches a second,
+            # not one per handful of records (what a fetch costs Kafka is most of the log's cost).
+            fetch_min_bytes=256 * 1024,
+            fetch_max_wait_ms=200,
         )
         await self.consumer.start()
         self.consumer.subscribe([self.settings.tx_topic])
@@ -284,13 +326,14 @@ class AuditLog(KafkaService):
                 except ValueError:
                     self.metrics.malformed.inc()
                     continue
-                if rec.exchange_id in ids or index.has_exchange(rec.exchange_id):
+                if rec.exchange_id in ids or self.recent.seen(rec.exchange_id):
                     self.metrics.duplicates.inc()
                     continue
                 ids.add(rec.exchange_id)
                 leaves.append(msg.value or b"")
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
         await self._commit_leaves(leaves, offsets)
+        self.recent.add(ids)
 
     async def _commit_leaves(
         self, leaves: list[bytes], offsets: dict[TopicPartition, int], *, force_checkpoint: bool = False

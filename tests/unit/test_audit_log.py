@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
+import orjson
 import pytest
 
 from broker.audit import merkle
+from broker.audit.index import CHUNK_BYTES, Index, Reader, decode_chunk, encode_chunk, pack
 from broker.audit.merkle import ProofError, Tree
 from broker.audit.note import Checkpoint, NoteError, Signer, Verifier, open_note, sign
 
@@ -152,3 +155,56 @@ def test_a_signed_note_matches_gos_format() -> None:
         "ZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
     )
     assert open_note(note, v) == text
+
+
+def test_the_index_shows_readers_only_what_was_committed(tmp_path: Path) -> None:
+    index = Index(tmp_path / "audit.sqlite")
+    reader = Reader(tmp_path / "audit.sqlite")
+    records = [
+        orjson.dumps(
+            {"exchange_id": f"e{i}", "client": "alice", "provider": "bca", "subject": "s" if i % 2 else None}
+        )
+        for i in range(9)
+    ]
+    index.begin()
+    index.append(records[:5])
+    index.commit(leaves_offset=1)
+    index.begin()
+    index.append(records[5:])
+    assert reader.size() == 5, "a reader never sees an uncommitted batch"
+    assert reader.by_exchange("e6") is None
+    index.rollback()  # Kafka's transaction failed: the batch is gone, the tree as before
+    assert index.tree.size == 5
+    index.begin()
+    index.append(records[5:])
+    index.commit(leaves_offset=2)
+    assert reader.size() == 9
+    assert reader.tree().root() == _tree_of(records).root()
+    found = reader.by_exchange("e7")
+    assert found is not None
+    assert found.index == 7
+    assert [leaf.index for leaf in reader.accesses("s", 100)] == [1, 3, 5, 7]
+    assert index.has_exchange("e8")
+    assert not index.has_exchange("e9")
+    index.close()
+    again = Index(tmp_path / "audit.sqlite")  # reopened: the same tree
+    assert again.tree.size == 9
+    assert again.tree.root() == reader.tree().root()
+    again.close()
+    reader.close()
+
+
+def test_leaves_travel_in_chunks_that_decode_to_themselves() -> None:
+    leaves = [bytes([i % 251]) * (i * 997 % 70_000) for i in range(200)]
+    chunks = pack(leaves)
+    assert len(chunks) > 1
+    assert all(sum(len(x) + 4 for x in c) <= CHUNK_BYTES or len(c) == 1 for c in chunks)
+    assert [x for c in chunks for x in decode_chunk(encode_chunk(c))] == leaves
+    with pytest.raises(ValueError, match="ends inside"):
+        decode_chunk(encode_chunk(leaves[:3])[:-1])
+
+
+def _tree_of(leaves: list[bytes]) -> Tree:
+    tree = Tree()
+    tree.append([merkle.leaf_hash(x) for x in leaves])
+    return tree
