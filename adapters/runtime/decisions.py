@@ -139,6 +139,6 @@ def change_records(
         )  # fmt: skip
         out.append(Outgoing(names.events(provider, c.event), value, c.key.encode(), header))
         out.append(
-            Outgoing(tx_topic, published_record(event_id, provider, c.event, t_ms, len(value)).encode())
+            Outgoing(tx_topic, published_record(event_id, provider, c.event, t_ms, value).encode())
         )
     return out

@@ -97,9 +97,7 @@ async def publish(request: web.Request) -> web.Response:
         )
     gw.metrics.events_published.labels(ev.provider, ev.type).inc()
     # The event is durable: a record that cannot be written is counted lost (and alerted on), not undone.
-    await gw.recorder.write(
-        published_record(event_id, ev.provider, ev.type, t_ms, len(body)), RECORD_WITHIN_S
-    )
+    await gw.recorder.write(published_record(event_id, ev.provider, ev.type, t_ms, body), RECORD_WITHIN_S)
     return web.Response(
         status=202, body=orjson.dumps({"event_id": event_id}), content_type="application/json"
     )

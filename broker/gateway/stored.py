@@ -19,6 +19,7 @@ gateway instance can answer for it, and it survives a gateway restart.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 
@@ -89,7 +90,7 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
         exchange_id=ex.id, client=agency.id, provider=svc.provider, service=svc.service, mode=ex.mode,
         t_in=ex.t_in, deadline_ms=deadline, idempotency=idem, fingerprint=fp, request_id=ex.request_id,
         user_id=ex.user_id, purpose=ex.purpose, request_bytes=len(ex.body), gateway=gw.replies.topic,
-        major=svc.major,
+        major=svc.major, request_sha256=hashlib.sha256(ex.body).hexdigest(), subject=ex.subject,
     )  # fmt: skip
     partition = partition_for(idem or ex.id, view.partitions)
     with gw.limits.admit(agency):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Collection
@@ -343,6 +344,7 @@ def _doc_out(tp: TopicPartition, doc: Final) -> Outgoing:
 
 
 def _record(p: Pending, final: Final) -> TxRecord:
+    body = orjson.dumps(final.body)
     return TxRecord(
         exchange_id=p.exchange_id,
         client=p.client,
@@ -353,10 +355,13 @@ def _record(p: Pending, final: Final) -> TxRecord:
         t_in=p.t_in,
         t_out=final.t_out,
         request_bytes=p.request_bytes,
-        response_bytes=len(orjson.dumps(final.body)),
+        response_bytes=len(body),
         gateway="keeper",
         request_id=p.request_id,
         user_id=p.user_id,
         purpose=p.purpose,
         mode=p.mode,
+        request_sha256=p.request_sha256,
+        response_sha256=hashlib.sha256(body).hexdigest(),
+        subject=p.subject,
     )

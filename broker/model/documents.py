@@ -124,6 +124,10 @@ class Pending(_Stored):
     gateway: str = ""
     major: int | None = None
     """The service version (major) the request was accepted for; None: the default (older documents)."""
+    request_sha256: str | None = None
+    """For the exchange log: the request body's SHA-256 (the body itself is never stored here)."""
+    subject: str | None = None
+    """For the data tracker: the keyed hash of the person the request is about."""
 
     def encode(self) -> bytes:
         return orjson.dumps({"kind": "pending", **_fields(self)})

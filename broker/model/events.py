@@ -19,6 +19,7 @@ the last event the subscriber saw, nothing twice and nothing missed.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import time
 from typing import Any
@@ -75,11 +76,13 @@ def envelope(
     return eid, orjson.dumps(doc), t_ms
 
 
-def published_record(event_id: str, provider: str, type_: str, t_ms: float, size: int) -> TxRecord:
-    """The transaction record of a publication: counted exactly once, like an exchange (mode ``event``)."""
+def published_record(event_id: str, provider: str, type_: str, t_ms: float, body: bytes) -> TxRecord:
+    """The transaction record of a publication: counted exactly once, like an exchange (mode ``event``),
+    with the body's SHA-256 for the exchange log."""
     return TxRecord(
         exchange_id=event_id, client=provider, provider=provider, service=type_, outcome=Outcome.PUBLISHED,
-        status=202, t_in=t_ms, t_out=t_ms, request_bytes=size, mode=Mode.EVENT,
+        status=202, t_in=t_ms, t_out=t_ms, request_bytes=len(body), mode=Mode.EVENT,
+        request_sha256=hashlib.sha256(body).hexdigest(),
     )  # fmt: skip
 
 
