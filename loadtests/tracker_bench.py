@@ -50,9 +50,11 @@ def main() -> int:
         path = (args.dir or Path(tmp)) / "audit.sqlite"
         index = Index(path)
         t0 = time.time() * 1000
-        started = last = time.perf_counter()
+        last = time.perf_counter()
         hot_n = 0
         done = 0
+        indexing = 0.0
+        """Seconds spent in the index (making the synthetic records is not the tracker's cost)."""
         while done < args.leaves:
             leaves = []
             for i in range(done, min(args.leaves, done + BATCH)):
@@ -70,14 +72,16 @@ def main() -> int:
                     response_sha256=hashlib.sha256(b"r%d" % i).hexdigest(), subject=subject,
                 )  # fmt: skip
                 leaves.append(rec.encode())
+            t = time.perf_counter()
             index.begin()
             index.append(leaves)
             index.commit(leaves_offset=done + len(leaves))
+            indexing += time.perf_counter() - t
             done += len(leaves)
-            if time.perf_counter() - last >= 5:
+            if time.perf_counter() - last >= 10:
                 last = time.perf_counter()
-                print(f"  … {done:,} leaves indexed, {done / (last - started):,.0f}/s", flush=True)
-        took = time.perf_counter() - started
+                print(f"  … {done:,} leaves indexed, {done / indexing:,.0f}/s (index time only)", flush=True)
+        took = indexing
         index.close()
         files = path.parent.glob("audit.sqlite*")
         size_mb = sum(p.stat().st_size for p in files) / 1e6
