@@ -259,6 +259,11 @@ class Settings:
         None, shown="http://AUDIT_HOST:AUDIT_PORT",
         help="Where gateways reach the audit part (/v1/audit, /v1/subjects).",
     )  # fmt: skip
+    tracker_dsn: str | None = setting(
+        None, secret=True,
+        help="The data tracker's PostgreSQL (postgresql://…): accesses by subject are kept there, for "
+        "several audit instances to answer from; unset, in the audit part's SQLite index.",
+    )  # fmt: skip
     subject_secret: str | None = setting(
         None, secret=True,
         help="The platform secret the data tracker keys subjects with (HMAC-SHA-256 of a request's "

@@ -18,8 +18,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from broker.audit.index import Reader
+from broker.audit.index import Leaf, Reader
 from broker.audit.merkle import leaf_hash
+from broker.audit.pg import PgTracker
 from broker.metrics import AuditMetrics, exposition
 
 READER = web.AppKey("reader", Reader)
@@ -27,6 +28,7 @@ METRICS = web.AppKey("metrics", AuditMetrics)
 VKEY = web.AppKey("vkey", str)
 HEALTHY: web.AppKey[Callable[[], bool]] = web.AppKey("healthy")
 SIGNED_AT: web.AppKey[Callable[[], float]] = web.AppKey("signed_at")
+TRACKER: web.AppKey[PgTracker | None] = web.AppKey("tracker")
 PENDING_S = 30.0
 """An exchange this recent that is not in the log yet may still be on its way: "pending", not 404."""
 MAX_ACCESSES = 10_000
@@ -135,9 +137,14 @@ def _at(t_ms: Any) -> str | None:
 
 
 def access_rows(reader: Reader, subject: str, limit: int = MAX_ACCESSES) -> list[dict[str, Any]]:
-    """A subject's accesses, oldest first, from the leaves that record them."""
+    """A subject's accesses, oldest first, from the SQLite index."""
+    return rows_of(reader.accesses(subject, limit))
+
+
+def rows_of(leaves: list[Leaf]) -> list[dict[str, Any]]:
+    """Accesses as the API answers them, from the leaves that record them (SQLite's or PostgreSQL's)."""
     out = []
-    for leaf in reader.accesses(subject, limit):
+    for leaf in leaves:
         rec = orjson.loads(leaf.leaf)
         out.append({
             "at": _at(rec.get("t_in")),
@@ -161,7 +168,18 @@ async def accesses(request: web.Request) -> web.Response:
     if not _HEX64.match(subject):
         metrics.requests.labels("tracker", "400").inc()
         return _problem(400, "invalid_request", "a subject key is 64 hex digits")
-    out = access_rows(reader, subject)
+    tracker = request.app[TRACKER]
+    try:
+        out = (
+            rows_of(await tracker.accesses(subject, MAX_ACCESSES))
+            if tracker
+            else access_rows(reader, subject)
+        )
+    except Exception:  # PostgreSQL unreachable: the tracker cannot answer now
+        metrics.requests.labels("tracker", "503").inc()
+        return _problem(
+            503, "unavailable", "the data tracker's database is not reachable", {"Retry-After": "2"}
+        )
     metrics.requests.labels("tracker", "200").inc()
     return _json({"accesses": out, "tree_size": reader.size()})
 
@@ -193,10 +211,11 @@ def make_app(
     vkey: str,
     healthy: Callable[[], bool],
     signed_at: Callable[[], float],
+    tracker: PgTracker | None = None,
 ) -> web.Application:
     app = web.Application()
     app[READER], app[METRICS], app[VKEY] = reader, metrics, vkey
-    app[HEALTHY], app[SIGNED_AT] = healthy, signed_at
+    app[HEALTHY], app[SIGNED_AT], app[TRACKER] = healthy, signed_at, tracker
     app.router.add_get("/checkpoint", checkpoint)
     app.router.add_get("/key", key)
     app.router.add_get("/exchanges/{exchange_id}", exchange)

@@ -137,6 +137,8 @@ class Index:
         self.checkpoints_offset = int(self.meta("checkpoints_offset", 0))
         self.vkey: str | None = self.meta("vkey", None)
         self._size_before: int | None = None
+        self.added_accesses: list[tuple[str, int, bytes]] = []
+        """The accesses (subject, leaf index, leaf) of the transaction begun last (for PostgreSQL)."""
 
     def meta(self, key: str, default: Any) -> Any:
         row = self.db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
@@ -148,6 +150,7 @@ class Index:
     def begin(self) -> None:
         self.db.execute("BEGIN")
         self._size_before = self.tree.size
+        self.added_accesses = []
 
     def commit(self, *, leaves_offset: int | None = None, checkpoints_offset: int | None = None) -> None:
         if leaves_offset is not None:
@@ -167,6 +170,7 @@ class Index:
         if self._size_before is not None:
             self.tree.size = self._size_before
             self.tree.forget_edge()
+        self.added_accesses = []
         self.vkey = self.meta("vkey", None)
         self._size_before = None
 
@@ -194,6 +198,7 @@ class Index:
             rows.append((i, f.exchange_id, f.client, f.provider, leaf))
             if f.subject:
                 accesses.append((f.subject, i))
+                self.added_accesses.append((f.subject, i, leaf))
         self.db.executemany("INSERT OR REPLACE INTO leaves VALUES (?, ?, ?, ?, ?)", rows)
         if accesses:
             self.db.executemany("INSERT OR REPLACE INTO accesses VALUES (?, ?)", accesses)

@@ -32,6 +32,7 @@ from aiokafka import TopicPartition
 from broker.audit.index import KEY_LEAF, Index, decode_chunk, encode_chunk, pack
 from broker.audit.merkle import leaf_hash
 from broker.audit.note import Checkpoint, Signer, sign
+from broker.audit.pg import PgTracker
 from broker.kafka import (
     Batch,
     KafkaService,
@@ -139,6 +140,8 @@ class AuditLog(KafkaService):
         """Wall time this writer last signed a checkpoint (0: not yet)."""
         self._lag_at = 0.0
         self.recent = RecentIds(RECENT_IDS)
+        self.tracker: PgTracker | None = None
+        self._tracker_behind = False
 
     async def _open(self) -> None:
         await ensure_topics(
@@ -166,6 +169,11 @@ class AuditLog(KafkaService):
             await self._record_key()
         self.recent = RecentIds(RECENT_IDS)
         self.recent.add(self.index.recent_exchanges(RECENT_IDS))
+        if self.settings.tracker_dsn:
+            self.tracker = PgTracker(self.settings.tracker_dsn)
+            await self.tracker.start()
+            added = await self.tracker.catch_up(self.index)
+            log.info("data tracker on PostgreSQL: %d accesses added from the index", added)
         self.metrics.tree_size.set(self.index.tree.size)
         self.metrics.checkpoint_size.set(self._checkpoint_size)
         self.consumer = make_consumer(
@@ -276,6 +284,22 @@ class AuditLog(KafkaService):
         await self._commit_leaves([leaf], {}, force_checkpoint=True)
         log.warning("audit: signing key %s recorded at leaf %d", self.vkey.split("+")[1], index.tree.size - 1)
 
+    async def _track(self, index: Index) -> None:
+        """The batch's accesses to PostgreSQL; PostgreSQL down holds up only the tracker (it catches up
+        from the index once back), never the log."""
+        assert self.tracker is not None
+        try:
+            if self._tracker_behind:
+                await self.tracker.catch_up(index)
+                self._tracker_behind = False
+                log.warning("data tracker: PostgreSQL caught up")
+            else:
+                await self.tracker.add(index.added_accesses)
+        except Exception as exc:
+            if not self._tracker_behind:
+                log.error("data tracker: PostgreSQL write failed (%r); it catches up when back", exc)
+            self._tracker_behind = True
+
     async def _close(self) -> None:
         if self._gathered and self.consumer is not None:
             await self._commit()
@@ -286,6 +310,9 @@ class AuditLog(KafkaService):
         if self.index is not None:
             self.index.close()
             self.index = None
+        if self.tracker is not None:
+            await self.tracker.stop()
+            self.tracker = None
 
     async def _capacity(self) -> int:
         return max(1, BATCH - self._gathered_n)
@@ -376,6 +403,8 @@ class AuditLog(KafkaService):
         index.commit(
             leaves_offset=ends.get(self.leaves_topic), checkpoints_offset=ends.get(self.checkpoints_topic)
         )
+        if self.tracker is not None:
+            await self._track(index)
         self.metrics.leaves.inc(len(leaves))
         self.metrics.tree_size.set(size)
         if note is not None:

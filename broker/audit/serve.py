@@ -24,7 +24,9 @@ async def run_audit(settings: Settings, progress: Callable[[str], Any] = print) 
     try:
         await service.start()
         reader = Reader(index_path(settings))
-        app = make_app(reader, metrics, service.vkey, lambda: service.healthy, lambda: service.signed_at)
+        app = make_app(
+            reader, metrics, service.vkey, lambda: service.healthy, lambda: service.signed_at, service.tracker
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.audit_host, settings.audit_port)

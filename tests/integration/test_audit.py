@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import glob
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 from aiohttp import ClientSession
@@ -30,14 +33,15 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from broker.audit import merkle
-from broker.audit.api import make_app
+from broker.audit.api import access_rows, make_app
 from broker.audit.index import Reader, decode_chunk
 from broker.audit.log import AuditLog, index_key, load_signer
 from broker.audit.note import Checkpoint, Signer, Verifier, sign
 from broker.audit.verify import Tampered, export_day, verify_bundle, verify_kafka
+from broker.dev.ports import free_port
 from broker.kafka import Topics, ensure_topics, make_producer
 from broker.metrics import AuditMetrics
-from broker.model.records import TxRecord, day_of
+from broker.model.records import TxRecord, day_of, subject_key
 from broker.settings import Settings, child_environment
 from tests.integration.exchange_fixtures import EchoHandlers, key_hash, running_adapter, running_gateway
 
@@ -74,7 +78,9 @@ async def running_audit(settings: Settings) -> AsyncIterator[tuple[AuditLog, str
     log = AuditLog(settings, AuditMetrics(CollectorRegistry()))
     await log.start()
     reader = Reader(settings.audit_db or "")
-    server = TestServer(make_app(reader, log.metrics, log.vkey, lambda: log.healthy, lambda: log.signed_at))
+    server = TestServer(
+        make_app(reader, log.metrics, log.vkey, lambda: log.healthy, lambda: log.signed_at, log.tracker)
+    )
     await server.start_server()
     try:
         yield log, str(server.make_url("")).rstrip("/")
@@ -411,3 +417,93 @@ async def _all_leaves(settings: Settings) -> list[bytes]:
         return [leaf for m in await read_to_end(consumer, tp) for leaf in decode_chunk(m.value or b"")]
     finally:
         await consumer.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """Debian's PostgreSQL server on a loopback port, in a directory of its own (removed after)."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.fail("Debian's PostgreSQL server is needed (scripts/setup installs it)", pytrace=False)
+    bindir = Path(bins[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="ndxp-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+
+    def pg(*argv: str) -> None:
+        subprocess.run([*as_user, *argv], check=True, capture_output=True, timeout=120)
+
+    pg(str(bindir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    pg(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-o",
+       f"-p {port} -c listen_addresses=127.0.0.1 -k {data}", "start")  # fmt: skip
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        pg(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+async def test_the_tracker_on_postgresql_and_on_sqlite_answers_the_same(
+    audit_settings: Settings, postgres: str, tmp_path: Path
+) -> None:
+    """A subject's accesses by three agencies, exactly, and not another subject's; PostgreSQL and SQLite
+    agree, and PostgreSQL catches up from the index after losing rows."""
+    settings = audit_settings.replace(tracker_dsn=postgres)
+    await ensure_topics(settings, [Topics(settings).tx()])
+    t0 = time.time() * 1000
+    people = {name: subject_key("test-subject-secret", name) for name in (CITIZEN, OTHER)}
+    clients, persons = ("hanoi", "bhxh", "vcb"), (CITIZEN, OTHER, CITIZEN)
+    plan = [(client, person) for client in clients for person in persons]
+    records = [
+        TxRecord(exchange_id=str(uuid.uuid4()), client=client, provider="bca", service="citizen",
+                 outcome="ok", status=200, t_in=t0 + i, user_id=f"officer.{i}", purpose="case",
+                 subject=people[person])
+        for i, (client, person) in enumerate(plan)
+    ]  # fmt: skip
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for rec in records:
+            await producer.send(settings.tx_topic, rec.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    async def answers(url: str, http: ClientSession) -> dict[str, Any]:
+        out = {}
+        for name, key in people.items():
+            resp = await http.get(f"{url}/subjects/{key}/accesses")
+            assert resp.status == 200, await resp.text()
+            out[name] = (await resp.json())["accesses"]
+        return out
+
+    async with running_audit(settings) as (log, url), ClientSession() as http:
+        async with asyncio.timeout(60):
+            while log.index is None or log.index.tree.size < len(records) + 1:
+                await asyncio.sleep(0.1)
+        from_pg = await answers(url, http)
+        assert log.index is not None
+        reader = Reader(settings.audit_db or "")
+        try:
+            from_sqlite = {name: access_rows(reader, key) for name, key in people.items()}
+        finally:
+            reader.close()
+    assert from_pg == from_sqlite
+    mine = from_pg[CITIZEN]
+    assert sorted((a["client"], a["user_id"]) for a in mine) == sorted(  # in the log's order, Kafka's
+        (r.client, r.user_id) for r in records if r.subject == people[CITIZEN]
+    )
+    assert [a["leaf_index"] for a in mine] == sorted(a["leaf_index"] for a in mine)
+    assert {a["client"] for a in mine} == {"hanoi", "bhxh", "vcb"}
+    assert not {a["exchange_id"] for a in mine} & {a["exchange_id"] for a in from_pg[OTHER]}
+
+    conn = await asyncpg.connect(postgres)
+    try:
+        await conn.execute("DELETE FROM ndxp_tracker_accesses WHERE idx > 3")
+    finally:
+        await conn.close()
+    async with running_audit(settings) as (_, url), ClientSession() as http:
+        assert await answers(url, http) == from_pg, "PostgreSQL caught up from the index on start"
