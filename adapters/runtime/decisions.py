@@ -138,7 +138,5 @@ def change_records(
             purpose=meta.purpose, exchange_id=meta.exchange_id,  # the caller's officer stays with the caller
         )  # fmt: skip
         out.append(Outgoing(names.events(provider, c.event), value, c.key.encode(), header))
-        out.append(
-            Outgoing(tx_topic, published_record(event_id, provider, c.event, t_ms, value).encode())
-        )
+        out.append(Outgoing(tx_topic, published_record(event_id, provider, c.event, t_ms, value).encode()))
     return out
