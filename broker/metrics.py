@@ -272,6 +272,11 @@ class AuditMetrics:
             "ndxp_audit_lag", "Transaction records not yet in the log (high watermark - position)",
             registry=registry,
         )  # fmt: skip
+        self.tracker_behind = Gauge(
+            "ndxp_audit_tracker_behind",
+            "1 while the data tracker's PostgreSQL misses accesses the log holds (it catches up when back)",
+            registry=registry,
+        )
         self.requests = Counter(
             "ndxp_audit_requests_total", "Proof and tracker requests answered", ["kind", "status"],
             registry=registry,

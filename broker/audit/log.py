@@ -292,6 +292,7 @@ class AuditLog(KafkaService):
             if self._tracker_behind:
                 await self.tracker.catch_up(index)
                 self._tracker_behind = False
+                self.metrics.tracker_behind.set(0)
                 log.warning("data tracker: PostgreSQL caught up")
             else:
                 await self.tracker.add(index.added_accesses)
@@ -299,6 +300,7 @@ class AuditLog(KafkaService):
             if not self._tracker_behind:
                 log.error("data tracker: PostgreSQL write failed (%r); it catches up when back", exc)
             self._tracker_behind = True
+            self.metrics.tracker_behind.set(1)
 
     async def _close(self) -> None:
         if self._gathered and self.consumer is not None:
