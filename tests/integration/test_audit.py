@@ -36,8 +36,8 @@ from broker.audit import merkle
 from broker.audit.api import access_rows, make_app
 from broker.audit.index import Reader, decode_chunk
 from broker.audit.log import AuditLog, index_key, load_signer
-from broker.audit.note import Checkpoint, Signer, Verifier, sign
-from broker.audit.verify import Tampered, export_day, verify_bundle, verify_kafka
+from broker.audit.note import Checkpoint, NoteError, Signer, Verifier, sign
+from broker.audit.verify import Tampered, export_day, read_checkpoints, verify_bundle, verify_kafka
 from broker.dev.ports import free_port
 from broker.kafka import Topics, ensure_topics, make_producer
 from broker.metrics import AuditMetrics
@@ -507,3 +507,54 @@ async def test_the_tracker_on_postgresql_and_on_sqlite_answers_the_same(
         await conn.close()
     async with running_audit(settings) as (_, url), ClientSession() as http:
         assert await answers(url, http) == from_pg, "PostgreSQL caught up from the index on start"
+
+
+async def test_a_new_signing_key_is_recorded_and_old_checkpoints_stay_verifiable(
+    audit_settings: Settings,
+) -> None:
+    old = Signer.parse(audit_settings.audit_key or "")
+    new = Signer.generate("test.ndxp/log")
+    settings = audit_settings
+    await ensure_topics(settings, [Topics(settings).tx()])
+
+    async def send(n: int) -> None:
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            for i in range(n):
+                rec = TxRecord(exchange_id=str(uuid.uuid4()), client="alice", provider="p", service="s",
+                               outcome="ok", status=200, t_in=time.time() * 1000 + i)  # fmt: skip
+                await producer.send(settings.tx_topic, rec.encode())
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def covered(log: AuditLog, size: int) -> None:
+        async with asyncio.timeout(60):
+            while log._checkpoint_size < size:
+                await asyncio.sleep(0.1)
+
+    await send(5)
+    async with running_audit(settings) as (log, _):
+        await covered(log, 6)  # the key leaf, then 5 records
+    await send(5)
+    rotated = settings.replace(audit_key=new.text())
+    async with running_audit(rotated) as (log, _):
+        await covered(log, 12)  # the new key's leaf, then 5 more
+    check = await verify_kafka(
+        rotated, {old.verifier().text(), new.verifier().text()}, progress=lambda _: None
+    )
+    assert check.keys_seen == [old.verifier().text(), new.verifier().text()]
+    assert check.frontier.size == 12
+    with pytest.raises(Tampered, match="not a trusted key"):
+        await verify_kafka(rotated, {new.verifier().text()}, progress=lambda _: None)
+    cps = await read_checkpoints(rotated)
+    before, after = [c for c in cps if c.size <= 6], [c for c in cps if c.size > 7]
+    assert before
+    assert after
+    for c in before:
+        Checkpoint.open(c.note, old.verifier())
+        with pytest.raises(NoteError):
+            Checkpoint.open(c.note, new.verifier())
+    for c in after:
+        Checkpoint.open(c.note, new.verifier())
