@@ -281,6 +281,12 @@ class AuditMetrics:
             "ndxp_audit_requests_total", "Proof and tracker requests answered", ["kind", "status"],
             registry=registry,
         )  # fmt: skip
+        self.coverage_seconds = Histogram(
+            "ndxp_audit_coverage_seconds",
+            "From an exchange's end to a signed checkpoint covering its leaf",
+            buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
+            registry=registry,
+        )
         self.commit_seconds = Histogram(
             "ndxp_audit_commit_seconds",
             "Time to commit one batch of leaves with its offsets (one Kafka transaction)",

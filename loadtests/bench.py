@@ -49,6 +49,9 @@ from loadtests.running import cmdline, descendants, ndxp_up
 
 ROOT = Path(__file__).resolve().parents[1]
 
+AUDIT = {"port": free_port()}
+"""The exchange log's API port of the platform under test (its /metrics: coverage delays)."""
+
 PARTS = ("kafka", "gateway", "adapters", "counter", "keeper", "audit", "backend", "generator")
 
 
@@ -173,6 +176,7 @@ def running_platform(
         "NDXP_REGISTRY": str(tmp / "registry.yaml"),
         "NDXP_CACHE_DIR": str(tmp / "cache"),  # its own state file (ndxp status), beside no other
         "NDXP_ADMIN_PORT": str(free_port()),
+        "NDXP_AUDIT_PORT": str(AUDIT["port"]),
     }
     with ndxp_up(["--port", str(port), *up_args], env, tmp / "up.log") as up:
         yield f"http://127.0.0.1:{port}", up
@@ -204,6 +208,7 @@ def measure(
     m = _measured(
         base, up, f"[{users} users] exchanges", [*gen, "--seconds", str(args.seconds)], args.seconds + 60
     )
+    _read_coverage()  # before the log is paused (the catch-up after a pause is not the log's delay)
     without_log = (
         _without_log(base, up, users, [*gen, "--seconds", str(args.seconds)], args) if args.log_cost else None
     )
@@ -224,6 +229,32 @@ def measure(
         **({"alone": alone} if alone else {}),
         **({"without_log": without_log} if without_log else {}),
     }
+
+
+COVERAGE: dict[str, tuple[float, float, int]] = {}
+
+
+def _read_coverage() -> None:
+    """The audit part's ``ndxp_audit_coverage_seconds`` p50 and p99 so far (kept for the report)."""
+    from broker.ops.status import quantile
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{AUDIT['port']}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("ndxp_audit_coverage_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] = float(line.rsplit(" ", 1)[1])
+    p50, p99 = quantile(buckets, 0.5), quantile(buckets, 0.99)
+    if p50 is not None and p99 is not None:
+        COVERAGE["run"] = (p50, p99, int(max(buckets.values())))
+
+
+def _coverage() -> tuple[float, float, int] | None:
+    return COVERAGE.get("run")
 
 
 def _without_log(
@@ -387,6 +418,10 @@ def main() -> int:
                 f"{w['rps']:.0f}/s with it paused"
                 f" ({cost:+.1%}); the log part's CPU {r['cpu_ms_per_exchange']['audit']:.3f} ms/exchange"
             )
+    coverage = _coverage()
+    if coverage is not None:
+        print(f"exchange log: a checkpoint covered each exchange within p50 {coverage[0]:.2f} s, "
+              f"p99 {coverage[1]:.2f} s of its end ({coverage[2]:,} leaves, the whole run)")  # fmt: skip
     for r in async_results:
         ex = r["exchange"]
         sync_rps = next(s["exchange"]["rps"] for s in results if s["users"] == r["users"])

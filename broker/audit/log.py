@@ -142,6 +142,8 @@ class AuditLog(KafkaService):
         self.recent = RecentIds(RECENT_IDS)
         self.tracker: PgTracker | None = None
         self._tracker_behind = False
+        self._uncovered: list[float] = []
+        """When each leaf appended since the last checkpoint ended (epoch ms)."""
 
     async def _open(self) -> None:
         await ensure_topics(
@@ -284,6 +286,14 @@ class AuditLog(KafkaService):
         await self._commit_leaves([leaf], {}, force_checkpoint=True)
         log.warning("audit: signing key %s recorded at leaf %d", self.vkey.split("+")[1], index.tree.size - 1)
 
+    def _covered(self) -> None:
+        """Every leaf appended so far is under a signed checkpoint: how long each waited since its exchange
+        ended (the evidence's delay, ``ndxp_audit_coverage_seconds``)."""
+        now = time.time() * 1000
+        for t in self._uncovered:
+            self.metrics.coverage_seconds.observe(max(0.0, now - t) / 1000)
+        self._uncovered = []
+
     async def _track(self, index: Index) -> None:
         """The batch's accesses to PostgreSQL; PostgreSQL down holds up only the tracker (it catches up
         from the index once back), never the log."""
@@ -348,6 +358,7 @@ class AuditLog(KafkaService):
         batch, self._gathered, self._gathered_n = self._gathered, {}, 0
         leaves: list[bytes] = []
         ids: set[str] = set()
+        ended: list[float] = []
         for messages in batch.values():
             for msg in messages:
                 try:
@@ -360,8 +371,12 @@ class AuditLog(KafkaService):
                     continue
                 ids.add(rec.exchange_id)
                 leaves.append(msg.value or b"")
+                ended.append(rec.t_out or rec.t_in)
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
         await self._commit_leaves(leaves, offsets)
+        self._uncovered.extend(ended)
+        if self._checkpoint_size >= index.tree.size:
+            self._covered()
         self.recent.add(ids)
 
     async def _commit_leaves(
@@ -409,6 +424,8 @@ class AuditLog(KafkaService):
             await self._track(index)
         self.metrics.leaves.inc(len(leaves))
         self.metrics.tree_size.set(size)
+        if note is not None and not leaves:
+            self._covered()  # a checkpoint of its own: what waited is covered now
         if note is not None:
             self._checkpoint_size, self._checkpoint_at = size, time.monotonic()
             self.metrics.checkpoint_size.set(size)
