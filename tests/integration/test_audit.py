@@ -238,6 +238,7 @@ async def test_receipts_proofs_tracker_and_bundles(
         bundle = tmp_path / "bundle"
         await export_day(settings, day, bundle, progress=lambda _: None)
         assert verify_bundle(bundle).frontier.size == check.frontier.size
+        _bundle_passes_the_independent_verifier(bundle, tlogcheck, tmp_path, log.vkey)
         _tampering_is_caught(bundle, tmp_path)
 
         # A checkpoint forged onto the topic: verify names it (the bundle cases above cover the rest).
@@ -279,6 +280,30 @@ async def _leaf_bytes(settings: Settings, index: int) -> bytes:
                         return chunk[index - first]
     finally:
         await consumer.stop()
+
+
+def _bundle_passes_the_independent_verifier(bundle: Path, checker: Path, tmp_path: Path, vkey: str) -> None:
+    """transparency-dev's verifier accepts the bundle's checkpoints, a consistency proof between two
+    of them, and a leaf's inclusion (the path made from the bundle's leaves)."""
+    cps = [json.loads(x) for x in (bundle / "checkpoints.jsonl").read_text().splitlines()]
+    cons = json.loads((bundle / "consistency.jsonl").read_text().splitlines()[0])
+    old, new = (
+        next(c for c in cps if c["size"] == cons["from"]),
+        next(c for c in cps if c["size"] == cons["to"]),
+    )
+    leaves = [
+        base64.b64decode(json.loads(x)["leaf"]) for x in (bundle / "leaves.jsonl").read_text().splitlines()
+    ]
+    tree = merkle.Tree()
+    tree.append([merkle.leaf_hash(x) for x in leaves[: new["size"]]])
+    evidence = {"origin": "test.ndxp/log", "vkey": vkey, "checkpoint": new["note"],
+                "leaf": base64.b64encode(leaves[1]).decode(), "leaf_index": 1,
+                "inclusion_proof": [h.hex() for h in tree.inclusion(1, new["size"])],
+                "old_checkpoint": old["note"], "consistency_proof": cons["proof"]}  # fmt: skip
+    ok = _tlog(checker, tmp_path, evidence)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = _tlog(checker, tmp_path, {**evidence, "consistency_proof": [*cons["proof"][::-1], "00" * 32]})
+    assert bad.returncode == 1, bad.stdout
 
 
 def _copy(bundle: Path, tmp_path: Path, name: str) -> Path:
