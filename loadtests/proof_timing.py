@@ -58,9 +58,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
         reader.close()
     for kind, ts in times.items():
         ts.sort()
-        print(
-            f"{kind:8} 404: median {statistics.median(ts) * 1e6:,.0f} µs, p99 {ts[int(len(ts) * 0.99)] * 1e6:,.0f} µs"
-        )
+        median, p99 = statistics.median(ts) * 1e6, ts[int(len(ts) * 0.99)] * 1e6
+        print(f"{kind:8} 404: median {median:,.0f} µs, p99 {p99:,.0f} µs")
     diff = statistics.median(times["foreign"]) - statistics.median(times["unknown"])
     print(f"difference of the medians: {diff * 1e6:+,.0f} µs over {args.requests:,} requests each")
     return 0
