@@ -230,14 +230,15 @@ async def test_receipts_proofs_tracker_and_bundles(
         # Verify from Kafka, export today's bundle, verify it offline, then tamper with copies of it.
         await _settled(log)
         check = await verify_kafka(settings, {log.vkey}, progress=lambda _: None)
-        assert check.frontier.size == log.index.tree.size if log.index else False
+        assert log.index is not None
+        assert check.frontier.size <= log.index.tree.size
         assert check.checked >= 2
         with pytest.raises(Tampered, match="not a trusted key"):
             await verify_kafka(settings, {Signer.generate("x").verifier().text()}, progress=lambda _: None)
         day = day_of(time.time() * 1000, settings.stats_utc_offset_hours)
         bundle = tmp_path / "bundle"
         await export_day(settings, day, bundle, progress=lambda _: None)
-        assert verify_bundle(bundle).frontier.size == check.frontier.size
+        assert verify_bundle(bundle).frontier.size >= check.frontier.size  # the log may have grown
         _bundle_passes_the_independent_verifier(bundle, tlogcheck, tmp_path, log.vkey)
         _tampering_is_caught(bundle, tmp_path)
 
@@ -249,7 +250,10 @@ async def test_receipts_proofs_tracker_and_bundles(
             size = check.frontier.size
             fake = sign(Checkpoint("test.ndxp/log", size, b"\x01" * 32).text(), load_signer(settings))
             await (await producer.send(topic, fake.encode(), key=index_key(size)))
-            with pytest.raises(Tampered, match=rf"checkpoint of size {size} \(.*@\d+\) is a second one"):
+            # The log may have grown meanwhile (the tracker's polls are exchanges too): then the forged
+            # one is also a rollback; either way it is the one named.
+            named = rf"checkpoint of size {size} \(.*@\d+\) (is a second one|rolls the log back)"
+            with pytest.raises(Tampered, match=named):
                 await verify_kafka(settings, {log.vkey}, progress=lambda _: None)
         finally:
             await producer.stop()
