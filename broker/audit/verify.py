@@ -254,12 +254,12 @@ async def export_day(settings: Settings, day: str, out: Path, progress: Callable
         "checkpoint": before[-1].note if before else None,
         "key": start_key[0] if start_key else None,
     }
-    _write_bundle(out, tree, start_doc, leaves, inside, keys)
+    write_bundle(out, tree, start_doc, leaves, inside, keys)
     progress(f"{out}: leaves {start_size}..{end_size - 1}, {len(inside)} checkpoints, {len(set(keys))} keys")
     return len(leaves)
 
 
-def _write_bundle(
+def write_bundle(
     out: Path,
     tree: Tree,
     start_doc: dict[str, Any],

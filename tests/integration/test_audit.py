@@ -13,6 +13,7 @@ import base64
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -241,6 +242,7 @@ async def test_receipts_proofs_tracker_and_bundles(
         assert verify_bundle(bundle).frontier.size >= check.frontier.size  # the log may have grown
         _bundle_passes_the_independent_verifier(bundle, tlogcheck, tmp_path, log.vkey)
         _tampering_is_caught(bundle, tmp_path)
+        await _the_cli_verifies_and_exports(settings, log.vkey, day, tmp_path)
 
         # A checkpoint forged onto the topic: verify names it (the bundle cases above cover the rest).
         topic = Topics(settings).audit_checkpoints().name
@@ -314,6 +316,45 @@ def _copy(bundle: Path, tmp_path: Path, name: str) -> Path:
     out = tmp_path / name
     shutil.copytree(bundle, out)
     return out
+
+
+async def _audit_cli(settings: Settings, *args: str, exit_code: int = 0) -> tuple[str, str]:
+    """``ndxp audit ARGS`` as an operator runs it (its own process, the test's Kafka): stdout, stderr."""
+    env = child_environment(settings, TX_TOPIC=settings.tx_topic, AUDIT_ORIGIN=settings.audit_origin,
+                            CACHE_DIR=str(settings.cache_dir))  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.cli", "audit", *args, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == exit_code, err.decode()
+    return out.decode(), err.decode()
+
+
+async def _the_cli_verifies_and_exports(settings: Settings, vkey: str, day: str, tmp_path: Path) -> None:
+    """The same checks through ``ndxp audit``: exit 0 with OK, exit 1 naming the fault."""
+    _, err = await _audit_cli(settings, "verify", "--key", vkey)
+    assert re.search(r"ndxp audit verify: OK: \d+ leaves, \d+ checkpoints checked \(Kafka\)", err), err
+    stranger = Signer.generate("test.ndxp/log").verifier().text()
+    _, err = await _audit_cli(settings, "verify", "--key", stranger, exit_code=1)
+    assert "ndxp audit verify: FAILED:" in err
+    assert "not a trusted key" in err
+    bundle = tmp_path / "cli-bundle"
+    await _audit_cli(settings, "export", "--day", day, "--out", str(bundle))
+    leaves = (bundle / "leaves.jsonl").read_text().splitlines(keepends=True)
+    assert leaves
+    trusted = tmp_path / "trusted.txt"
+    trusted.write_text(vkey + "\n")
+    _, err = await _audit_cli(settings, "verify", "--bundle", str(bundle), "--keys-file", str(trusted))
+    assert f"checkpoints checked ({bundle})" in err
+    (bundle / "leaves.jsonl").write_text("".join(leaves[1:]))  # the day's first leaf dropped
+    _, err = await _audit_cli(settings, "verify", "--bundle", str(bundle), exit_code=1)
+    assert "ndxp audit verify: FAILED:" in err
+    nothing = ("export", "--day", "2001-01-01", "--out", str(tmp_path / "x"))
+    _, err = await _audit_cli(settings, *nothing, exit_code=1)
+    assert "no checkpoint was written on 2001-01-01" in err
+    out, err = await _audit_cli(settings, "keygen", "--name", "other.ndxp/log")
+    assert Signer.parse(out.strip()).verifier().text() in err
 
 
 def _tampering_is_caught(bundle: Path, tmp_path: Path) -> None:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
 
 from broker.audit import merkle
+from broker.audit.api import make_app
 from broker.audit.index import CHUNK_BYTES, Index, Reader, decode_chunk, encode_chunk, pack
 from broker.audit.merkle import ProofError, Tree
 from broker.audit.note import Checkpoint, NoteError, Signer, Verifier, open_note, sign
+from broker.audit.verify import Tampered, parse_checkpoints, verify_bundle, write_bundle
+from broker.metrics import AuditMetrics
 
 
 def _mth(leaves: list[bytes]) -> bytes:
@@ -119,6 +131,44 @@ def test_proofs_that_lie_are_refused() -> None:
         merkle.verify_consistency(13, 21, tree.root(13), other.root(), other.consistency(13, 21))
 
 
+def test_impossible_sizes_and_malformed_proofs_are_refused() -> None:
+    tree = _tree(13)
+    root, h = tree.root(), merkle.leaf_hash(LEAVES[5])
+    path = tree.inclusion(5)
+    for bad in ([*path, root], path[:-1]):  # one node too many, one too few
+        with pytest.raises(ProofError, match=r"too (long|short)"):
+            merkle.verify_inclusion(5, 13, h, bad, root)
+    with pytest.raises(ProofError, match="not in a tree of size"):
+        merkle.verify_inclusion(13, 13, h, path, root)
+    cons = tree.consistency(6, 13)
+    for old, new, old_root, proof in [
+        (7, 6, tree.root(6), cons),  # shrinking
+        (13, 13, root, [root]),  # equal sizes take no proof
+        (13, 13, tree.root(6), []),  # and equal roots
+        (0, 13, merkle.EMPTY_ROOT, cons),  # the empty tree takes no proof
+        (6, 13, tree.root(6), []),  # a proof is needed
+        (6, 13, tree.root(6), [*cons, root]),  # one node too many
+        (6, 13, tree.root(6), cons[:-1]),  # one too few
+    ]:
+        with pytest.raises(ProofError):
+            merkle.verify_consistency(old, new, old_root, root if new == 13 else tree.root(new), proof)
+    merkle.verify_consistency(0, 13, merkle.EMPTY_ROOT, root, [])
+    merkle.verify_consistency(13, 13, root, root, [])
+    for call in (lambda: tree.root(14), lambda: tree.inclusion(13), lambda: tree.consistency(5, 14)):
+        with pytest.raises(ValueError, match="tree"):
+            call()
+    with pytest.raises(ValueError, match="shrink from left to right"):
+        merkle.Frontier([(0, root), (1, root)])
+    nodes = merkle.MemoryNodes()
+    nodes.put_many([(0, 4, root)])
+    with pytest.raises(ValueError, match="leaves a gap"):
+        nodes.put_many([(0, 9, root)])
+    with pytest.raises(KeyError):
+        nodes.get(0, 3)
+    with pytest.raises(KeyError):
+        nodes.get(1, 0)
+
+
 def test_signed_notes_round_trip_and_refuse_what_they_should() -> None:
     signer = Signer.generate("ndxp.example/log")
     vkey = signer.verifier().text()
@@ -139,6 +189,56 @@ def test_signed_notes_round_trip_and_refuse_what_they_should() -> None:
     for bad in ("a+b", "x+00000000+AAAA", vkey.replace("+", "+0", 1)):
         with pytest.raises(NoteError):
             Verifier.parse(bad)
+
+
+def test_malformed_keys_notes_and_checkpoints_are_named() -> None:
+    signer = Signer.generate("ndxp.example/log")
+    vkey, skey = signer.verifier().text(), signer.text()
+    name, kid, b64 = vkey.split("+", 2)
+    ed448ish = base64.b64encode(b"\x02" + b"\x00" * 32).decode()
+    for bad, said in [
+        ("", "<name>+<hex id>+<base64 key>"),
+        (f"bad name+{kid}+{b64}", "non-empty, without"),
+        (f"{name}+zz+{b64}", "does not decode"),
+        (f"{name}+{kid}+{ed448ish}", "only Ed25519"),
+        (f"{name}+00000000+{b64}", "id does not match"),
+    ]:
+        with pytest.raises(NoteError, match=re.escape(said)):
+            Verifier.parse(bad)
+    seed = skey.split("+", 4)[4]
+    for bad, said in [
+        (vkey, "PRIVATE+KEY"),
+        (f"PRIVATE+KEY+{name}+{kid}+!!", "does not decode"),
+        (f"PRIVATE+KEY+{name}+{kid}+{ed448ish}", "only Ed25519"),
+        (f"PRIVATE+KEY+{name}+00000000+{seed}", "id does not match"),
+    ]:
+        with pytest.raises(NoteError, match=re.escape(said)):
+            Signer.parse(bad)
+    with pytest.raises(NoteError, match="non-empty"):
+        Signer.generate("two words")
+    with pytest.raises(NoteError, match="holds no blank line"):
+        sign("no newline at the end", signer)
+    note = sign("a line\n", signer)
+    for bad, said in [
+        ("a line\n", "text, a blank line"),
+        ("a line\n\nnot a signature\n", "malformed signature line"),
+        (f"a line\n\n\u2014 {name} !!notbase64\n", "does not decode"),
+        ("a line\n\n\u2014 someone.else AAAA\n", "not signed by"),
+    ]:
+        with pytest.raises(NoteError, match=re.escape(said)):
+            open_note(bad, signer.verifier())
+    assert open_note(note, signer.verifier()) == "a line\n"
+    root = base64.b64encode(b"\x00" * 32).decode()
+    for bad, said in [
+        ("origin\n1\n", "one a line"),
+        (f"\n1\n{root}\n", "size is not a number"),
+        (f"origin\n01\n{root}\n", "size is not a number"),
+        ("origin\n1\n!!\n", "does not decode"),
+        ("origin\n1\nAAAA\n", "not a SHA-256"),
+    ]:
+        with pytest.raises(NoteError, match=re.escape(said)):
+            Checkpoint.parse_text(bad)
+    assert Checkpoint.parse_text(f"origin\n0\n{root}\nextension line\n").size == 0
 
 
 def test_a_signed_note_matches_gos_format() -> None:
@@ -208,3 +308,135 @@ def _tree_of(leaves: list[bytes]) -> Tree:
     tree = Tree()
     tree.append([merkle.leaf_hash(x) for x in leaves])
     return tree
+
+
+class _DownTracker:
+    """PostgreSQL unreachable."""
+
+    async def accesses(self, subject: str, limit: int) -> list[object]:
+        raise OSError("connection refused")
+
+
+async def test_the_audit_api_says_pending_not_found_and_bad_request(tmp_path: Path) -> None:
+    """Over a real index: nothing is invented before a checkpoint covers it, nothing shown to others."""
+    index = Index(tmp_path / "audit.sqlite")
+    reader = Reader(tmp_path / "audit.sqlite")
+    metrics = AuditMetrics(CollectorRegistry())
+    signer = Signer.generate("test.ndxp/log")
+    key = "ab" * 32
+    records = [orjson.dumps({"exchange_id": f"e{i}", "client": "alice", "provider": "bca", "subject": key,
+                             "t_in": 1_700_000_000_000 + i}) for i in range(4)]  # fmt: skip
+    healthy = [True]
+    app = make_app(reader, metrics, signer.verifier().text(), lambda: healthy[0], lambda: 0.0)
+    async with TestClient(TestServer(app)) as http:
+        assert (await http.get("/checkpoint")).status == 202  # no checkpoint yet: pending, not made up
+        index.begin()
+        index.append(records[:2])
+        index.commit(leaves_offset=1)
+        alice = {"X-NDXP-Agency": "alice"}
+        resp = await http.get("/exchanges/e1", headers=alice)
+        assert resp.status == 202, "a leaf no checkpoint covers has no proof yet"
+        assert resp.headers["Retry-After"] == "1"
+        recent = str(uuid.UUID(int=(int(time.time() * 1000) << 80) | (7 << 76) | (2 << 62)))
+        assert (await http.get(f"/exchanges/{recent}", headers=alice)).status == 202  # in the last seconds
+        old = str(uuid.UUID(int=(1_600_000_000_000 << 80) | (7 << 76) | (2 << 62)))
+        assert (await http.get(f"/exchanges/{old}", headers=alice)).status == 404
+        assert (await http.get(f"/exchanges/{uuid.uuid4()}", headers=alice)).status == 404  # not a v7
+        assert (await http.get("/exchanges/e1", headers={"X-NDXP-Agency": "mallory"})).status == 404
+        assert (await http.get("/exchanges/e1")).status == 404
+        index.begin()
+        index.append(records[2:])
+        index.add_checkpoint(4, sign(Checkpoint("test.ndxp/log", 4, index.tree.root()).text(), signer))
+        index.commit(leaves_offset=2)
+        found = await (await http.get("/exchanges/e1", headers={"X-NDXP-Agency": "bca"})).json()
+        assert found["tree_size"] == 4
+        proof = [bytes.fromhex(h) for h in found["inclusion_proof"]]
+        merkle.verify_inclusion(1, 4, bytes.fromhex(found["leaf_hash"]), proof, index.tree.root())
+        assert (await http.get("/checkpoint")).status == 200
+        for query, code in [("from=1&to=4", 200), ("from=3&to=2", 400), ("from=x&to=2", 400),
+                            ("to=2", 400), ("from=1&to=5", 404)]:  # fmt: skip
+            assert (await http.get(f"/consistency?{query}")).status == code, query
+        rows = (await (await http.get(f"/subjects/{key}/accesses")).json())["accesses"]
+        assert [r["exchange_id"] for r in rows] == ["e0", "e1", "e2", "e3"]
+        assert rows[0]["at"] == "2023-11-14T22:13:20.000Z"
+        assert (await http.get("/subjects/not-a-key/accesses")).status == 400
+        status = await (await http.get("/status")).json()
+        assert status == {"tree_size": 4, "checkpoint_size": 4, "checkpoint_age_s": None, "healthy": True}
+        assert (await http.get("/healthz")).status == 200
+        healthy[0] = False
+        assert (await http.get("/healthz")).status == 503
+        assert "ndxp_audit_requests_total" in await (await http.get("/metrics")).text()
+    down = make_app(reader, metrics, signer.verifier().text(), lambda: True, time.time, _DownTracker())  # type: ignore[arg-type]
+    async with TestClient(TestServer(down)) as http:
+        resp = await http.get(f"/subjects/{key}/accesses")
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "2"
+        assert (await (await http.get("/status")).json())["checkpoint_age_s"] is not None
+    index.close()
+    reader.close()
+
+
+def _day_two_bundle(out: Path) -> tuple[Signer, list[bytes]]:
+    """A bundle that starts mid-log (a second day's): leaves 4..11, checkpoints at 8 and 12."""
+    signer = Signer.generate("test.ndxp/log")
+    vkey = signer.verifier().text()
+    leaves = [orjson.dumps({"kind": "audit-key", "vkey": vkey, "previous": None})]
+    leaves += [orjson.dumps({"exchange_id": f"e{i}", "client": "alice", "status": 200}) for i in range(11)]
+    full = _tree_of(leaves)
+    notes = {n: sign(Checkpoint("test.ndxp/log", n, full.root(n)).text(), signer) for n in (4, 8, 12)}
+    frontier = merkle.Frontier()
+    for leaf in leaves[:4]:
+        frontier.append(merkle.leaf_hash(leaf))
+    nodes = merkle.MemoryNodes()
+    nodes.put_many(frontier.indexed())
+    tree = Tree(nodes, 4)
+    tree.append([merkle.leaf_hash(x) for x in leaves[4:]])
+    start = {"origin": "test.ndxp/log", "day": "2026-12-02", "size": 4, "key": vkey, "checkpoint": notes[4],
+             "frontier": [[lv, h.hex()] for lv, h in frontier.nodes]}  # fmt: skip
+    inside = parse_checkpoints([(f"cp {n}", None, notes[n], 0) for n in (8, 12)])
+    write_bundle(out, tree, start, leaves[4:], inside, [vkey])
+    return signer, leaves
+
+
+def test_a_bundle_that_starts_mid_log_verifies_and_its_start_is_checked(tmp_path: Path) -> None:
+    signer, leaves = _day_two_bundle(tmp_path / "day")
+    check = verify_bundle(tmp_path / "day", {signer.verifier().text()})
+    assert (check.frontier.size, check.checked) == (12, 2)
+    assert check.frontier.root() == _tree_of(leaves).root()
+
+    def broken(name: str, change: Callable[[dict[str, Any]], None]) -> Path:
+        bundle = tmp_path / name
+        shutil.copytree(tmp_path / "day", bundle)
+        doc = orjson.loads((bundle / "start.json").read_bytes())
+        change(doc)
+        (bundle / "start.json").write_bytes(orjson.dumps(doc))
+        return bundle
+
+    cases: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+        ("short", lambda d: d["frontier"].pop(), "its frontier covers"),
+        ("nocp", lambda d: d.update(checkpoint=None), "needs the checkpoint and key"),
+        ("stranger", lambda d: d.update(key=Signer.generate("x").verifier().text()), "not a trusted key"),
+        ("moved", lambda d: d["frontier"][0].__setitem__(1, "00" * 32), "does not match its checkpoint"),
+        ("forged", lambda d: d.update(checkpoint=d["checkpoint"].replace("\n4\n", "\n5\n")), "is forged"),
+    ]
+    for name, change, said in cases:
+        with pytest.raises(Tampered, match=said):
+            verify_bundle(broken(name, change), {signer.verifier().text()})
+    bundle = broken("proof", lambda d: None)
+    lines = (bundle / "consistency.jsonl").read_bytes().splitlines()
+    doc = orjson.loads(lines[0])
+    doc["proof"][0] = "00" * 32
+    (bundle / "consistency.jsonl").write_bytes(b"\n".join([orjson.dumps(doc), *lines[1:]]) + b"\n")
+    with pytest.raises(Tampered, match=re.escape("consistency.jsonl line 1: 4 → 8 does not hold")):
+        verify_bundle(bundle)
+    (bundle / "consistency.jsonl").write_bytes(b"{not json\n")
+    with pytest.raises(Tampered, match=re.escape("consistency.jsonl line 1 is not JSON")):
+        verify_bundle(bundle)
+    (bundle / "leaves.jsonl").write_bytes(b'{"index": 4, "leaf": "!!"}\n')
+    with pytest.raises(Tampered, match=re.escape("leaves.jsonl line 1 holds no leaf")):
+        verify_bundle(bundle)
+    (bundle / "leaves.jsonl").write_bytes(
+        orjson.dumps({"index": 4, "leaf": base64.b64encode(b"[]").decode()})
+    )
+    with pytest.raises(Tampered, match=r"leaf 4 \(leaves.jsonl line 1\) is not a transaction record"):
+        verify_bundle(bundle)
