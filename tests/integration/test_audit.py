@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from broker.audit import merkle
 from broker.audit.api import access_rows, make_app
-from broker.audit.index import Reader, decode_chunk
+from broker.audit.index import Index, Reader, decode_chunk
 from broker.audit.log import AuditLog, index_key, load_signer
 from broker.audit.note import Checkpoint, NoteError, Signer, Verifier, sign
 from broker.audit.verify import Tampered, export_day, read_checkpoints, verify_bundle, verify_kafka
@@ -473,6 +473,44 @@ async def test_the_writer_sigkilled_loses_and_doubles_nothing(
     assert check.frontier.size == len(records) + 1
     ids = [json.loads(x)["exchange_id"] for x in await _all_leaves(settings) if b'"exchange_id"' in x]
     assert sorted(ids) == sorted(r.exchange_id for r in records)
+
+    # The index is a cache of Kafka: deleted, or another log's (a new Kafka), it is rebuilt from the topics.
+    db = Path(settings.audit_db or "")
+    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    await _rebuilt_matches(settings, new)
+    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    foreign = Index(db)
+    foreign.begin()
+    foreign.append(
+        [
+            TxRecord(
+                exchange_id="of-another-log",
+                client="a",
+                provider="p",
+                service="s",
+                outcome="ok",
+                status=200,
+                t_in=0,
+            ).encode()
+        ]
+    )
+    foreign.commit(leaves_offset=1)
+    foreign.close()
+    await _rebuilt_matches(settings, new)
+
+
+async def _rebuilt_matches(settings: Settings, cp: Checkpoint) -> None:
+    log = AuditLog(settings, AuditMetrics(CollectorRegistry()))
+    await log.start()
+    try:
+        assert log.index is not None
+        assert log.index.tree.size >= cp.size
+        assert log.index.tree.root(cp.size) == cp.root
+        assert log.index.has_exchange("of-another-log") is False
+    finally:
+        await log.stop()
 
 
 async def _all_leaves(settings: Settings) -> list[bytes]:
