@@ -21,6 +21,7 @@ from aiohttp import web
 from broker.audit.index import Leaf, Reader
 from broker.audit.merkle import leaf_hash
 from broker.audit.pg import PgTracker
+from broker.errors import InvalidRequest, NdxpError, NotFound, Unavailable
 from broker.metrics import AuditMetrics, exposition
 
 READER = web.AppKey("reader", Reader)
@@ -42,12 +43,11 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-def _problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps({"type": f"https://ndxp.gov.vn/problems/{code}", "title": code, "status": status,
-                           "code": code, "detail": detail}),
-        status=status, headers=headers, content_type="application/problem+json",
-    )  # fmt: skip
+def _problem(error: NdxpError) -> web.Response:
+    """The platform's problem+json for ``error`` (the gateway relays what it means, not this body)."""
+    headers = {"Retry-After": f"{error.retry_after:g}"} if error.retry_after is not None else None
+    return web.Response(body=orjson.dumps(error.problem(None)), status=error.status, headers=headers,
+                        content_type="application/problem+json")  # fmt: skip
 
 
 def _pending(detail: str) -> web.Response:
@@ -88,7 +88,7 @@ async def exchange(request: web.Request) -> web.Response:
             metrics.requests.labels("exchange", "202").inc()
             return _pending("the exchange is not in the log yet")
         metrics.requests.labels("exchange", "404").inc()
-        return _problem(404, "not_found", "no such exchange in the log (or not yours)")
+        return _problem(NotFound("no such exchange in the log (or not yours)"))
     latest = reader.latest_checkpoint()
     if latest is None or latest[0] <= leaf.index:
         metrics.requests.labels("exchange", "202").inc()
@@ -118,10 +118,10 @@ async def consistency(request: web.Request) -> web.Response:
     tree = reader.tree()
     if old is None or new is None or not 0 <= old <= new:
         metrics.requests.labels("consistency", "400").inc()
-        return _problem(400, "invalid_request", "from and to are tree sizes, from <= to")
+        return _problem(InvalidRequest("from and to are tree sizes, from <= to"))
     if new > tree.size:
         metrics.requests.labels("consistency", "404").inc()
-        return _problem(404, "not_found", f"the log holds {tree.size} leaves, not {new}")
+        return _problem(NotFound(f"the log holds {tree.size} leaves, not {new}"))
     metrics.requests.labels("consistency", "200").inc()
     return _json({"proof": [h.hex() for h in tree.consistency(old, new)]})
 
@@ -167,7 +167,7 @@ async def accesses(request: web.Request) -> web.Response:
     subject = request.match_info["subject"]
     if not _HEX64.match(subject):
         metrics.requests.labels("tracker", "400").inc()
-        return _problem(400, "invalid_request", "a subject key is 64 hex digits")
+        return _problem(InvalidRequest("a subject key is 64 hex digits"))
     tracker = request.app[TRACKER]
     try:
         out = (
@@ -177,9 +177,7 @@ async def accesses(request: web.Request) -> web.Response:
         )
     except Exception:  # PostgreSQL unreachable: the tracker cannot answer now
         metrics.requests.labels("tracker", "503").inc()
-        return _problem(
-            503, "unavailable", "the data tracker's database is not reachable", {"Retry-After": "2"}
-        )
+        return _problem(Unavailable("the data tracker's database is not reachable", retry_after=2))
     metrics.requests.labels("tracker", "200").inc()
     return _json({"accesses": out, "tree_size": reader.size()})
 

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import hashlib
 import logging
 import os
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -48,7 +45,7 @@ from broker.kafka import (
     make_producer,
 )
 from broker.metrics import AuditMetrics
-from broker.model.records import TxRecord
+from broker.model.records import TxRecord, id_key
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,19 +65,12 @@ class RecentIds:
         self._order: collections.deque[bytes] = collections.deque()
         self._ids: set[bytes] = set()
 
-    @staticmethod
-    def key(exchange_id: str) -> bytes:
-        if len(exchange_id) == 36:
-            with contextlib.suppress(ValueError):
-                return uuid.UUID(exchange_id).bytes
-        return hashlib.blake2b(exchange_id.encode(errors="surrogatepass"), digest_size=16).digest()
-
     def seen(self, exchange_id: str) -> bool:
-        return self.key(exchange_id) in self._ids
+        return id_key(exchange_id) in self._ids
 
     def add(self, exchange_ids: Iterable[str]) -> None:
         for eid in exchange_ids:
-            k = self.key(eid)
+            k = id_key(eid)
             if k not in self._ids:
                 self._ids.add(k)
                 self._order.append(k)

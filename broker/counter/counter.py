@@ -19,11 +19,8 @@ Exactly once, by construction:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import time
-import uuid
 from collections import Counter as Tally
 
 import orjson
@@ -48,7 +45,7 @@ from broker.kafka import (
 )
 from broker.metrics import CounterMetrics
 from broker.model.envelope import H_ERROR
-from broker.model.records import TxRecord, day_of
+from broker.model.records import TxRecord, day_of, id_key
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,18 +67,10 @@ class SeenIds:
     def __init__(self) -> None:
         self._days: dict[str, set[bytes]] = {}
 
-    @staticmethod
-    def key(exchange_id: str) -> bytes:
-        if len(exchange_id) == 36:
-            with contextlib.suppress(ValueError):
-                return uuid.UUID(exchange_id).bytes
-        digest: bytes = hashlib.blake2b(exchange_id.encode(errors="surrogatepass"), digest_size=16).digest()
-        return digest
-
     def __contains__(self, exchange_id: object) -> bool:
         if not isinstance(exchange_id, str):
             return False
-        k = self.key(exchange_id)
+        k = id_key(exchange_id)
         return any(k in ids for ids in self._days.values())
 
     def __len__(self) -> int:
@@ -89,7 +78,7 @@ class SeenIds:
 
     def update(self, id_to_day: dict[str, str]) -> None:
         for eid, day in id_to_day.items():
-            self._days.setdefault(day, set()).add(self.key(eid))
+            self._days.setdefault(day, set()).add(id_key(eid))
 
     def forget_before(self, day: str) -> None:
         self._days = {d: ids for d, ids in self._days.items() if d >= day}

@@ -7,10 +7,12 @@ are epoch milliseconds; a step never reached is ``None``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import hashlib
 import hmac
+import uuid
 from dataclasses import dataclass
 
 import msgspec
@@ -141,6 +143,15 @@ class TxRecord:
 _DECODER = msgspec.json.Decoder(TxRecord)
 MODES = frozenset(Mode)
 EXCHANGE_MODES = frozenset({Mode.SYNC, Mode.ASYNC})
+
+
+def id_key(exchange_id: str) -> bytes:
+    """An exchange id as 16 bytes for a dedupe set: a UUID's own bytes (the gateway's ids), else a
+    16-byte BLAKE2b digest (a record written by something else)."""
+    if len(exchange_id) == 36:
+        with contextlib.suppress(ValueError):
+            return uuid.UUID(exchange_id).bytes
+    return hashlib.blake2b(exchange_id.encode(errors="surrogatepass"), digest_size=16).digest()
 
 
 def subject_key(secret: str, subject_id: str) -> str:

@@ -343,7 +343,10 @@ async def test_the_audit_api_says_pending_not_found_and_bad_request(tmp_path: Pa
         assert (await http.get(f"/exchanges/{old}", headers=alice)).status == 404
         assert (await http.get(f"/exchanges/{uuid.uuid4()}", headers=alice)).status == 404  # not a v7
         assert (await http.get("/exchanges/e1", headers={"X-NDXP-Agency": "mallory"})).status == 404
-        assert (await http.get("/exchanges/e1")).status == 404
+        resp = await http.get("/exchanges/e1")
+        assert resp.status == 404
+        assert resp.content_type == "application/problem+json"
+        assert (await resp.json())["code"] == "not_found"
         index.begin()
         index.append(records[2:])
         index.add_checkpoint(4, sign(Checkpoint("test.ndxp/log", 4, index.tree.root()).text(), signer))
