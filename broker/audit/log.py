@@ -39,6 +39,7 @@ from broker.kafka import (
     Topics,
     Transactions,
     Written,
+    batches_to_end,
     consumer_lag,
     ensure_topics,
     make_consumer,
@@ -215,14 +216,7 @@ class AuditLog(KafkaService):
         try:
             for topic, offset in ((self.leaves_topic, index.leaves_offset),
                                   (self.checkpoints_topic, index.checkpoints_offset)):  # fmt: skip
-                tp = TopicPartition(topic, 0)
-                reader.assign([tp])
-                end = (await reader.end_offsets([tp]))[tp]
-                reader.seek(tp, offset)
-                while await reader.position(tp) < end:
-                    batch = (await reader.getmany(tp, timeout_ms=500)).get(tp, [])
-                    if not batch:
-                        continue
+                async for batch in batches_to_end(reader, TopicPartition(topic, 0), offset):
                     index.begin()
                     try:
                         if topic == self.leaves_topic:

@@ -28,7 +28,7 @@ from aiokafka import TopicPartition
 from broker.audit.index import KEY_LEAF, decode_chunk, leaf_fields
 from broker.audit.merkle import Frontier, MemoryNodes, ProofError, Tree, leaf_hash, verify_consistency
 from broker.audit.note import Checkpoint, NoteError, Verifier
-from broker.kafka import Record, Topics, make_consumer
+from broker.kafka import Record, Topics, batches_to_end, make_consumer
 from broker.settings import Settings
 
 
@@ -143,12 +143,8 @@ async def _read(settings: Settings, topic: str, each: Callable[[Record], None]) 
     consumer = make_consumer(settings, group_id=None, isolation_level="read_committed")
     await consumer.start()
     try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while await consumer.position(tp) < end:
-            for msg in (await consumer.getmany(tp, timeout_ms=500, max_records=5000)).get(tp, []):
+        async for batch in batches_to_end(consumer, TopicPartition(topic, 0), max_records=5000):
+            for msg in batch:
                 each(msg)
     finally:
         await consumer.stop()

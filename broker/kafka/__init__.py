@@ -39,6 +39,7 @@ from broker.kafka.boundary import (
 from broker.kafka.clients import (
     StickyPartitioner,
     admin_client,
+    batches_to_end,
     bootstrap,
     consumer_lag,
     make_consumer,
@@ -75,6 +76,7 @@ __all__ = [
     "Transactions",
     "Written",
     "admin_client",
+    "batches_to_end",
     "bootstrap",
     "cluster_brokers",
     "consumer_lag",

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Unpack, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -162,16 +163,25 @@ async def poll(consumer: Consumer, what: str, timeout_ms: int, max_records: int 
     return batch
 
 
+async def batches_to_end(
+    consumer: Consumer, tp: TopicPartition, offset: int | None = None, max_records: int | None = None
+) -> AsyncIterator[list[Record]]:
+    """The messages of ``tp`` in batches, from ``offset`` (the beginning) to its end when called."""
+    consumer.assign([tp])
+    if offset is None:
+        await consumer.seek_to_beginning(tp)
+    else:
+        consumer.seek(tp, offset)
+    end = (await consumer.end_offsets([tp]))[tp]
+    while await consumer.position(tp) < end:
+        batch = (await consumer.getmany(tp, timeout_ms=500, max_records=max_records)).get(tp, [])
+        if batch:
+            yield batch
+
+
 async def read_to_end(consumer: Consumer, tp: TopicPartition) -> list[Record]:
     """Every message of ``tp``, from the beginning to its end when called."""
-    consumer.assign([tp])
-    await consumer.seek_to_beginning(tp)
-    end = (await consumer.end_offsets([tp]))[tp]
-    messages: list[Record] = []
-    while await consumer.position(tp) < end:
-        batch = await consumer.getmany(tp, timeout_ms=500)
-        messages.extend(batch.get(tp, []))
-    return messages
+    return [msg async for batch in batches_to_end(consumer, tp) for msg in batch]
 
 
 async def read_compacted(consumer: Consumer, tp: TopicPartition) -> dict[bytes, bytes]:
