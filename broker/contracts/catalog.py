@@ -467,6 +467,7 @@ class Catalog:
     ) -> None:
         self._versions: dict[tuple[str, str], dict[int, Service]] = {}
         self._default: dict[tuple[str, str], Service] = {}
+        self._subjects: list[Contract] | None = None
         for svc in services.values() if isinstance(services, Mapping) else services:
             self.put(svc)
         self.events: dict[tuple[str, str], EventType] = dict(sorted((events or {}).items()))
@@ -493,6 +494,7 @@ class Catalog:
     def put(self, svc: Service) -> None:
         """Add or replace one service version."""
         name = (svc.provider, svc.service)
+        self._subjects = None
         versions = self._versions.setdefault(name, {})
         versions[svc.major] = svc
         self._versions[name] = dict(sorted(versions.items()))
@@ -530,6 +532,20 @@ class Catalog:
     def version(self, provider: str, service: str, major: int) -> Service | None:
         """Version ``major`` whatever its state (retired included)."""
         return self._versions.get((provider, service), {}).get(major)
+
+    def subject_schemas(self) -> list[Contract]:
+        """The distinct schemas of every contract's subject fields (``x-ndxp-subject``), one of which a
+        data-tracker identifier must satisfy; compiled once per change of the catalog."""
+        if self._subjects is None:
+            seen: dict[bytes, Contract] = {}
+            for svc in self.versions():
+                props = svc.document.get("request", {}).get("properties", {})
+                for name in svc.subject:
+                    raw = orjson.dumps(props.get(name, {}), option=orjson.OPT_SORT_KEYS)
+                    if raw not in seen:
+                        seen[raw] = Contract(orjson.loads(raw))
+            self._subjects = list(seen.values())
+        return self._subjects
 
     def versions(self, provider: str | None = None) -> list[Service]:
         """Every version of every service (of ``provider``), retired included."""

@@ -18,7 +18,6 @@ import orjson
 from aiohttp import web
 
 from broker.audit.merkle import leaf_hash
-from broker.contracts.catalog import Contract
 from broker.errors import AccessDenied, InvalidRequest, NotFound, Unavailable
 from broker.gateway.auth import authenticate
 from broker.gateway.middleware import purpose, user_id
@@ -87,18 +86,6 @@ async def exchange(request: web.Request) -> web.Response:
     return await _relay(request, f"/exchanges/{exchange_id}", agency.id)
 
 
-def _subject_schemas(gw: Gateway) -> list[Contract]:
-    """The schemas of every contract's subject fields (one of which an identifier must satisfy)."""
-    seen: dict[bytes, Contract] = {}
-    for svc in gw.catalog.versions():
-        props = svc.document.get("request", {}).get("properties", {})
-        for name in svc.subject:
-            raw = orjson.dumps(props.get(name, {}), option=orjson.OPT_SORT_KEYS)
-            if raw not in seen:
-                seen[raw] = Contract(orjson.loads(raw))
-    return list(seen.values())
-
-
 async def accesses(request: web.Request) -> web.Response:
     """Every access to one person's data, for an agency with the ``tracker`` right (itself recorded)."""
     gw = request.app[GATEWAY]
@@ -106,7 +93,7 @@ async def accesses(request: web.Request) -> web.Response:
     if "tracker" not in agency.roles:
         raise AccessDenied(f"{agency.id} has no tracker right")
     subject_id = request.match_info["subject_id"]
-    schemas = _subject_schemas(gw)
+    schemas = gw.catalog.subject_schemas()
     if len(subject_id) > 128 or not any(not c.violations(subject_id) for c in schemas):
         raise InvalidRequest("the subject is not a valid identifier (see the contracts' x-ndxp-subject)")
     secret = gw.settings.subject_secret

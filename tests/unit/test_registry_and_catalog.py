@@ -257,3 +257,19 @@ def test_names_outside_the_allowed_alphabet_and_a_missing_directory_are_refused(
     (schemas / "prov" / "echo.json").rename(schemas / "prov" / "Echo Service.json")
     with pytest.raises(CatalogError, match=r"names must match \[a-z0-9_-\]\+"):
         Catalog.load(schemas)
+
+
+def test_subject_schemas_follow_the_catalog_and_are_compiled_once() -> None:
+    """The data tracker's identifier check: what some contract's x-ndxp-subject field accepts."""
+    from broker.contracts.catalog import service_from_document
+
+    catalog = Catalog.load(Settings().schemas_dir)
+    schemas = catalog.subject_schemas()
+    assert catalog.subject_schemas() is schemas, "compiled once, not per tracker query"
+    assert any(not c.violations("079123456789") for c in schemas)  # a CCCD
+    assert all(c.violations("MST-0101234567") for c in schemas)
+    doc = json.loads((Settings().schemas_dir / "bca" / "citizen.json").read_text())
+    doc["request"]["properties"]["cccd"] = {"type": "string", "pattern": "^MST-[0-9]{10}$"}
+    doc.pop("examples", None)
+    catalog.put(service_from_document(doc, "gdt", "taxpayer", source="test"))
+    assert any(not c.violations("MST-0101234567") for c in catalog.subject_schemas())
