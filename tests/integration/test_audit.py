@@ -31,6 +31,7 @@ import pytest
 import yaml
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from broker.audit import merkle
@@ -40,7 +41,7 @@ from broker.audit.log import AuditLog, index_key, load_signer
 from broker.audit.note import Checkpoint, NoteError, Signer, Verifier, sign
 from broker.audit.verify import Tampered, export_day, read_checkpoints, verify_bundle, verify_kafka
 from broker.dev.ports import free_port
-from broker.kafka import Topics, ensure_topics, make_producer
+from broker.kafka import Topics, ensure_topics, make_consumer, make_producer, read_to_end
 from broker.metrics import AuditMetrics
 from broker.model.records import TxRecord, day_of, subject_key
 from broker.settings import Settings, child_environment
@@ -164,7 +165,7 @@ async def test_receipts_proofs_tracker_and_bundles(
             assert (await http.get(f"/v1/audit/exchanges/{first}")).status == 401
 
             # The independent verifier: the API's checkpoint and proof, and the leaf rebuilt from the record.
-            leaf = await _leaf_bytes(settings, proof["leaf_index"])
+            leaf = (await _all_leaves(settings))[proof["leaf_index"]]
             assert merkle.leaf_hash(leaf).hex() == receipts[first]
             evidence = {"origin": "test.ndxp/log", "vkey": vkey.strip(), "checkpoint": proof["checkpoint"],
                         "leaf": base64.b64encode(leaf).decode(), "leaf_index": proof["leaf_index"],
@@ -194,7 +195,7 @@ async def test_receipts_proofs_tracker_and_bundles(
             new_cp = Checkpoint.open(later["checkpoint"], verifier)
             merkle.verify_consistency(cp.size, new_cp.size, cp.root, new_cp.root,
                                       [bytes.fromhex(h) for h in cons["proof"]])  # fmt: skip
-            last_leaf = await _leaf_bytes(settings, later["leaf_index"])
+            last_leaf = (await _all_leaves(settings))[later["leaf_index"]]
             both = _tlog(tlogcheck, tmp_path, {
                 "origin": "test.ndxp/log", "vkey": vkey.strip(), "checkpoint": later["checkpoint"],
                 "leaf": base64.b64encode(last_leaf).decode(), "leaf_index": later["leaf_index"],
@@ -265,27 +266,6 @@ async def _settled(log: AuditLog) -> None:
     async with asyncio.timeout(30):
         while log.index is None or log._checkpoint_size < log.index.tree.size:
             await asyncio.sleep(0.1)
-
-
-async def _leaf_bytes(settings: Settings, index: int) -> bytes:
-    from aiokafka import TopicPartition
-
-    from broker.kafka import make_consumer
-
-    tp = TopicPartition(Topics(settings).audit_leaves().name, 0)
-    consumer = make_consumer(settings, group_id=None, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        async with asyncio.timeout(30):
-            while True:
-                for msg in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
-                    first, chunk = int(msg.key or b"0"), decode_chunk(msg.value or b"")
-                    if first <= index < first + len(chunk):
-                        return chunk[index - first]
-    finally:
-        await consumer.stop()
 
 
 def _bundle_passes_the_independent_verifier(bundle: Path, checker: Path, tmp_path: Path, vkey: str) -> None:
@@ -513,11 +493,20 @@ async def _rebuilt_matches(settings: Settings, cp: Checkpoint) -> None:
         await log.stop()
 
 
+async def _send(settings: Settings, records: list[TxRecord]) -> None:
+    """Transaction records onto the settings' ndxp.tx, as gateways write them."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for rec in records:
+            await producer.send(settings.tx_topic, rec.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 async def _all_leaves(settings: Settings) -> list[bytes]:
-    from aiokafka import TopicPartition
-
-    from broker.kafka import make_consumer, read_to_end
-
+    """Every leaf in the leaves topic, in order (a leaf's index is its place here)."""
     consumer = make_consumer(settings, group_id=None, isolation_level="read_committed")
     await consumer.start()
     try:
@@ -571,14 +560,7 @@ async def test_the_tracker_on_postgresql_and_on_sqlite_answers_the_same(
                  subject=people[person])
         for i, (client, person) in enumerate(plan)
     ]  # fmt: skip
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        for rec in records:
-            await producer.send(settings.tx_topic, rec.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await _send(settings, records)
 
     async def answers(url: str, http: ClientSession) -> dict[str, Any]:
         out = {}
@@ -588,12 +570,11 @@ async def test_the_tracker_on_postgresql_and_on_sqlite_answers_the_same(
             out[name] = (await resp.json())["accesses"]
         return out
 
-    async with running_audit(settings) as (log, url), ClientSession() as http:
+    async with running_audit(settings) as (_, url), ClientSession() as http:
+        # The writer's tree grows before Kafka commits; the index and PostgreSQL follow the commit.
         async with asyncio.timeout(60):
-            while log.index is None or log.index.tree.size < len(records) + 1:
+            while sum(map(len, (from_pg := await answers(url, http)).values())) < len(records):
                 await asyncio.sleep(0.1)
-        from_pg = await answers(url, http)
-        assert log.index is not None
         reader = Reader(settings.audit_db or "")
         try:
             from_sqlite = {name: access_rows(reader, key) for name, key in people.items()}
@@ -626,16 +607,9 @@ async def test_a_new_signing_key_is_recorded_and_old_checkpoints_stay_verifiable
     await ensure_topics(settings, [Topics(settings).tx()])
 
     async def send(n: int) -> None:
-        producer = make_producer(settings)
-        await producer.start()
-        try:
-            for i in range(n):
-                rec = TxRecord(exchange_id=str(uuid.uuid4()), client="alice", provider="p", service="s",
-                               outcome="ok", status=200, t_in=time.time() * 1000 + i)  # fmt: skip
-                await producer.send(settings.tx_topic, rec.encode())
-            await producer.flush()
-        finally:
-            await producer.stop()
+        await _send(settings, [TxRecord(exchange_id=str(uuid.uuid4()), client="alice", provider="p",
+                                        service="s", outcome="ok", status=200, t_in=time.time() * 1000 + i)
+                               for i in range(n)])  # fmt: skip
 
     async def covered(log: AuditLog, size: int) -> None:
         async with asyncio.timeout(60):
