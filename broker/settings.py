@@ -342,7 +342,10 @@ class Settings:
     # -- Adapters --
     adapter_concurrency: int = setting(256, minimum=1, help="Requests one adapter handles at once.")
     adapter_dedupe_size: int = setting(
-        100_000, minimum=1, help="Replies an adapter remembers to answer a redelivered exchange."
+        100_000,
+        minimum=1,
+        help="Most replies an adapter remembers to answer a redelivered exchange (each is kept until "
+        "30 s past its request's deadline, then forgotten).",
     )
     adapter_dedupe_mb: float = setting(
         32.0, minimum=0.001,

@@ -84,6 +84,8 @@ WRITE_BATCH = 256
 @dataclass(frozen=True, slots=True)
 class _Out(Outgoing):
     reply: Reply | None = None
+    deadline_ms: int = 0
+    """The deadline of the request ``reply`` answers (how long the reply memory keeps it)."""
 
 
 def _problem(exchange_id: str, status: int, code: str, detail: str) -> bytes:
@@ -373,7 +375,9 @@ class Adapter(KafkaService):
 
     def _remember(self, outs: list[Outgoing]) -> None:
         """Keep the replies that went out, to answer a redelivered exchange without processing it."""
-        self._memory.remember(out.reply for out in outs if isinstance(out, _Out) and out.reply is not None)
+        self._memory.remember(
+            (out.reply, out.deadline_ms) for out in outs if isinstance(out, _Out) and out.reply is not None
+        )
 
     def _dead_letter(self, msg: Record, reason: str) -> _Out:
         self.metrics.dead_letters.labels(self.provider).inc()
@@ -426,6 +430,7 @@ class Adapter(KafkaService):
             headers,
             partition=meta.reply_partition,
             reply=reply,
+            deadline_ms=meta.deadline_ms,
         )
 
     async def _call(self, meta: RequestMeta, raw: bytes | None, changes: list[Change] | None) -> Reply | None:

@@ -13,6 +13,7 @@ unit tests drive them directly.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import orjson
 
 from adapters.runtime.request import Change
 from broker.kafka import Outgoing
-from broker.model.envelope import H_EXCHANGE_ID, Names, Reply, RequestMeta
+from broker.model.envelope import H_EXCHANGE_ID, Names, Reply, RequestMeta, now_ms
 from broker.model.events import envelope, published_record
 
 ENTRY_BYTES = 400
@@ -33,18 +34,28 @@ def _cost(reply: Reply) -> int:
     return ENTRY_BYTES + len(reply.body) + len(reply.exchange_id)
 
 
-class ReplyMemory:
-    """The last replies, by exchange id (exchange ids are assigned by the gateway only): at most
-    ``size`` of them and ``budget`` bytes (a count alone let an adapter grow by hundreds of MB
-    before it stopped: 100,000 replies of a few KB)."""
+REPLAY_GRACE_MS = 30_000
+"""How long past its request's deadline a reply is kept: a redelivery after the deadline is skipped
+anyway (:func:`triage`), but the gateway's clock may run behind ours; 30 s covers any sane skew."""
 
-    __slots__ = ("_bytes", "_replies", "budget", "size")
+
+class ReplyMemory:
+    """The replies of requests still within their deadline (and :data:`REPLAY_GRACE_MS`), by exchange
+    id (exchange ids are assigned by the gateway only), and at most ``size`` of them and ``budget``
+    bytes, the oldest forgotten first. Bounded by time, the memory holds seconds of replies: about the
+    rate times the longest timeout, flat under a steady load (a count alone let an adapter grow to its
+    whole budget, hundreds of MB over a few providers, found by the soak)."""
+
+    __slots__ = ("_bytes", "_expiry", "_replies", "budget", "size")
 
     def __init__(self, size: int, budget: int | None = None) -> None:
         self.size = size
         self.budget = budget
         self._bytes = 0
-        self._replies: OrderedDict[str, Reply] = OrderedDict()
+        self._replies: OrderedDict[str, tuple[Reply, int]] = OrderedDict()
+        """Exchange id → (reply, when it may be forgotten, epoch ms)."""
+        self._expiry: list[tuple[int, str]] = []
+        """A heap of (when, exchange id); an entry whose reply was replaced or evicted is skipped."""
 
     @property
     def bytes(self) -> int:
@@ -55,22 +66,36 @@ class ReplyMemory:
         return len(self._replies)
 
     def get(self, exchange_id: str) -> Reply | None:
-        return self._replies.get(exchange_id)
+        kept = self._replies.get(exchange_id)
+        return None if kept is None else kept[0]
 
-    def remember(self, replies: Iterable[Reply]) -> None:
-        """Replies that went out (the oldest are forgotten beyond ``size``)."""
-        for reply in replies:
-            old = self._replies.pop(reply.exchange_id, None)
-            if old is not None:
-                self._bytes -= _cost(old)
-            self._replies[reply.exchange_id] = reply
+    def remember(self, replies: Iterable[tuple[Reply, int]], at_ms: int | None = None) -> None:
+        """Replies that went out, each with its request's deadline (epoch ms); forgets those whose
+        deadline passed :data:`REPLAY_GRACE_MS` ago, then the oldest beyond ``size`` or ``budget``."""
+        for reply, deadline_ms in replies:
+            self._forget(reply.exchange_id)
+            until = deadline_ms + REPLAY_GRACE_MS
+            self._replies[reply.exchange_id] = (reply, until)
             self._bytes += _cost(reply)
+            heapq.heappush(self._expiry, (until, reply.exchange_id))
+        now = now_ms() if at_ms is None else at_ms
+        expiry, replies_ = self._expiry, self._replies
+        while expiry and expiry[0][0] <= now:
+            until, eid = heapq.heappop(expiry)
+            kept = replies_.get(eid)
+            if kept is not None and kept[1] == until:
+                self._forget(eid)
         budget = self.budget
-        while self._replies and (
-            len(self._replies) > self.size or (budget is not None and self._bytes > budget)
-        ):
-            _, gone = self._replies.popitem(last=False)
-            self._bytes -= _cost(gone)
+        while replies_ and (len(replies_) > self.size or (budget is not None and self._bytes > budget)):
+            self._forget(next(iter(replies_)))
+        if len(expiry) > 2 * len(replies_) + 1024:  # entries of replies replaced or evicted: rebuild
+            self._expiry = [(until, eid) for eid, (_, until) in replies_.items()]
+            heapq.heapify(self._expiry)
+
+    def _forget(self, exchange_id: str) -> None:
+        kept = self._replies.pop(exchange_id, None)
+        if kept is not None:
+            self._bytes -= _cost(kept[0])
 
 
 @dataclass(frozen=True, slots=True)

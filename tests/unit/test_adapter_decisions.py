@@ -8,6 +8,7 @@ from aiokafka import TopicPartition
 
 from adapters.runtime.decisions import (
     ENTRY_BYTES,
+    REPLAY_GRACE_MS,
     DeadLetter,
     Expired,
     Handle,
@@ -35,11 +36,16 @@ def reply(eid: str) -> Reply:
     return Reply(exchange_id=eid, status=200, outcome=ReplyOutcome.OK, body=b"{}")
 
 
+def sent(*replies: Reply, deadline_ms: int | None = None) -> list[tuple[Reply, int]]:
+    """Replies as the adapter remembers them: with their requests' deadline (default: in 5 s)."""
+    return [(r, now_ms() + 5_000 if deadline_ms is None else deadline_ms) for r in replies]
+
+
 def test_the_reply_memory_answers_the_last_replies_and_forgets_the_oldest() -> None:
     memory = ReplyMemory(size=2)
-    memory.remember([reply("a"), reply("b")])
-    memory.remember([reply("a")])  # seen again: now the newest
-    memory.remember([reply("c")])
+    memory.remember(sent(reply("a"), reply("b")))
+    memory.remember(sent(reply("a")))  # seen again: now the newest
+    memory.remember(sent(reply("c")))
     assert (memory.get("a"), memory.get("b")) == (reply("a"), None)
     assert memory.get("c") == reply("c")
     assert len(memory) == 2
@@ -50,20 +56,46 @@ def test_the_reply_memory_keeps_to_its_byte_budget_too() -> None:
         Reply(exchange_id=f"e{i}", status=200, outcome=ReplyOutcome.OK, body=b"x" * 1000) for i in range(50)
     ]
     memory = ReplyMemory(size=1_000, budget=10_000)
-    memory.remember(big)
+    memory.remember(sent(*big))
     assert 0 < memory.bytes <= 10_000
     assert len(memory) == 10_000 // (ENTRY_BYTES + 1000 + len("e49"))  # the newest that fit
     assert memory.get("e49") is not None
     assert memory.get("e0") is None  # the oldest went first
-    memory.remember([big[49]])  # again: counted once
+    memory.remember(sent(big[49]))  # again: counted once
     assert memory.bytes <= 10_000
-    memory.remember([reply("small")])
+    memory.remember(sent(reply("small")))
     assert memory.get("small") == reply("small")
+
+
+def test_the_reply_memory_forgets_a_reply_once_its_deadline_and_the_grace_passed() -> None:
+    memory = ReplyMemory(size=1_000)
+    memory.remember(sent(reply("short"), deadline_ms=1_000), at_ms=0)
+    memory.remember(sent(reply("long"), deadline_ms=100_000), at_ms=0)
+    memory.remember(sent(reply("again"), deadline_ms=1_000), at_ms=0)
+    memory.remember(sent(reply("again"), deadline_ms=50_000), at_ms=0)  # redelivered: kept to the new one
+    memory.remember([], at_ms=1_000 + REPLAY_GRACE_MS - 1)
+    assert len(memory) == 3, "within the grace after its deadline: still answered"
+    memory.remember([], at_ms=1_000 + REPLAY_GRACE_MS)
+    kept = (memory.get("short"), memory.get("again"), memory.get("long"))
+    assert kept == (None, reply("again"), reply("long"))
+    assert memory.bytes == 2 * (ENTRY_BYTES + 2) + len("again") + len("long")
+    memory.remember([], at_ms=100_000 + REPLAY_GRACE_MS)
+    assert (len(memory), memory.bytes) == (0, 0)
+
+
+def test_the_reply_memory_stays_flat_under_a_steady_load() -> None:
+    """A reply a millisecond for ten minutes, each with a 3 s deadline: the memory holds what the last
+    deadline and grace cover, not the whole count; its heap of expiries stays as small."""
+    memory = ReplyMemory(size=1_000_000)
+    for t in range(0, 600_000, 10):
+        memory.remember(sent(*(reply(f"{t}-{i}") for i in range(10)), deadline_ms=t + 3_000), at_ms=t)
+    assert len(memory) <= 10 * (3_000 + REPLAY_GRACE_MS) // 10 + 10
+    assert len(memory._expiry) <= 2 * len(memory) + 1024
 
 
 def test_a_request_is_dead_lettered_replayed_skipped_or_handled() -> None:
     memory = ReplyMemory(size=10)
-    memory.remember([reply("seen")])
+    memory.remember(sent(reply("seen")))
     assert isinstance(triage([("ndxp-exchange-id", None)], memory), DeadLetter)
     assert isinstance(triage([], memory), DeadLetter)
     replayed = triage(meta("seen").headers(), memory)
@@ -73,7 +105,7 @@ def test_a_request_is_dead_lettered_replayed_skipped_or_handled() -> None:
     assert isinstance(triage(late.headers(), memory, now_ms=1_000), Expired), "at its deadline: skipped"
     assert isinstance(triage(late.headers(), memory, now_ms=999), Handle)
     # An answer from memory wins over the deadline: its caller may still be waiting for it.
-    memory.remember([reply("late")])
+    memory.remember(sent(reply("late"), deadline_ms=1_000), at_ms=1_000)
     assert isinstance(triage(late.headers(), memory, now_ms=5_000), Replay)
 
 
