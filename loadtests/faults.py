@@ -15,7 +15,12 @@ them (``<stats topic>.seen-batches``). Loopback only; every phase bounded.
     .venv/bin/python loadtests/faults.py                       # all faults, ~5 minutes
     .venv/bin/python loadtests/faults.py --nodes 1 --faults adapters,gateway-worker --before 3 --after 8
 
-Exit status 1 if any fault lost or double-counted an exchange.
+Under ``sse-kafka-down`` (every broker stopped 10 s, as ``kafka-down``) an event stream stays open
+and its provider publishes an event every 50 ms throughout: it prints what was published (and refused
+while Kafka was down), what the stream delivered, missing or twice (both must be 0), and how often
+the stream had to be opened again (with ``Last-Event-ID``, where it was).
+
+Exit status 1 if any fault lost or double-counted an exchange, or the stream lost or repeated an event.
 """
 
 from __future__ import annotations
@@ -50,10 +55,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FAULTS = (
     "broker-kill", "gateway-worker", "adapters", "counter", "keeper", "broker-pause", "kafka-down",
-    "broker-lost",
+    "sse-kafka-down", "broker-lost",
 )  # fmt: skip
 """In the order they run: ``broker-lost`` (a broker SIGKILLed and never restarted) last, as the rest of
 a run would be on two of three brokers."""
+STREAM = ("bca", "address_changed", "demo-bca", "demo-hanoi")
+"""The event stream the ``sse-kafka-down`` fault watches: provider, type, the publisher's key and a
+subscriber's key (deploy/registry.yaml)."""
 WINDOW_S = 10.0
 """A fault's window (for its failed share and p99): from its injection to its end, or this long after
 the injection if it ends sooner (a SIGKILL ends at once; its effects do not)."""
@@ -170,6 +178,113 @@ async def load(url: str, users: int, until: float, phase: Phase, stop: asyncio.E
     await asyncio.gather(*(user(i) for i in range(users)))
 
 
+@dataclass
+class Watched:
+    """An event stream under a fault: what was published (accepted with 202), what the stream gave."""
+
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, int] = field(default_factory=dict)
+    received: list[str] = field(default_factory=list)
+    reopened: int = 0
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def result(self) -> dict[str, object]:
+        got, wanted = set(self.received), set(self.accepted)
+        return {
+            "published": len(self.accepted),
+            "publish_refused": self.refused,
+            "received": len(self.received),
+            "missing": len(wanted - got),
+            "twice": len(self.received) - len(got),
+            # A publish answered 503 may still reach Kafka once it is back (aiokafka sends what it
+            # could not deliver in time): delivered although refused, reported, never an error.
+            "unasked": len(got - wanted),
+            "reopened": self.reopened,
+        }
+
+
+async def watch_stream(url: str, watched: Watched, stop: asyncio.Event) -> None:
+    """Subscribe to :data:`STREAM` and read it until ``stop`` is set and every accepted event arrived
+    (bounded: 60 s after ``stop``). A stream that ends is opened again with ``Last-Event-ID``, after
+    its ``retry:`` hint, as an SSE client does."""
+    import aiohttp
+
+    provider, type_, _, subscriber = STREAM
+    path = f"/v1/events/{provider}/{type_}"
+    last_id, retry_s, give_up = "", 1.0, 0.0
+
+    def done() -> bool:
+        nonlocal give_up
+        if not stop.is_set():
+            return False
+        give_up = give_up or time.monotonic() + 60
+        return set(watched.accepted) <= set(watched.received) or time.monotonic() > give_up
+
+    async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=None)) as http:
+        while not done():
+            headers = {"Authorization": f"Bearer {subscriber}", "Accept": "text/event-stream"}
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            try:
+                async with http.get(path, headers=headers) as resp:
+                    if resp.status == 200:
+                        watched.opened.set()
+                    fields: dict[str, str] = {}
+                    while resp.status == 200 and not done():
+                        try:
+                            async with asyncio.timeout(1):
+                                raw = await resp.content.readline()
+                        except TimeoutError:
+                            continue
+                        if not raw:
+                            break  # the gateway ended the stream: open it again where it was
+                        line = raw.decode().rstrip("\n")
+                        if line == "":
+                            if "data" in fields:
+                                last_id = fields.get("id", last_id)
+                                watched.received.append(orjson.loads(fields["data"])["event_id"])
+                            fields = {}
+                        elif line.startswith("retry:"):
+                            retry_s = int(line[6:]) / 1000
+                        elif not line.startswith(":"):
+                            name, _, value = line.partition(":")
+                            fields[name] = value.removeprefix(" ")
+                    if done():
+                        return
+            except (aiohttp.ClientError, OSError):
+                pass
+            watched.reopened += 1
+            await asyncio.sleep(retry_s)
+
+
+async def publish_events(url: str, watched: Watched, stop: asyncio.Event) -> None:
+    """Publish an event of :data:`STREAM` every 50 ms until ``stop`` (once the stream is open)."""
+    import aiohttp
+
+    provider, type_, publisher, _ = STREAM
+    await watched.opened.wait()
+    n = 0
+    async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while not stop.is_set():
+            n += 1
+            data = {
+                "cccd": f"0010900{n % 100000:05d}", "moved_on": "2026-12-01",
+                "address": {"street": f"Số {n}", "ward": "Phường Cửa Nam", "province": "Hà Nội"},
+                "registration_id": f"TT{n:012X}",
+            }  # fmt: skip
+            try:
+                async with http.post(f"/v1/events/{provider}/{type_}", json=data,
+                                     headers={"Authorization": f"Bearer {publisher}"}) as resp:  # fmt: skip
+                    if resp.status == 202:
+                        watched.accepted.append((await resp.json())["event_id"])
+                    else:
+                        watched.refused[str(resp.status)] = watched.refused.get(str(resp.status), 0) + 1
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                kind = type(exc).__name__
+                watched.refused[kind] = watched.refused.get(kind, 0) + 1
+            await asyncio.sleep(0.05)
+
+
 async def counted_ids(bootstrap: str, topic: str) -> set[str]:
     """Every exchange id the counter has committed as counted."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
@@ -262,6 +377,7 @@ def fault_actions(name: str, kafka: LocalKafka, up: int) -> tuple[Callable[[], N
         "broker-lost": (lose_broker, lambda: None),
         "broker-pause": (lambda: signal_brokers(signal.SIGSTOP, [victim]), resume([victim])),
         "kafka-down": (lambda: signal_brokers(signal.SIGSTOP, everyone), resume(everyone)),
+        "sse-kafka-down": (lambda: signal_brokers(signal.SIGSTOP, everyone), resume(everyone)),
     }
     return actions[name]
 
@@ -283,6 +399,13 @@ async def run_phase(
     started = time.monotonic()
     stop = asyncio.Event()
     loader = asyncio.create_task(load(base, args.users, started + args.before + 60 + args.after, phase, stop))
+    watched, streams = None, []
+    if name == "sse-kafka-down":  # an open event stream through the outage, events published throughout
+        watched = Watched()
+        streams = [asyncio.create_task(watch_stream(base, watched, stop)),
+                   asyncio.create_task(publish_events(base, watched, stop))]  # fmt: skip
+        async with asyncio.timeout(30):
+            await watched.opened.wait()
     await asyncio.sleep(args.before)
     print(f"  {name}: injecting", flush=True)
     phase.injected = time.monotonic()
@@ -293,6 +416,7 @@ async def run_phase(
     await asyncio.sleep(args.after)
     stop.set()
     await loader  # every user has finished its call in hand: the answered set is final
+    await asyncio.gather(*streams)
     answered = frozenset(phase.answered)
     # Every answered exchange must be counted, eventually: wait (bounded) until
     # the counter has caught up with all of them, then for its totals to settle.
@@ -327,6 +451,7 @@ async def run_phase(
         else round(phase.first_ok_since_injected, 2),
         "statuses": phase.statuses,
         **phase.during(),
+        **({"stream": watched.result()} if watched is not None else {}),
     }
 
 
@@ -382,10 +507,26 @@ def main() -> int:
             f"{r['fault']:13} {r['answered']:8d} {r['not_counted']:11d} {r['counted_twice']:13d}"
             f" {r['count_lost']:10d} {share:>22} {r['window_p99_ms'] or '-':>7} {ok:>8}  {kinds}"
         )
+    for r in results:
+        if "stream" in r:
+            st = cast(dict[str, object], r["stream"])
+            print(
+                f"{r['fault']}: the event stream: {st['published']} events published (refused while Kafka"
+                f" was down: {st['publish_refused'] or 'none'}), {st['received']} received, {st['missing']}"
+                f" missing, {st['twice']} twice, {st['unasked']} refused but delivered;"
+                f" the stream opened again {st['reopened']} time(s)"
+            )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
     bad = [
-        r for r in results if r["not_counted"] or r["counted_twice"] or r["count_lost"] or not r["answered"]
+        r
+        for r in results
+        if r["not_counted"]
+        or r["counted_twice"]
+        or r["count_lost"]
+        or not r["answered"]
+        or cast(dict[str, int], r.get("stream", {})).get("missing")
+        or cast(dict[str, int], r.get("stream", {})).get("twice")
     ]
     return 1 if bad else 0
 
