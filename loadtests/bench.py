@@ -38,7 +38,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 
@@ -121,11 +121,17 @@ def _operator(url: str) -> urllib.request.Request:
 
 def stats_total(base: str) -> int:
     """Today's /v1/stats total, or -1 if the gateway does not answer (a fault in progress)."""
+    stats = stats_today(base)
+    return -1 if stats is None else int(stats["total"])
+
+
+def stats_today(base: str) -> dict[str, Any] | None:
+    """Today's /v1/stats as an operator sees them, or None if the gateway does not answer."""
     try:
         with urllib.request.urlopen(_operator(f"{base}/v1/stats"), timeout=10) as resp:
-            return int(json.loads(resp.read())["total"])
+            return cast(dict[str, Any], json.loads(resp.read()))
     except OSError:
-        return -1
+        return None
 
 
 def settled_total(base: str, within_s: float = 60, quiet_s: float = 2.0) -> int:

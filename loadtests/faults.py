@@ -46,8 +46,9 @@ from broker.dev.localkafka import LocalKafka
 from broker.errors import KafkaUnavailable
 from broker.kafka import read_to_end, topic_partitions
 from broker.lifecycle import sigterm_as_exit
+from broker.model.records import Mode, TxRecord
 from broker.settings import Settings
-from loadtests.bench import running_platform, settled_total
+from loadtests.bench import running_platform, settled_total, stats_today
 from loadtests.gen import requests
 from loadtests.running import cmdline, descendants
 
@@ -188,9 +189,14 @@ class Watched:
     reopened: int = 0
     opened: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def result(self) -> dict[str, object]:
+    def result(self, published: int, delivered: int) -> dict[str, object]:
+        """With what /v1/stats counted meanwhile: ``published`` events of the type, ``delivered`` to
+        the subscriber (both must be what reached Kafka and the stream: counted exactly)."""
         got, wanted = set(self.received), set(self.accepted)
         return {
+            "counted_published": published,
+            "counted_delivered": delivered,
+            "count_exact": published == len(got) and delivered == len(self.received),
             "published": len(self.accepted),
             "publish_refused": self.refused,
             "received": len(self.received),
@@ -283,6 +289,33 @@ async def publish_events(url: str, watched: Watched, stop: asyncio.Event) -> Non
                 kind = type(exc).__name__
                 watched.refused[kind] = watched.refused.get(kind, 0) + 1
             await asyncio.sleep(0.05)
+
+
+def stream_counts(base: str) -> tuple[int, int]:
+    """(published, delivered to the subscriber) of :data:`STREAM` in today's /v1/stats."""
+    provider, type_, _, subscriber = STREAM
+    stats = stats_today(base) or {}
+    events = stats.get("events", {})
+    name = f"{provider}/{type_}"
+    return int(events.get("published", {}).get(name, 0)), int(events.get("delivered", {}).get(
+        subscriber.removeprefix("demo-"), {}).get(name, 0))  # fmt: skip
+
+
+async def event_record_ids(bootstrap: str, tx_topic: str) -> set[str]:
+    """The ids of the transaction records that count events (publications, deliveries), not exchanges:
+    /v1/stats' total is the exchanges', the events' are apart."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    await consumer.start()
+    ids: set[str] = set()
+    try:
+        for tp in await topic_partitions(consumer, tx_topic):
+            for m in await read_to_end(consumer, tp):
+                rec = TxRecord.decode(m.value or b"")
+                if rec.mode in (Mode.EVENT, Mode.DELIVERY):
+                    ids.add(rec.exchange_id)
+    finally:
+        await consumer.stop()
+    return ids
 
 
 async def counted_ids(bootstrap: str, topic: str) -> set[str]:
@@ -399,8 +432,9 @@ async def run_phase(
     started = time.monotonic()
     stop = asyncio.Event()
     loader = asyncio.create_task(load(base, args.users, started + args.before + 60 + args.after, phase, stop))
-    watched, streams = None, []
-    if name == "sse-kafka-down":  # an open event stream through the outage, events published throughout
+    watched, streams, counts0 = None, [], (0, 0)
+    if name == "sse-kafka-down":
+        counts0 = stream_counts(base)  # an open event stream through the outage, events published throughout
         watched = Watched()
         streams = [asyncio.create_task(watch_stream(base, watched, stop)),
                    asyncio.create_task(publish_events(base, watched, stop))]  # fmt: skip
@@ -428,6 +462,11 @@ async def run_phase(
     total1 = await asyncio.to_thread(settled_total, base, within_s=90, quiet_s=3)
     seen1 = await counted_ids(bootstrap, seen_topic)
     new_counted = seen1 - seen0
+    stream: dict[str, object] = {}
+    if watched is not None:  # events are counted apart from exchanges: take their records out
+        new_counted -= await event_record_ids(bootstrap, settings.tx_topic)
+        counts1 = stream_counts(base)
+        stream["stream"] = watched.result(counts1[0] - counts0[0], counts1[1] - counts0[1])
     missing = answered - seen1
     if missing:
         print(f"  {name}: {len(missing)} answered exchange(s) not counted; where their records are:")
@@ -451,7 +490,7 @@ async def run_phase(
         else round(phase.first_ok_since_injected, 2),
         "statuses": phase.statuses,
         **phase.during(),
-        **({"stream": watched.result()} if watched is not None else {}),
+        **stream,
     }
 
 
@@ -514,7 +553,9 @@ def main() -> int:
                 f"{r['fault']}: the event stream: {st['published']} events published (refused while Kafka"
                 f" was down: {st['publish_refused'] or 'none'}), {st['received']} received, {st['missing']}"
                 f" missing, {st['twice']} twice, {st['unasked']} refused but delivered;"
-                f" the stream opened again {st['reopened']} time(s)"
+                f" the stream opened again {st['reopened']} time(s); counted {st['counted_published']}"
+                f" published, {st['counted_delivered']} delivered"
+                f" ({'exact' if st['count_exact'] else 'NOT exact'})"
             )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
