@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -213,8 +214,6 @@ async def watch_stream(url: str, watched: Watched, stop: asyncio.Event) -> None:
     """Subscribe to :data:`STREAM` and read it until ``stop`` is set and every accepted event arrived
     (bounded: 60 s after ``stop``). A stream that ends is opened again with ``Last-Event-ID``, after
     its ``retry:`` hint, as an SSE client does."""
-    import aiohttp
-
     provider, type_, _, subscriber = STREAM
     path = f"/v1/events/{provider}/{type_}"
     last_id, retry_s, give_up = "", 1.0, 0.0
@@ -265,8 +264,6 @@ async def watch_stream(url: str, watched: Watched, stop: asyncio.Event) -> None:
 
 async def publish_events(url: str, watched: Watched, stop: asyncio.Event) -> None:
     """Publish an event of :data:`STREAM` every 50 ms until ``stop`` (once the stream is open)."""
-    import aiohttp
-
     provider, type_, publisher, _ = STREAM
     await watched.opened.wait()
     n = 0
