@@ -92,12 +92,17 @@ async def publish(request: web.Request) -> web.Response:
             provider=ev.provider, type_=ev.type, key=key, data=data,
             purpose=purpose(request),  # the publisher's officer (X-NDXP-User-Id) is not fanned out
         )  # fmt: skip
-        await gw.hand_off(
-            gw.settings.names.events(ev.provider, ev.type), value, what="the event", key=key.encode()
-        )
-    gw.metrics.events_published.labels(ev.provider, ev.type).inc()
-    # The event is durable: a record that cannot be written is counted lost (and alerted on), not undone.
-    await gw.recorder.write(published_record(event_id, ev.provider, ev.type, t_ms, body), RECORD_WITHIN_S)
+        rec = published_record(event_id, ev.provider, ev.type, t_ms, body)
+
+        async def counted() -> None:
+            gw.metrics.events_published.labels(ev.provider, ev.type).inc()
+            # The event is durable: a record that cannot be written is counted lost (alerted on), not undone.
+            await gw.recorder.write(rec, RECORD_WITHIN_S)
+
+        # Answered 503 yet acknowledged later (the producer sends it again), it is counted then.
+        topic = gw.settings.names.events(ev.provider, ev.type)
+        await gw.hand_off(topic, value, what="the event", key=key.encode(), if_late=counted)
+    await counted()
     return web.Response(
         status=202, body=orjson.dumps({"event_id": event_id}), content_type="application/json"
     )

@@ -13,6 +13,11 @@ request) are not written one by one: ``tally()`` adds them up per
 (provider, service, outcome, status), and once a second one record with
 their ``count`` goes to Kafka. The tally is bounded by those keys; what
 cannot be written by shutdown is counted as lost.
+
+What Kafka acknowledges after the gateway answered 503 (a publication the
+producer sent again once Kafka was back) is recorded then:
+``when_delivered()`` follows the delivery past its request and runs what
+counts it; shutdown waits for those within its grace.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
-from broker.kafka import Sender
+from broker.kafka import Sender, Written
 from broker.kafka.routing import LeaderWatch
 from broker.metrics import GatewayMetrics
 from broker.model.envelope import new_exchange_id
@@ -46,6 +52,7 @@ class TxRecorder:
         self._pending = 0
         self._tally: dict[tuple[str, str, str, int], tuple[TxRecord, int]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._late: set[asyncio.Task[None]] = set()
 
     @property
     def pending(self) -> int:
@@ -65,12 +72,48 @@ class TxRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
+        await self._follow_late(within_s)
         await self.flush(within_s)
         lost = sum(n for _, n in self._tally.values())
         if lost:
             log.error("%d tallied rejections could not be recorded before shutdown", lost)
             self.metrics.tx_lost.inc(lost)
             self._tally.clear()
+
+    def when_delivered(
+        self, delivery: asyncio.Future[Written], then: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Run ``then`` once ``delivery`` (given up on by its request) is acknowledged after all."""
+
+        async def follow() -> None:
+            try:
+                await delivery  # the producer's own delivery timeout bounds it
+            except Exception:  # never reached Kafka: nothing happened, nothing to count
+                return
+            await then()
+
+        self.metrics.tx_pending.inc()
+        task = asyncio.create_task(follow(), name="late delivery")
+        self._late.add(task)
+        task.add_done_callback(self._late_done)
+
+    def _late_done(self, task: asyncio.Task[None]) -> None:
+        self._late.discard(task)
+        self.metrics.tx_pending.dec()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("recording a late delivery failed: %s", task.exception())
+
+    async def _follow_late(self, within_s: float) -> None:
+        """Wait up to ``within_s`` for late deliveries; those still unsettled are counted lost."""
+        if not self._late:
+            return
+        _, undecided = await asyncio.wait(set(self._late), timeout=within_s)
+        for task in undecided:
+            task.cancel()
+        if undecided:
+            log.error("%d late deliveries unsettled at shutdown: counted lost", len(undecided))
+            self.metrics.tx_lost.inc(len(undecided))
+        await asyncio.gather(*undecided, return_exceptions=True)
 
     def tally(self, rec: TxRecord) -> None:
         """Count an unauthenticated rejection; written with others of its kind within a second."""

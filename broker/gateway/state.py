@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,7 @@ class Gateway:
         headers: Sequence[tuple[str, bytes]] | None = None,
         at_most_s: float | None = None,
         hedge: bool = False,
+        if_late: Callable[[], Awaitable[object]] | None = None,
     ) -> Written:
         """Hand ``value`` to Kafka and wait for its acknowledgement (acks=all).
 
@@ -73,8 +74,13 @@ class Gateway:
         (or ``at_most_s``, if shorter). A record with no key and no partition goes to a partition
         whose leader answers (``hedge``: and, held up, once more to another; only for what is read
         once by id, see :mod:`broker.kafka.routing`).
+
+        A keyed record answered 503 for want of an acknowledgement may still reach Kafka: the producer
+        keeps it and sends it again. ``if_late`` is then run once Kafka acknowledges it (by the
+        recorder, which owns what outlives the request): a publication is counted if it happened.
         """
         within_s = SEND_WITHIN_S if at_most_s is None else min(at_most_s, SEND_WITHIN_S)
+        delivery: asyncio.Future[Written] | None = None
         try:
             async with asyncio.timeout(within_s):
                 if key is None and partition is None and hedge:
@@ -85,9 +91,13 @@ class Gateway:
                     delivery = await self.producer.send(
                         topic, value, key=key, partition=partition, headers=headers
                     )
-                    written = await delivery
+                    written = await (delivery if if_late is None else asyncio.shield(delivery))
         except TimeoutError as exc:
-            raise Unavailable(f"Kafka did not take {what} in time; retry shortly", retry_after=1) from exc
+            maybe = ""
+            if delivery is not None and if_late is not None:
+                self.recorder.when_delivered(delivery, if_late)
+                maybe = " (it may still be taken, and counted, once Kafka is back)"
+            raise Unavailable(f"Kafka did not take {what} in time{maybe}; retry shortly", retry_after=1) from exc
         except KafkaError as exc:
             raise Unavailable(f"{what} could not be handed to Kafka: {exc}", retry_after=1) from exc
         self.kafka.saw_success()

@@ -11,6 +11,8 @@ import pytest
 from aiohttp import ClientSession
 
 from broker.dev.localkafka import LocalKafka
+from broker.kafka import make_consumer, topic_partitions
+from broker.model.records import Mode, TxRecord
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import (
     EchoHandlers,
@@ -143,3 +145,29 @@ async def test_an_open_event_stream_survives_a_kafka_outage_and_misses_nothing(
     assert len(extra) <= 1, extra
     assert all(e["data"]["subject"] == "s9" for _, e in seen if e["event_id"] in extra)
     assert len(ids) == len(set(ids)), "no event twice"
+    # And every event a subscriber received is counted as published, that late one too: exactly once.
+    await asyncio.to_thread(kafka.start)
+    try:
+        published = [r.exchange_id for r in await _tx_records(settings) if r.mode == Mode.EVENT]
+    finally:
+        await asyncio.to_thread(kafka.stop)
+    assert sorted(published) == sorted(ids), (extra, len(published), len(ids))
+
+
+async def _tx_records(settings: Settings) -> list[TxRecord]:
+    """Every transaction record in the topic, read to its end."""
+    consumer = make_consumer(settings, group_id=None, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, settings.tx_topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        got: list[TxRecord] = []
+        async with asyncio.timeout(60):
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                for msgs in (await consumer.getmany(timeout_ms=200)).values():
+                    got += [TxRecord.decode(m.value or b"") for m in msgs]
+        return got
+    finally:
+        await consumer.stop()

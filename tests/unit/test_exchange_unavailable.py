@@ -122,3 +122,39 @@ async def test_the_deadline_the_provider_sees_is_now_plus_the_service_timeout(
     assert before + 4000 - 50 <= meta.deadline_ms <= time.time() * 1000 + 4000, (
         f"deadline {meta.deadline_ms - before:.0f} ms ahead, want the service's 4000 ms"
     )
+
+
+async def test_a_keyed_hand_off_answered_503_runs_its_late_hook_once_kafka_acknowledges_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event published during an outage is answered 503, yet the producer keeps the record and
+    Kafka may take it later: then (and only then) it is counted. Mutation once missed: the shielded
+    delivery dropped, the publication delivered to subscribers and never counted."""
+    from broker.gateway.recorder import TxRecorder
+
+    monkeypatch.setattr("broker.gateway.state.SEND_WITHIN_S", 0.2)
+    producer = SilentProducer()
+    futures: list[asyncio.Future[Any]] = []
+
+    async def send(*args: Any, **kwargs: Any) -> Any:
+        futures.append(await SilentProducer.send(producer, *args, **kwargs))
+        return futures[-1]
+
+    producer.send = send  # type: ignore[method-assign]
+    gw, _, _ = fake_gateway(tmp_path, producer)
+    gw.recorder = TxRecorder("ndxp.tx", gw.metrics)
+    counted: list[int] = []
+
+    async def late() -> None:
+        counted.append(1)
+
+    for hook in (late, None):
+        with pytest.raises(Unavailable):
+            await gw.hand_off("ndxp.events.t", b"{}", what="the event", key=b"s1", if_late=hook)
+    assert len(futures) == 2
+    assert not futures[0].cancelled(), "the delivery outlives its request"
+    assert futures[1].cancelled(), "without a hook, nothing waits for it"
+    futures[0].set_result(object())
+    await asyncio.sleep(0.01)
+    assert counted == [1]
+    await gw.recorder.stop(within_s=0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -168,3 +169,34 @@ async def test_tallied_rejections_become_one_record_per_kind_and_a_failed_write_
     assert kept.exchange_id != "x-first", "a tally is its own record, under a fresh id"
     await recorder.stop(within_s=0.2)
     assert len(producer.records) == 2, "stop() has nothing left to write"
+
+
+async def test_a_late_delivery_is_recorded_once_acknowledged_and_never_if_it_failed() -> None:
+    """What Kafka acknowledges after its request gave up (503) is counted then; a send that failed is
+    not; one still unsettled at shutdown is counted lost, within the grace."""
+    metrics = GatewayMetrics(CollectorRegistry())
+    recorder = TxRecorder("ndxp.tx", metrics)
+    recorder.start(FakeProducer("ok"))
+    loop = asyncio.get_running_loop()
+    acked, failed, unsettled = (loop.create_future() for _ in range(3))
+    ran: list[str] = []
+
+    def then(name: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            ran.append(name)
+
+        return run
+
+    recorder.when_delivered(acked, then("acked"))
+    recorder.when_delivered(failed, then("failed"))
+    recorder.when_delivered(unsettled, then("unsettled"))
+    assert _value(metrics, "ndxp_tx_records_pending") == 3
+    acked.set_result(RecordMetadata("ndxp.events", 0, 7))
+    failed.set_exception(ConnectionError("broker gone"))
+    await asyncio.sleep(0.01)
+    assert ran == ["acked"]
+    async with asyncio.timeout(30):  # a hang guard: stop() waits 0.2 s for the unsettled one
+        await recorder.stop(within_s=0.2)
+    assert ran == ["acked"]
+    assert _value(metrics, "ndxp_tx_records_lost_total") == 1
+    assert _value(metrics, "ndxp_tx_records_pending") == 0
