@@ -97,7 +97,8 @@ class Gateway:
             if delivery is not None and if_late is not None:
                 self.recorder.when_delivered(delivery, if_late)
                 maybe = " (it may still be taken, and counted, once Kafka is back)"
-            raise Unavailable(f"Kafka did not take {what} in time{maybe}; retry shortly", retry_after=1) from exc
+            detail = f"Kafka did not take {what} in time{maybe}; retry shortly"
+            raise Unavailable(detail, retry_after=1) from exc
         except KafkaError as exc:
             raise Unavailable(f"{what} could not be handed to Kafka: {exc}", retry_after=1) from exc
         self.kafka.saw_success()
