@@ -91,6 +91,13 @@ class Settings:
         shown="3, fewer on a smaller cluster",
         help="Replication factor of the topics the platform creates.",
     )
+    kafka_send_within_s: float = setting(
+        6.0, minimum=0.1,
+        help="Longest the gateway waits for Kafka to acknowledge a request or event before answering 503 "
+        "(never past the service's deadline). Above the time Kafka takes to fence a lost broker "
+        "(broker.session.timeout.ms: 3 s on the local 3-node cluster, 9 s by default), so that a "
+        "broker's loss delays calls instead of failing them.",
+    )  # fmt: skip
     kafka_start_timeout_s: float = setting(120.0, minimum=1, help="How long a local Kafka may take to start.")
     kafka_security_protocol: str = setting(
         "PLAINTEXT",

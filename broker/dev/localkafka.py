@@ -588,6 +588,17 @@ class LocalKafka:
         if pid is not None:
             _terminate([(pid, proc)], grace)
 
+    def kill_node(self, node_id: int) -> None:
+        """SIGKILL one node, as a crash would (no controlled shutdown), and reap it; ``start_node``
+        starts it again."""
+        pid = self.pids.pop(node_id, None)
+        proc = self._procs.pop(node_id, None)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _terminate([(pid, proc)], grace=0)  # reaps it (a SIGTERM to a dead process changes nothing)
+
     def stop(self, *, grace: float = KAFKA_STOP_GRACE_S) -> None:
         """Stop every node (all at once, so no quorum is left waiting) and clean up."""
         victims = [(pid, self._procs.get(node_id)) for node_id, pid in self.pids.items()]

@@ -23,9 +23,6 @@ from broker.kafka.routing import LeaderWatch
 from broker.metrics import GatewayMetrics
 from broker.settings import Settings
 
-SEND_WITHIN_S = 3.0
-"""Longest wait for Kafka to acknowledge what the gateway hands it before answering 503 unavailable."""
-
 
 @dataclass(slots=True, kw_only=True)
 class Gateway:
@@ -70,7 +67,7 @@ class Gateway:
 
         The one place where the gateway turns Kafka's refusal or silence into
         an answer: :class:`Unavailable` (503, ``Retry-After: 1``) if Kafka
-        refuses ``what`` or does not acknowledge it within ``SEND_WITHIN_S``
+        refuses ``what`` or does not acknowledge it within ``settings.kafka_send_within_s``
         (or ``at_most_s``, if shorter). A record with no key and no partition goes to a partition
         whose leader answers (``hedge``: and, held up, once more to another; only for what is read
         once by id, see :mod:`broker.kafka.routing`).
@@ -79,7 +76,8 @@ class Gateway:
         keeps it and sends it again. ``if_late`` is then run once Kafka acknowledges it (by the
         recorder, which owns what outlives the request): a publication is counted if it happened.
         """
-        within_s = SEND_WITHIN_S if at_most_s is None else min(at_most_s, SEND_WITHIN_S)
+        limit = self.settings.kafka_send_within_s
+        within_s = limit if at_most_s is None else min(at_most_s, limit)
         delivery: asyncio.Future[Written] | None = None
         try:
             async with asyncio.timeout(within_s):

@@ -37,7 +37,7 @@ from broker.errors import (
 from broker.gateway.auth import authenticate
 from broker.gateway.context import Exchange, RecordedBy
 from broker.gateway.middleware import JSON, PROBLEM, preferences, problem_response, wait_seconds
-from broker.gateway.state import GATEWAY, SEND_WITHIN_S, Gateway
+from broker.gateway.state import GATEWAY, Gateway
 from broker.model.documents import (
     GRACE_MS,
     H_DOC,
@@ -102,7 +102,7 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
         ex.recorded_by = RecordedBy.KEEPER
         if idem is not None:
             # Our claim is in the log: the first claim on the key there wins.
-            if not await view.reached(partition, written.offset, SEND_WITHIN_S):
+            if not await view.reached(partition, written.offset, gw.settings.kafka_send_within_s):
                 raise Unavailable(
                     "the idempotency key could not be checked in time; retry shortly", retry_after=1
                 )
@@ -119,7 +119,7 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
             if idem is None:
                 # Read-your-writes: this worker's view holds the exchange before its caller learns its id,
                 # so a GET right after the 202 finds it here (bounded: the 202 is due either way).
-                await view.reached(partition, written.offset, SEND_WITHIN_S)
+                await view.reached(partition, written.offset, gw.settings.kafka_send_within_s)
             gw.metrics.async_accepted.labels(agency.id, svc.provider, svc.service).inc()
             ex.outcome = Outcome.ACCEPTED
             return _accepted(ex.id, replayed=False)

@@ -171,3 +171,54 @@ async def _tx_records(settings: Settings) -> list[TxRecord]:
         return got
     finally:
         await consumer.stop()
+
+
+async def test_one_broker_of_three_killed_under_load_fails_no_call(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    """SIGKILL one broker of three (never restarted) under load: with a service deadline longer than
+    the time Kafka takes to fence it (3 s here, decision record 0010), no call fails. Writes that wait
+    for the dead broker in a partition's ISR resume once it is fenced; requests and replies go to
+    partitions whose leaders answer; the adapter's consumer and transactions follow the new leaders."""
+    provider = f"tp{uuid.uuid4().hex[:10]}"
+    kafka = LocalKafka(base_settings, nodes=3, data_dir=tmp_path / "kafka")
+    bootstrap = await asyncio.to_thread(kafka.start)
+    settings = base_settings.replace(
+        kafka_bootstrap=bootstrap,
+        schemas_dir=write_contracts(tmp_path, provider, echo_timeout_ms=20_000),
+        registry_path=write_registry(tmp_path, provider),
+        instance_id=f"test-{uuid.uuid4().hex[:8]}",
+        shutdown_grace_s=3.0,
+    )
+    url = f"/v1/exchange/{provider}/echo"
+    calls: list[tuple[float, int, str]] = []  # (sent at, status, body unless 200)
+    killed_at = 0.0
+    try:
+        adapter, gateway = running_adapter(settings, provider, EchoHandlers()), running_gateway(settings)
+        async with adapter, gateway as (http, _):
+            stop = asyncio.Event()
+
+            async def caller(i: int) -> None:
+                for n in range(20_000):  # bounded in count; the run's 13 s bound it in time
+                    if stop.is_set():
+                        return
+                    sent = time.monotonic()
+                    async with http.post(url, json={"msg": f"{i}-{n}"}, headers=ALICE) as resp:
+                        body = "" if resp.status == 200 else await resp.text()
+                        calls.append((sent, resp.status, body))
+
+            callers = [asyncio.create_task(caller(i)) for i in range(8)]
+            await asyncio.sleep(3)
+            killed_at = time.monotonic()
+            await asyncio.to_thread(kafka.kill_node, max(kafka.pids))
+            await asyncio.sleep(10)
+            stop.set()
+            async with asyncio.timeout(60):  # a hang guard: each call ends within its 20 s deadline
+                await asyncio.gather(*callers)
+    finally:
+        await asyncio.to_thread(kafka.stop)
+    after = [c for c in calls if c[0] >= killed_at]
+    assert len(after) >= 8, f"calls went on after the kill: {len(after)} of {len(calls)}"
+    assert any(c[0] >= killed_at + 5 and c[1] == 200 for c in after), "served on two brokers"
+    failed = [(round(t - killed_at, 2), status, body[:200]) for t, status, body in calls if status > 200]
+    assert not failed, f"{len(failed)} of {len(calls)} calls failed: {failed[:5]}"

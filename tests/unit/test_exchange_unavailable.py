@@ -65,10 +65,10 @@ class RecordingProducer(SilentProducer):
 
 
 def fake_gateway(
-    tmp_path: Path, producer: Any, echo_timeout_ms: int = 5000
+    tmp_path: Path, producer: Any, echo_timeout_ms: int = 5000, send_within_s: float = 6.0
 ) -> tuple[Gateway, Service, Agency]:
     """A gateway worker's parts around ``producer``, with no Kafka; the test provider's echo service."""
-    settings = Settings(kafka_bootstrap="127.0.0.1:1")
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", kafka_send_within_s=send_within_s)
     catalog = Catalog.load(write_contracts(tmp_path, "prov", echo_timeout_ms=echo_timeout_ms))
     registry = Registry.load(write_registry(tmp_path, "prov"), catalog)
     metrics = GatewayMetrics(CollectorRegistry())
@@ -90,8 +90,7 @@ def fake_gateway(
 async def test_kafka_hand_off_failure_is_503_unavailable_and_leaves_nothing_in_flight(
     tmp_path: Path, producer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("broker.gateway.state.SEND_WITHIN_S", 0.3)
-    gw, svc, agency = fake_gateway(tmp_path, producer)
+    gw, svc, agency = fake_gateway(tmp_path, producer, send_within_s=0.3)
     ex = Exchange(id="x1", gateway="ndxp.reply.t", agency=agency, svc=svc, body=b'{"msg": "a"}')
     with pytest.raises(Unavailable) as info:
         await _round_trip(gw, ex)
@@ -111,9 +110,8 @@ async def test_the_deadline_the_provider_sees_is_now_plus_the_service_timeout(
 
     from broker.model.envelope import RequestMeta
 
-    monkeypatch.setattr("broker.gateway.state.SEND_WITHIN_S", 0.2)
     producer = RecordingProducer()
-    gw, svc, agency = fake_gateway(tmp_path, producer, echo_timeout_ms=4000)
+    gw, svc, agency = fake_gateway(tmp_path, producer, send_within_s=0.2, echo_timeout_ms=4000)
     ex = Exchange(id="x2", gateway="ndxp.reply.t", agency=agency, svc=svc, body=b'{"msg": "a"}')
     before = time.time() * 1000
     with pytest.raises(Unavailable):
@@ -132,7 +130,6 @@ async def test_a_keyed_hand_off_answered_503_runs_its_late_hook_once_kafka_ackno
     delivery dropped, the publication delivered to subscribers and never counted."""
     from broker.gateway.recorder import TxRecorder
 
-    monkeypatch.setattr("broker.gateway.state.SEND_WITHIN_S", 0.2)
     producer = SilentProducer()
     futures: list[asyncio.Future[Any]] = []
 
@@ -141,7 +138,7 @@ async def test_a_keyed_hand_off_answered_503_runs_its_late_hook_once_kafka_ackno
         return futures[-1]
 
     producer.send = send  # type: ignore[method-assign]
-    gw, _, _ = fake_gateway(tmp_path, producer)
+    gw, _, _ = fake_gateway(tmp_path, producer, send_within_s=0.2)
     gw.recorder = TxRecorder("ndxp.tx", gw.metrics)
     counted: list[int] = []
 
