@@ -382,8 +382,7 @@ def fault_actions(name: str, kafka: LocalKafka, up: int) -> tuple[Callable[[], N
                 os.kill(kafka.pids[node], sig)
 
     def lose_broker() -> None:
-        signal_brokers(signal.SIGKILL, [victim])
-        kafka.pids.pop(victim, None)  # never restarted: the rest of the run is on the others
+        kafka.kill_node(victim)  # never restarted: the rest of the run is on the others
 
     def restart_broker() -> None:
         time.sleep(10)
