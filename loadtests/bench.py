@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -168,11 +168,11 @@ def kafka_bootstrap(tmp: Path) -> Iterator[str]:
 
 @contextmanager
 def running_platform(
-    tmp: Path, bootstrap: str, workers: int, *up_args: str
+    tmp: Path, bootstrap: str, workers: int, *up_args: str, limits: Mapping[str, float] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     # The demo registry's per-client rate limits would answer 429 long before
-    # the platform's own limits show: measure with them raised 1000-fold.
-    load_test_registry(ROOT / "deploy" / "registry.yaml", tmp / "registry.yaml")
+    # the platform's own limits show: measure with them raised 1000-fold (``limits``: but these).
+    load_test_registry(ROOT / "deploy" / "registry.yaml", tmp / "registry.yaml", limits=limits)
     port = free_port()
     env = {
         **os.environ,

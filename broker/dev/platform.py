@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -184,17 +184,20 @@ LOAD_TEST_FACTOR = 1000
 """``ndxp up --load-test-limits`` and the benchmarks raise every agency's rate limit this much."""
 
 
-def load_test_registry(source: Path, out: Path, factor: int = LOAD_TEST_FACTOR) -> Path:
+def load_test_registry(
+    source: Path, out: Path, factor: int = LOAD_TEST_FACTOR, limits: Mapping[str, float] | None = None
+) -> Path:
     """A copy of the registry file ``source`` at ``out`` with every agency's rate limit raised
     ``factor``-fold (one without a limit from NDXP_DEFAULT_RATE_LIMIT's default: providers publish
     events): a load test then measures the platform, not the demo clients' own limits (``vcb``'s
-    100/s answers 429 first)."""
+    100/s answers 429 first). ``limits``: agencies whose limit is set as given instead (a limit's
+    own test)."""
     import yaml
 
     default = Settings().default_rate_limit
     registry = yaml.safe_load(source.read_text())
     for agency in registry["agencies"]:
-        agency["rate_limit"] = agency.get("rate_limit", default) * factor
+        agency["rate_limit"] = (limits or {}).get(agency["id"], agency.get("rate_limit", default) * factor)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(registry, allow_unicode=True))
     return out
