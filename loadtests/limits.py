@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,13 +41,13 @@ from threading import Thread
 
 import aiohttp
 import orjson
+import psutil
 
 from broker.dev.ports import free_port
 from broker.lifecycle import sigterm_as_exit
 from loadtests.bench import kafka_bootstrap, running_platform
-from loadtests.faults import part_pid
 from loadtests.mix import MIX
-from loadtests.running import cmdline
+from loadtests.running import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT, KEY, SERVICE = "langson", "demo-langson", "bca/citizen"
@@ -198,6 +199,7 @@ def main() -> int:
             running_platform(tmp, bootstrap, 2, limits={CLIENT: args.limit}) as (base, up),
         ):
             print(f"platform up at {base}; {CLIENT}'s limit {args.limit:g}/s", flush=True)
+            port = int(base.rsplit(":", 1)[1])
             if "workers" in setups:
                 for n in conns:
                     for load in LOADS:
@@ -208,7 +210,7 @@ def main() -> int:
                 # share of the limit (150%).
                 for n in conns:
                     for load in LOADS:
-                        killer = _kill_later(up.pid, args.warmup + 2)
+                        killer = _kill_later(up.pid, port, args.warmup + 2)
                         run("worker restart", [base], n, load)
                         killer.join()
             if "instances" in setups:
@@ -230,12 +232,25 @@ def main() -> int:
     return 0 if all(w.ok for w in results) else 1
 
 
-def _kill_later(up: int, after_s: float) -> Thread:
+def gateway_worker(up: int, port: int) -> int:
+    """A gateway worker of ``ndxp up`` (pid ``up``): a process that listens on the gateway's ``port``
+    (not the supervisor, the management API or multiprocessing's helpers)."""
+    for pid in descendants(up):
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if "spawn_main" not in " ".join(proc.cmdline()) or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in proc.net_connections()):
+                return pid
+    raise RuntimeError(f"no gateway worker listening on {port} under ndxp up")
+
+
+def _kill_later(up: int, port: int, after_s: float) -> Thread:
     def kill() -> None:
         time.sleep(after_s)
-        pid = part_pid(up, "multiprocessing.spawn")
+        pid = gateway_worker(up, port)
         os.kill(pid, signal.SIGKILL)
-        print(f"    killed {pid}: {cmdline(pid)[:100]}", flush=True)
+        print(f"    gateway worker {pid} killed", flush=True)
 
     t = Thread(target=kill, daemon=True)
     t.start()
