@@ -21,6 +21,9 @@ FAULT_NAMES = {
     "counter": "SIGKILL the counter",
     "broker-pause": "SIGSTOP a broker for 10 s",
     "kafka-down": "SIGSTOP all of Kafka for 10 s",
+    "sse-kafka-down": "SIGSTOP all of Kafka for 10 s, an event stream open",
+    "keeper": "SIGKILL the keeper (async exchanges open)",
+    "broker-lost": "SIGKILL a Kafka broker (never restarted)",
 }
 
 
@@ -48,17 +51,21 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
 
 
 def faults_table(rows: list[dict[str, Any]]) -> str:
-    """``faults.py``'s ``faults.json``: one row per fault."""
+    """``faults.py``'s ``faults.json``: one row per fault; over the fault's window (its injection to its
+    end, at least 10 s): failed calls of those sent, by kind, p99, seconds to the first success."""
     out = [
-        "| fault | answered | answered, not counted | counted twice | failed calls "
-        "| s to first success after |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| fault | answered | answered, not counted | counted twice | failed / sent in window "
+        "| p99 ms in window | s to first success | failed by kind |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         name = FAULT_NAMES.get(r["fault"], r["fault"])
+        kinds = ", ".join(f"{n} × {k}" for k, n in sorted(r.get("window_failed_by_kind", {}).items())) or "–"
+        first = r.get("first_ok_s")
         out.append(
-            f"| {name} | {_n(r['answered'])} | {r['not_counted']} | {r['counted_twice']} | {_n(r['failed'])} "
-            f"| {r['recovery_s']:.1f} |"
+            f"| {name} | {_n(r['answered'])} | {r['not_counted']} | {r['counted_twice']} "
+            f"| {_n(r.get('window_failed', 0))} / {_n(r.get('window_calls', 0))} "
+            f"| {_n(r.get('window_p99_ms', 0))} | {'–' if first is None else f'{first:.2f}'} | {kinds} |"
         )
     return "\n".join(out)
 
