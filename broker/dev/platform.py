@@ -59,6 +59,10 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], within_s: float)
     raise PlatformError(f"{url} was not ready within {within_s:.0f}s")
 
 
+SUPERVISE_EVERY_S = 0.1
+"""How often ``ndxp up`` looks for a part that died: its first restart follows within this."""
+
+
 class Supervised:
     """One part of the platform as a child process, restarted with backoff when it dies."""
 
@@ -314,7 +318,7 @@ def run_platform(
         while True:  # supervise: a part that dies is restarted, with backoff
             for part in parts:
                 part.check(progress)
-            time.sleep(0.5)
+            time.sleep(SUPERVISE_EVERY_S)
     except KeyboardInterrupt:
         progress("stopping the platform")
         return 0
