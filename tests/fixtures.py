@@ -220,3 +220,14 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         yield str(server.make_url("")).rstrip("/")
     finally:
         await server.close()
+
+
+def run_loadtest(script: str, *args: str, timeout: float) -> tuple[int, str]:
+    """Run ``loadtests/<script>`` as a developer does (a short version: ``args``); its exit status, and
+    its output (stdout, stderr's tail) to show when an assertion fails."""
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, str(root / "loadtests" / script), *args],
+        cwd=root, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    return run.returncode, run.stdout + run.stderr[-3000:]

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures import run_loadtest
+
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sigkilled_parts_are_restarted_and_nothing_answered_goes_uncounted(tmp_path: Path) -> None:
     out = tmp_path / "faults.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "loadtests" / "faults.py"), "--nodes", "1",
-         "--faults", "gateway-worker,adapters,counter", "--before", "2", "--after", "10",
-         "--users", "8", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=420, check=False,
+    code, report = run_loadtest(
+        "faults.py", "--nodes", "1", "--faults", "gateway-worker,adapters,counter", "--before", "2",
+        "--after", "10", "--users", "8", "--json", str(out), timeout=420,
     )  # fmt: skip
-    report = run.stdout + run.stderr[-3000:]
-    assert run.returncode == 0, report
+    assert code == 0, report
     results = {r["fault"]: r for r in json.loads(out.read_text())}
     assert set(results) == {"gateway-worker", "adapters", "counter"}, report
     for name, r in results.items():

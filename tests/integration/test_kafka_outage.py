@@ -11,7 +11,7 @@ import pytest
 from aiohttp import ClientSession
 
 from broker.dev.localkafka import LocalKafka
-from broker.kafka import make_consumer, topic_partitions
+from broker.kafka import make_consumer, read_to_end, topic_partitions
 from broker.model.records import Mode, TxRecord
 from broker.settings import Settings
 from tests.integration.exchange_fixtures import (
@@ -160,15 +160,7 @@ async def _tx_records(settings: Settings) -> list[TxRecord]:
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, settings.tx_topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        got: list[TxRecord] = []
-        async with asyncio.timeout(60):
-            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-                for msgs in (await consumer.getmany(timeout_ms=200)).values():
-                    got += [TxRecord.decode(m.value or b"") for m in msgs]
-        return got
+        return [TxRecord.decode(m.value or b"") for tp in tps for m in await read_to_end(consumer, tp)]
     finally:
         await consumer.stop()
 

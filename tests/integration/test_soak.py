@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures import run_loadtest
+
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_short_soak_holds_half_the_capacity_counts_exactly_and_samples_every_parts_memory(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "soak.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "loadtests" / "soak.py"), "--minutes", "0.3", "--interval", "5",
-         "--probe", "4", "--users", "8", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    code, report = run_loadtest(
+        "soak.py", "--minutes", "0.3", "--interval", "5", "--probe", "4", "--users", "8",
+        "--json", str(out), timeout=300,
     )  # fmt: skip
-    report = run.stdout + run.stderr[-3000:]
-    assert run.returncode == 0, report
+    assert code == 0, report
     result = json.loads(out.read_text())
     assert result["exact"], report
     assert result["answered"] == result["counted"] > 0, report
@@ -34,4 +31,4 @@ def test_a_short_soak_holds_half_the_capacity_counts_exactly_and_samples_every_p
     for part in ("kafka", "gateway", "adapters", "counter", "keeper"):
         assert all(s["rss_mb"][part] > 0 for s in result["samples"]), (part, report)
         assert part in result["growth"], report
-    assert "MB/hour" in run.stdout
+    assert "MB/hour" in report
