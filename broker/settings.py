@@ -94,7 +94,8 @@ class Settings:
     kafka_send_within_s: float = setting(
         6.0, minimum=0.1,
         help="Longest the gateway waits for Kafka to acknowledge a request or event before answering 503 "
-        "(never past the service's deadline). Above the time Kafka takes to fence a lost broker "
+        "(never past the service's deadline), and at least how long it waits for an exchange's "
+        "transaction record (up to the deadline). Above the time Kafka takes to fence a lost broker "
         "(broker.session.timeout.ms: 3 s on the local 3-node cluster, 9 s by default), so that a "
         "broker's loss delays calls instead of failing them.",
     )  # fmt: skip

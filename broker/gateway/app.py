@@ -124,7 +124,7 @@ def create_app(
             shared=SharedLimits(settings.shared_limits, worker) if settings.shared_limits else None,
         ),
         replies=ReplyRouter(settings, worker_reply_topic(settings, worker), metrics),
-        recorder=TxRecorder(settings.tx_topic, metrics),
+        recorder=TxRecorder(settings.tx_topic, metrics, within_s=settings.kafka_send_within_s),
         stats=StatsView(settings),
         exchanges=ExchangeView(settings, metrics.view_bytes),
         worker=worker,

@@ -21,7 +21,6 @@ from broker.audit.merkle import leaf_hash
 from broker.errors import AccessDenied, InvalidRequest, NotFound, Unavailable
 from broker.gateway.auth import authenticate
 from broker.gateway.middleware import purpose, user_id
-from broker.gateway.recorder import RECORD_WITHIN_S
 from broker.gateway.state import GATEWAY, Gateway
 from broker.model.envelope import new_exchange_id
 from broker.model.records import Mode, Outcome, TxRecord, subject_key
@@ -120,7 +119,7 @@ async def accesses(request: web.Request) -> web.Response:
         subject=hashed,
     )  # fmt: skip
     raw = rec.encode()
-    if not await gw.recorder.write(rec, RECORD_WITHIN_S, raw=raw):
+    if not await gw.recorder.write(rec, gw.recorder.within_s, raw=raw):
         raise Unavailable("the query could not be recorded; retry shortly", retry_after=1)
     return web.Response(
         body=answer,

@@ -35,7 +35,6 @@ from broker.errors import AccessDenied, InvalidRequest, NotFound, PayloadTooLarg
 from broker.gateway.auth import authenticate, recheck
 from broker.gateway.exchange import read_body, validated
 from broker.gateway.middleware import header, purpose
-from broker.gateway.recorder import RECORD_WITHIN_S
 from broker.gateway.state import GATEWAY, Gateway
 from broker.kafka import Consumer, make_consumer, topic_partitions
 from broker.model.events import (
@@ -97,7 +96,7 @@ async def publish(request: web.Request) -> web.Response:
         async def counted() -> None:
             gw.metrics.events_published.labels(ev.provider, ev.type).inc()
             # The event is durable: a record that cannot be written is counted lost (alerted on), not undone.
-            await gw.recorder.write(rec, RECORD_WITHIN_S)
+            await gw.recorder.write(rec, gw.recorder.within_s)
 
         # Answered 503 yet acknowledged later (the producer sends it again), it is counted then.
         topic = gw.settings.names.events(ev.provider, ev.type)
@@ -298,7 +297,7 @@ class _Stream:
         if self.delivered:
             n, self.delivered = self.delivered, 0
             rec = delivered_record(self.agency.id, self.ev.provider, self.ev.type, n, time.time() * 1000)
-            await self.gw.recorder.write(rec, RECORD_WITHIN_S)
+            await self.gw.recorder.write(rec, self.gw.recorder.within_s)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

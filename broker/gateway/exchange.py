@@ -64,7 +64,6 @@ from broker.gateway.middleware import (
     request_id,
     user_id,
 )
-from broker.gateway.recorder import RECORD_WITHIN_S
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
 from broker.gateway.stored import stored_exchange
 from broker.model.envelope import Reply, now_ms
@@ -204,13 +203,22 @@ async def _record(gw: Gateway, ex: Exchange, resp: web.Response) -> web.Response
     # The receipt: the record's leaf hash in the exchange log (DESIGN §3.2), its proof's start.
     resp.headers["X-NDXP-Record-Hash"] = leaf_hash(raw).hex()
     # With Kafka unreachable, a record is not even tried: counted lost at once, not after a wait.
-    if await gw.recorder.write(record, RECORD_WITHIN_S if gw.kafka.ok else 0.0, raw=raw) or ex.t_sent is None:
+    if await gw.recorder.write(record, _record_within(gw, ex), raw=raw) or ex.t_sent is None:
         return resp
     # The provider was asked, but the exchange cannot be counted: not answered either.
     ex.outcome = Outcome.UNAVAILABLE
     return problem_response(
         Unavailable("the exchange could not be recorded; retry shortly", retry_after=1), ex.id
     )
+
+
+def _record_within(gw: Gateway, ex: Exchange) -> float:
+    """How long the exchange's record may wait for Kafka: the usual wait, or what is left of the
+    service's deadline if more (the provider has acted; a 503 would have the caller do it again)."""
+    if not gw.kafka.ok:
+        return 0.0
+    left_s = (ex.t_in + ex.svc.timeout_ms - now_ms()) / 1000 if ex.svc is not None else 0.0
+    return max(gw.recorder.within_s, left_s)
 
 
 async def read_body(request: web.Request, limit: int, within_s: float) -> bytes:

@@ -34,19 +34,17 @@ from broker.model.envelope import new_exchange_id
 from broker.model.records import TxRecord
 
 log = logging.getLogger(__name__)
-RECORD_WITHIN_S = 5.0
-"""Longest wait for Kafka to acknowledge a transaction record."""
-
-
 TALLY_INTERVAL_S = 1.0
 
 
 class TxRecorder:
     """Writes transaction records and waits for Kafka to acknowledge them."""
 
-    def __init__(self, topic: str, metrics: GatewayMetrics) -> None:
+    def __init__(self, topic: str, metrics: GatewayMetrics, *, within_s: float = 6.0) -> None:
         self.topic = topic
         self.metrics = metrics
+        self.within_s = within_s
+        """The usual wait for Kafka to acknowledge a record (``kafka_send_within_s``)."""
         self._producer: Sender | None = None
         self._leaders: LeaderWatch | None = None
         self._pending = 0
@@ -138,7 +136,7 @@ class TxRecorder:
         while True:
             await asyncio.sleep(TALLY_INTERVAL_S)
             if self._tally:
-                await self.flush(RECORD_WITHIN_S)
+                await self.flush(self.within_s)
 
     async def write(
         self, rec: TxRecord, within_s: float, *, lost_on_failure: bool = True, raw: bytes | None = None

@@ -126,13 +126,18 @@ def make_consumer(settings: Settings, *topics: str, **params: Unpack[ConsumerPar
     return consumer
 
 
-async def topic_partitions(consumer: Consumer, topic: str) -> list[TopicPartition]:
-    """Every partition of ``topic`` (refreshing the consumer's metadata for a topic it has not seen)."""
+async def topic_partitions(consumer: Consumer, topic: str, within_s: float = 10.0) -> list[TopicPartition]:
+    """Every partition of ``topic``, refreshing the consumer's metadata until a broker knows the topic
+    (within ``within_s``: a topic just created reaches each broker of a cluster a little later)."""
+    deadline = time.monotonic() + within_s
     parts = consumer.partitions_for_topic(topic)
-    if not parts:
+    while not parts:
         # aiokafka's public API has no metadata refresh: its client's is the one private call we make.
         await cast(Any, consumer)._client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
+        if parts or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.2)
     if not parts:
         raise KafkaUnavailable(f"topic {topic} has no partitions (does it exist?)")
     return [TopicPartition(topic, p) for p in sorted(parts)]

@@ -18,6 +18,7 @@ from broker.gateway.exchange import _round_trip
 from broker.gateway.limits import Limits
 from broker.gateway.replies import ReplyRouter
 from broker.gateway.state import Gateway
+from broker.kafka import Reachability
 from broker.kafka.routing import LeaderWatch
 from broker.metrics import GatewayMetrics
 from broker.settings import Settings
@@ -155,3 +156,23 @@ async def test_a_keyed_hand_off_answered_503_runs_its_late_hook_once_kafka_ackno
     await asyncio.sleep(0.01)
     assert counted == [1]
     await gw.recorder.stop(within_s=0.1)
+
+
+def test_a_record_waits_the_usual_time_or_what_is_left_of_the_deadline(tmp_path: Path) -> None:
+    """The provider has acted once a request is in Kafka: its record waits for a slow Kafka (a broker
+    being fenced) until the service's deadline, and at least the usual wait; not at all with Kafka
+    known unreachable."""
+    from broker.gateway.exchange import _record_within
+    from broker.gateway.recorder import TxRecorder
+
+    gw, svc, agency = fake_gateway(tmp_path, SilentProducer(), echo_timeout_ms=20_000, send_within_s=6.0)
+    gw.recorder = TxRecorder("ndxp.tx", gw.metrics, within_s=6.0)
+    gw.kafka = Reachability(gw.producer)
+    ex = Exchange(id="x1", gateway="ndxp.reply.t", agency=agency, svc=svc)
+    assert 19.0 < _record_within(gw, ex) <= 20.01
+    ex.t_in -= 18_000  # the provider took 18 s of the 20
+    assert _record_within(gw, ex) == 6.0
+    ex.svc = None  # rejected before a service was known
+    assert _record_within(gw, ex) == 6.0
+    gw.kafka.ok = False
+    assert _record_within(gw, ex) == 0.0

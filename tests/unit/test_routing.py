@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
+from broker.errors import KafkaUnavailable
+from broker.kafka import topic_partitions
 from broker.kafka.routing import LeaderWatch
 
 DEAD = 2
@@ -87,3 +90,33 @@ async def test_a_second_copy_goes_to_another_leader_and_an_unknown_topic_is_the_
             assert q is not None
             assert q % 3 != p % 3
     assert watch.choose("unknown") is None
+
+
+class _LateTopicConsumer:
+    """A consumer whose broker learns of topic ``t`` only at its ``known_after``-th metadata refresh."""
+
+    def __init__(self, known_after: int) -> None:
+        self.refreshes = 0
+        self.known_after = known_after
+        outer = self
+
+        class _Client:
+            async def force_metadata_update(self) -> bool:
+                outer.refreshes += 1
+                return True
+
+        self._client = _Client()
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return {1, 0} if self.refreshes >= self.known_after else None
+
+
+async def test_a_topic_just_created_is_waited_for_and_a_missing_one_named() -> None:
+    late = _LateTopicConsumer(known_after=3)
+    tps = await topic_partitions(late, "t", within_s=5)  # type: ignore[arg-type]
+    assert tps == [TopicPartition("t", 0), TopicPartition("t", 1)]
+    assert late.refreshes == 3
+    never = _LateTopicConsumer(known_after=10**6)
+    with pytest.raises(KafkaUnavailable, match="topic t has no partitions"):
+        await topic_partitions(never, "t", within_s=0.3)  # type: ignore[arg-type]
+    assert 2 <= never.refreshes <= 4
