@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from broker.commands import COMMANDS, positive_rate, progress, run_part
+from broker.commands import COMMANDS, STANDBY, positive_rate, progress, run_part, stand_by
 from broker.dev.localkafka import LocalKafka, state_file
 from broker.errors import SettingsError, StartupError
 from broker.logs import setup_logging
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ndxp`` console script."""
     args = build_parser().parse_args(argv)
+    if os.environ.get(STANDBY) == "1" and not stand_by(args):
+        return 0
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

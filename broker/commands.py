@@ -8,6 +8,8 @@ commands, each with ``set_defaults(func=f)`` where ``f(settings, args) -> int``.
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -49,3 +51,26 @@ def run_part(
         progress(f"ndxp {name}: {exc}; exiting for a restart")
         return 1
     return 0
+
+
+STANDBY = "NDXP_STANDBY"
+"""Set (to 1) in a warm spare's environment: see :func:`stand_by`."""
+STANDBY_TITLE = "ndxp standby"
+
+
+def stand_by(args: argparse.Namespace) -> bool:
+    """A warm spare (``ndxp up`` keeps one per part that callers wait for): import what the command
+    will need (its ``preload`` modules), then wait for ``go`` on stdin, so that a restart costs no
+    interpreter start and no imports; False (exit) at end of input. While it waits, its process title
+    is "ndxp standby: …", so that nothing mistakes it for the part it stands in for."""
+    import setproctitle
+
+    del os.environ[STANDBY]  # what it starts once promoted (a gateway's workers) is no spare
+    title = " ".join(sys.orig_argv)
+    setproctitle.setproctitle(f"{STANDBY_TITLE}: {args.command}")
+    for module in getattr(args, "preload", ()):
+        importlib.import_module(module)
+    if sys.stdin.readline().strip() != "go":
+        return False
+    setproctitle.setproctitle(title)
+    return True

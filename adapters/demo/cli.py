@@ -122,4 +122,4 @@ def register(sub: Any) -> None:
         help="also every provider with a bound service, now and as they are published",
     )  # fmt: skip
     adapter.add_argument("--metrics-port", type=int, default=None)
-    adapter.set_defaults(func=_adapter)
+    adapter.set_defaults(func=_adapter, preload=("adapters.demo.serve",))  # a warm spare's (ndxp up)

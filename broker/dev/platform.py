@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import uvloop
 
+from broker.commands import STANDBY
 from broker.contracts.catalog import Catalog
 from broker.contracts.registry import Registry
 from broker.dev.localkafka import LocalKafka
@@ -63,10 +64,18 @@ SUPERVISE_EVERY_S = 0.1
 """How often ``ndxp up`` looks for a part that died: its first restart follows within this."""
 
 
-class Supervised:
-    """One part of the platform as a child process, restarted with backoff when it dies."""
+SPARE_AFTER_S = 5.0
+"""A new warm spare is made this long after the last one took over (not during its start)."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+
+class Supervised:
+    """One part of the platform as a child process, restarted with backoff when it dies.
+
+    With ``spare``, a warm spare waits beside it (``NDXP_STANDBY=1``: interpreter up, modules
+    imported, nothing connected): the first restart hands over to it, which saves the part's own
+    start (about 0.4 s of a 0.7 s adapter restart here, more on a busy machine)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], *, spare: bool = False) -> None:
         self.name = name
         self.argv = argv
         self.env = env
@@ -74,36 +83,73 @@ class Supervised:
         self.started = time.monotonic()
         self.failures = 0
         self.restart_at: float | None = None
+        self.wants_spare = spare
+        self.spare: subprocess.Popen[bytes] | None = None
+        self.spare_at = self.started + SPARE_AFTER_S
+
+    def _restart(self) -> str:
+        """Start the part again: its warm spare if one is waiting, else a new process; how."""
+        spare, self.spare = self.spare, None
+        self.spare_at = time.monotonic() + SPARE_AFTER_S
+        if spare is not None and spare.poll() is None and spare.stdin is not None:
+            try:
+                spare.stdin.write(b"go\n")
+                spare.stdin.close()
+            except OSError:  # it died just now: a new process instead
+                _stop(spare)
+            else:
+                self.proc = spare
+                return "its warm spare took over"
+        self.proc = subprocess.Popen(self.argv, env=self.env)
+        return "started again"
 
     def check(self, progress: Callable[[str], Any]) -> None:
-        """Restart the part if it died (after its backoff); log what happens."""
+        """Restart the part if it died (after its backoff); log what happens; keep its spare ready."""
         now = time.monotonic()
-        if self.restart_at is not None:
-            if now >= self.restart_at:
-                self.restart_at = None
-                self.proc = subprocess.Popen(self.argv, env=self.env)
-                self.started = now
-                progress(f"ndxp up: {self.name} restarted (pid {self.proc.pid})")
-            return
-        code = self.proc.poll()
-        if code is None:
-            return
-        if now - self.started >= STABLE_AFTER_S:
-            self.failures = 0
-        wait = RESTART_BACKOFF_S[min(self.failures, len(RESTART_BACKOFF_S) - 1)]
-        self.failures += 1
-        self.restart_at = now + wait
-        progress(f"ndxp up: {self.name} exited with {code}; restarting in {wait:g}s")
+        if self.restart_at is None:
+            code = self.proc.poll()
+            if code is None:
+                if self.spare is not None and self.spare.poll() is not None:  # the spare died
+                    _stop(self.spare)
+                    self.spare = None
+                if self.wants_spare and self.spare is None and now >= self.spare_at:
+                    self.spare_at = now + SPARE_AFTER_S  # one that keeps dying is made again only so often
+                    self.spare = subprocess.Popen(
+                        self.argv, env={**self.env, STANDBY: "1"}, stdin=subprocess.PIPE
+                    )
+                return
+            if now - self.started >= STABLE_AFTER_S:
+                self.failures = 0
+            wait = RESTART_BACKOFF_S[min(self.failures, len(RESTART_BACKOFF_S) - 1)]
+            self.failures += 1
+            self.restart_at = now + wait
+            progress(f"ndxp up: {self.name} exited with {code}; restarting in {wait:g}s")
+        if now >= self.restart_at:
+            self.restart_at = None
+            how = self._restart()
+            self.started = now
+            progress(f"ndxp up: {self.name} restarted (pid {self.proc.pid}: {how})")
 
     def stop(self) -> None:
         self.restart_at = None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(PART_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.spare is not None:
+            _stop(self.spare)
+            self.spare = None
+        _stop(self.proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after the grace; reaped (a spare's stdin closed)."""
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(PART_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _port(preferred: int) -> int:
@@ -278,7 +324,8 @@ def run_platform(
         )  # fmt: skip
 
         def start(name: str, *argv: str) -> list[subprocess.Popen[bytes]]:
-            parts.append(Supervised(name, [*ndxp, *argv], env))
+            # Callers wait for the adapters: a warm spare stands by to take over at once.
+            parts.append(Supervised(name, [*ndxp, *argv], env, spare=name == "adapters"))
             return [p.proc for p in parts]
 
         for name, (_, port) in backends.items():
