@@ -235,25 +235,30 @@ async def watch_stream(url: str, watched: Watched, stop: asyncio.Event) -> None:
                     if resp.status == 200:
                         watched.opened.set()
                     fields: dict[str, str] = {}
+                    pending = b""
                     while resp.status == 200 and not done():
+                        # Bytes as they come, split into lines here: a timeout that cancels
+                        # readline() mid-line would drop the part it had read (an event lost here).
                         try:
                             async with asyncio.timeout(1):
-                                raw = await resp.content.readline()
+                                chunk = await resp.content.readany()
                         except TimeoutError:
                             continue
-                        if not raw:
+                        if not chunk:
                             break  # the gateway ended the stream: open it again where it was
-                        line = raw.decode().rstrip("\n")
-                        if line == "":
-                            if "data" in fields:
-                                last_id = fields.get("id", last_id)
-                                watched.received.append(orjson.loads(fields["data"])["event_id"])
-                            fields = {}
-                        elif line.startswith("retry:"):
-                            retry_s = int(line[6:]) / 1000
-                        elif not line.startswith(":"):
-                            name, _, value = line.partition(":")
-                            fields[name] = value.removeprefix(" ")
+                        *lines, pending = (pending + chunk).split(b"\n")
+                        for raw in lines:
+                            line = raw.decode()
+                            if line == "":
+                                if "data" in fields:
+                                    last_id = fields.get("id", last_id)
+                                    watched.received.append(orjson.loads(fields["data"])["event_id"])
+                                fields = {}
+                            elif line.startswith("retry:"):
+                                retry_s = int(line[6:]) / 1000
+                            elif not line.startswith(":"):
+                                name, _, value = line.partition(":")
+                                fields[name] = value.removeprefix(" ")
                     if done():
                         return
             except (aiohttp.ClientError, OSError):
