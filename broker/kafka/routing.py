@@ -19,7 +19,6 @@ arrives late, when the old leader's partitions move, changes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -35,6 +34,8 @@ STALL_S = 0.5
 """A send to a leader unacknowledged this long: the leader is stalled (a normal one takes ms)."""
 AVOID_S = 5.0
 """How long a leader that failed or stalled is avoided (then tried again)."""
+GOOD_FOR_S = 0.01
+"""How long a topic's list of good partitions is reused (every send asks for it; a stall is 0.5 s)."""
 
 
 class LeaderWatch:
@@ -58,6 +59,8 @@ class LeaderWatch:
         """Leader node id → its unacknowledged sends (a token each → when sent)."""
         self._token = 0
         self._sticky: dict[str, tuple[int, float]] = {}
+        self._good: dict[str, tuple[float, list[int]]] = {}
+        """Topic → (until when, its good partitions): :meth:`good`'s answer, reused briefly."""
         self.hedges = 0
         """Sends hedged so far."""
 
@@ -76,11 +79,17 @@ class LeaderWatch:
         return pending is not None and bool(pending) and now - min(pending.values()) >= self.stall_s
 
     def good(self, topic: str) -> list[int]:
-        """The partitions of ``topic`` whose leader is in good standing (all of them if none is)."""
-        parts = sorted(self.producer.client.cluster.partitions_for_topic(topic) or ())
+        """The partitions of ``topic`` whose leader is in good standing (all of them if none is);
+        reused for :data:`GOOD_FOR_S` (or until a leader is blamed)."""
         now = time.monotonic()
-        fine = [p for p in parts if not self.suspect(self.leader(topic, p), now)]
-        return fine or parts
+        cached = self._good.get(topic)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        parts = sorted(self.producer.client.cluster.partitions_for_topic(topic) or ())
+        fine = [p for p in parts if not self.suspect(self.leader(topic, p), now)] or parts
+        if parts:  # no metadata yet: asked again next time
+            self._good[topic] = (now + GOOD_FOR_S, fine)
+        return fine
 
     def choose(self, topic: str, *, besides: int | None = None) -> int | None:
         """A partition for a keyless record of ``topic``; None: no metadata yet (the producer's choice).
@@ -105,6 +114,7 @@ class LeaderWatch:
         if self._avoid.get(node, 0.0) <= time.monotonic():
             log.warning("Kafka broker %d %s: its partitions are avoided for %.0fs", node, why, self.avoid_s)
         self._avoid[node] = time.monotonic() + self.avoid_s
+        self._good.clear()
 
     async def send(
         self,
@@ -149,8 +159,26 @@ class LeaderWatch:
         first acknowledgement (only for records whose reader takes an id once: see the module)."""
         first_partition = self.choose(topic)
         first = await self.send(topic, value, key=key, headers=headers, partition=first_partition)
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(first), self.stall_s)
+        if not first.done():
+            # Wait for the acknowledgement or ``stall_s``, whichever comes first, leaving the delivery
+            # as it is (what asyncio.wait_for(asyncio.shield(...)) does, with no task or timer of its
+            # own per send: this is on every exchange's path).
+            loop = asyncio.get_running_loop()
+            settled = loop.create_future()
+
+            def wake(_: object = None) -> None:
+                if not settled.done():
+                    settled.set_result(None)
+
+            timer = loop.call_later(self.stall_s, wake)
+            first.add_done_callback(wake)
+            try:
+                await settled
+            finally:
+                timer.cancel()
+                first.remove_done_callback(wake)
+        if first.done():
+            return first.result()
         if first_partition is None:
             return await first
         self._blame(self.leader(topic, first_partition), f"kept a send waiting {self.stall_s:g}s")

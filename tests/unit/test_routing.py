@@ -120,3 +120,22 @@ async def test_a_topic_just_created_is_waited_for_and_a_missing_one_named() -> N
     with pytest.raises(KafkaUnavailable, match="topic t has no partitions"):
         await topic_partitions(never, "t", within_s=0.3)  # type: ignore[arg-type]
     assert 2 <= never.refreshes <= 4
+
+
+async def test_the_good_partitions_are_reused_briefly_and_recomputed_once_a_leader_is_blamed() -> None:
+    watch = LeaderWatch(_Producer(), sticky_s=0)  # type: ignore[arg-type]
+    assert watch.good("t") == list(range(6))
+    assert watch.good("t") is watch.good("t"), "within GOOD_FOR_S: the same list, not computed again"
+    watch._blame(DEAD, "test")
+    assert watch.good("t") == [0, 1, 3, 4], "a blame is seen at once"
+    assert watch.good("unknown") == []
+
+
+async def test_a_hedged_send_answers_with_its_acknowledgement_or_its_error_without_waiting_the_stall() -> None:
+    watch = LeaderWatch(_Producer(failing=True), stall_s=30, sticky_s=0)  # type: ignore[arg-type]
+    watch._sticky["t"] = (0, float("inf"))  # partition 0: acknowledged
+    assert await asyncio.wait_for(watch.hedged("t", b"r"), 1) == 0
+    watch._sticky["t"] = (DEAD, float("inf"))  # partition 2: its leader refuses it
+    with pytest.raises(KafkaConnectionError):
+        await asyncio.wait_for(watch.hedged("t", b"r"), 1)
+    assert watch.hedges == 0
