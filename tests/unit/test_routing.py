@@ -134,7 +134,8 @@ async def test_the_good_partitions_are_reused_briefly_and_recomputed_once_a_lead
 async def test_a_hedged_send_answers_with_its_ack_or_its_error_without_waiting_the_stall() -> None:
     watch = LeaderWatch(_Producer(failing=True), stall_s=30, sticky_s=0)  # type: ignore[arg-type]
     watch._sticky["t"] = (0, float("inf"))  # partition 0: acknowledged
-    assert await asyncio.wait_for(watch.hedged("t", b"r"), 1) == 0
+    answer: Any = await asyncio.wait_for(watch.hedged("t", b"r"), 1)
+    assert answer == 0
     watch._sticky["t"] = (DEAD, float("inf"))  # partition 2: its leader refuses it
     with pytest.raises(KafkaConnectionError):
         await asyncio.wait_for(watch.hedged("t", b"r"), 1)
