@@ -236,8 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ndxp`` console script."""
     args = build_parser().parse_args(argv)
-    if os.environ.get(STANDBY) == "1" and not stand_by(args):
-        return 0
+    try:
+        if os.environ.get(STANDBY) == "1" and not stand_by(args):
+            return 0
+    except KeyboardInterrupt:  # Ctrl-C reaches the spare too (its terminal's process group)
+        return 130
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
