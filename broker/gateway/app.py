@@ -40,6 +40,7 @@ from broker.kafka import (
     delete_topics,
     ensure_topics,
     make_producer,
+    metadata_client,
 )
 from broker.kafka.registry import RegistryFollower, seed_if_empty
 from broker.kafka.routing import LeaderWatch
@@ -159,7 +160,14 @@ def create_app(
         except BaseException:
             await gw.producer.stop()
             raise
-        gw.kafka = Reachability(gw.producer)
+        probe = metadata_client(settings, f"ndxp-gateway-{worker}-probe")
+        try:
+            await probe.bootstrap()
+        except BaseException:
+            await probe.close()
+            await gw.producer.stop()
+            raise
+        gw.kafka = Reachability(gw.producer, probe=probe)
         gw.kafka.start()
         gw.leaders = LeaderWatch(gw.producer)
         # The live gateway instances, for each to take its share of a client's limits.

@@ -16,6 +16,7 @@ from typing import Any, Unpack, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -79,6 +80,11 @@ def security(settings: Settings) -> dict[str, Any]:
             sasl_plain_password=settings.kafka_sasl_password,
         )
     return kw
+
+
+def metadata_client(settings: Settings, client_id: str) -> AIOKafkaClient:
+    """A bare client (its own connections) for asking the cluster's metadata; ``bootstrap()`` starts it."""
+    return AIOKafkaClient(bootstrap_servers=bootstrap(settings), client_id=client_id, **security(settings))
 
 
 def admin_client(settings: Settings, **params: Any) -> AIOKafkaAdminClient:

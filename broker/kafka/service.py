@@ -176,10 +176,19 @@ class Reachability:
     a row (no answer within ``timeout_s``) make ``ok`` False until an answer
     comes again. The gateway uses it to answer 503 at once instead of letting
     callers wait for a timeout, and for ``/readyz``.
+
+    With ``probe`` (a started client of its own, closed with this) it asks over its own
+    connections, not the producer's: while a lost broker is being fenced, the producer's
+    connections to the live brokers each hold an acks=all write that waits for the fencing, and a
+    metadata request sent behind it (Kafka answers a connection's requests in order) would wait
+    as long and time out, as though Kafka were gone.
     """
 
-    def __init__(self, producer: Producer, *, interval_s: float = 1.0, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, producer: Producer, *, interval_s: float = 1.0, timeout_s: float = 2.0, probe: Any = None
+    ) -> None:
         self.producer = producer
+        self.probe = probe
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.ok = True
@@ -205,12 +214,15 @@ class Reachability:
             self._task.cancel()
             await _await_cancelled(self._task)
             self._task = None
+        if self.probe is not None:
+            await self.probe.close()
 
     async def _run(self) -> None:
+        client = self.probe if self.probe is not None else self.producer.client
         while True:
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    await self.producer.client.fetch_all_metadata()
+                    await client.fetch_all_metadata()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -10,7 +10,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from broker.errors import KafkaUnavailable
-from broker.kafka import topic_partitions
+from broker.kafka import Reachability, topic_partitions
 from broker.kafka.routing import LeaderWatch
 
 DEAD = 2
@@ -140,3 +140,35 @@ async def test_a_hedged_send_answers_with_its_ack_or_its_error_without_waiting_t
     with pytest.raises(KafkaConnectionError):
         await asyncio.wait_for(watch.hedged("t", b"r"), 1)
     assert watch.hedges == 0
+
+
+async def test_kafka_is_probed_over_the_probes_own_connections_and_the_probe_closed_with_it() -> None:
+    """The producer's connections hold writes that wait for a fencing: a probe over them would time
+    out as though Kafka were gone. Its own client answers."""
+
+    class _Stuck:
+        async def fetch_all_metadata(self) -> object:
+            await asyncio.sleep(3600)
+            return {}
+
+    class _Probe:
+        closed = False
+        asked = 0
+
+        async def fetch_all_metadata(self) -> object:
+            self.asked += 1
+            return {}
+
+        async def close(self) -> None:
+            self.closed = True
+
+    producer = _Producer()
+    producer.client = _Stuck()  # type: ignore[assignment]
+    probe = _Probe()
+    kafka = Reachability(producer, interval_s=0.01, timeout_s=0.02, probe=probe)  # type: ignore[arg-type]
+    kafka.start()
+    await asyncio.sleep(0.3)
+    assert kafka.ok, kafka.last_error
+    assert probe.asked >= 5
+    await kafka.stop()
+    assert probe.closed
