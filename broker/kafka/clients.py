@@ -137,13 +137,12 @@ async def topic_partitions(consumer: Consumer, topic: str, within_s: float = 10.
     (within ``within_s``: a topic just created reaches each broker of a cluster a little later)."""
     deadline = time.monotonic() + within_s
     parts = consumer.partitions_for_topic(topic)
-    while not parts:
+    while not parts and time.monotonic() < deadline:
         # aiokafka's public API has no metadata refresh: its client's is the one private call we make.
         await cast(Any, consumer)._client.force_metadata_update()
         parts = consumer.partitions_for_topic(topic)
-        if parts or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(0.2)
+        if not parts:
+            await asyncio.sleep(0.2)
     if not parts:
         raise KafkaUnavailable(f"topic {topic} has no partitions (does it exist?)")
     return [TopicPartition(topic, p) for p in sorted(parts)]

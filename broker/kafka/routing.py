@@ -159,24 +159,8 @@ class LeaderWatch:
         first acknowledgement (only for records whose reader takes an id once: see the module)."""
         first_partition = self.choose(topic)
         first = await self.send(topic, value, key=key, headers=headers, partition=first_partition)
-        if not first.done():
-            # Wait for the acknowledgement or ``stall_s``, whichever comes first, leaving the delivery
-            # as it is (what asyncio.wait_for(asyncio.shield(...)) does, with no task or timer of its
-            # own per send: this is on every exchange's path).
-            loop = asyncio.get_running_loop()
-            settled = loop.create_future()
-
-            def wake(_: object = None) -> None:
-                if not settled.done():
-                    settled.set_result(None)
-
-            timer = loop.call_later(self.stall_s, wake)
-            first.add_done_callback(wake)
-            try:
-                await settled
-            finally:
-                timer.cancel()
-                first.remove_done_callback(wake)
+        # The acknowledgement or ``stall_s``, whichever comes first; the delivery is left as it is.
+        await asyncio.wait((first,), timeout=self.stall_s)
         if first.done():
             return first.result()
         if first_partition is None:
