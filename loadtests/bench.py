@@ -27,6 +27,7 @@ Everything stays on 127.0.0.1; every run is bounded in time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -72,6 +73,9 @@ def platform_parts(up: int) -> dict[str, list[int]]:
         cmd = cmdline(pid)
         if "kafka.Kafka" in cmd:
             parts["kafka"].append(pid)
+    for pid in descendants(os.getpid()):
+        if "loadtests.catalog serve" in cmdline(pid):  # the synthetic catalog's adapters (--catalog)
+            parts["adapters"].append(pid)
     for pid in descendants(up):
         cmd = cmdline(pid)
         for part, marker in (
@@ -188,11 +192,10 @@ def running_platform(
         yield f"http://127.0.0.1:{port}", up
 
 
-def measure(
-    base: str, up: subprocess.Popen[bytes], bootstrap: str, users: int, args: argparse.Namespace
-) -> dict[str, Any]:
+def raw_ceiling(bootstrap: str, users: int, args: argparse.Namespace) -> dict[str, Any]:
+    """aiokafka request/reply with a trivial echo, ``users`` callers, over the same Kafka."""
     py = sys.executable
-    topic = f"bench.raw.{os.getpid()}.{users}"
+    topic = f"bench.raw.{os.getpid()}.{users}.{time.monotonic_ns()}"
     print(f"[{users} users] raw-Kafka ceiling for {args.seconds}s ...", flush=True)
     echo = subprocess.Popen(
         [py, str(ROOT / "loadtests" / "rawkafka.py"), "echo", "--bootstrap", bootstrap, "--topic", topic],
@@ -207,6 +210,14 @@ def measure(
     finally:
         echo.terminate()
         echo.wait(30)
+    return raw
+
+
+def measure(
+    base: str, up: subprocess.Popen[bytes], bootstrap: str, users: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    py = sys.executable
+    raw = raw_ceiling(bootstrap, users, args)
     gen = [py, "-m", "loadtests.gen", "--url", base, "--users", str(users)]
     if args.warmup:
         print(f"[{users} users] exchange warm-up for {args.warmup}s ...", flush=True)
@@ -235,6 +246,154 @@ def measure(
         **({"alone": alone} if alone else {}),
         **({"without_log": without_log} if without_log else {}),
     }
+
+
+def _demo_even(base: str, out: Path) -> Path:
+    """The demo catalog evenly (every service's first example, the write included), by the bench client."""
+    from loadtests.catalog import BENCH_KEY
+
+    with urllib.request.urlopen(_operator(f"{base}/v1/services"), timeout=10) as resp:
+        services = json.loads(resp.read())["services"]
+    even = [(BENCH_KEY, f"{s['provider']}/{s['service']}", s["examples"][0]) for s in services]
+    out.write_text(json.dumps(even))
+    return out
+
+
+def _wait_answered(base: str, key: str, service: str, body: Any, within_s: float = 120) -> None:
+    """Until ``service`` answers 200 (the registry reached the gateway, its adapter serves)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        req = urllib.request.Request(
+            f"{base}/v1/exchange/{service}", data=json.dumps(body).encode(), method="POST",
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{service} not answering within {within_s:g}s")
+        time.sleep(0.5)
+
+
+@contextmanager
+def _catalog_adapters(env: Mapping[str, str], services: int, log_path: Path) -> Iterator[None]:
+    """The synthetic catalog's adapters (``loadtests.catalog serve``) until the block ends."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.catalog", "serve", "--services", str(services)],
+            cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while b"adapters serving" not in log_path.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the catalog's adapters did not start:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def catalog_sweep(
+    base: str, up: subprocess.Popen[bytes], bootstrap: str, tmp: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The demo catalog evenly, then synthetic catalogs of each size in ``args.catalog`` (added to the
+    live registry with ``ndxp registry import``, served by ``loadtests.catalog``), evenly: raw ceiling,
+    exchanges, CPU per exchange per part, exactness."""
+    from loadtests import catalog
+
+    users = int(args.users.split(",")[0])
+    env = {**os.environ, "NDXP_KAFKA_BOOTSTRAP": bootstrap, "NDXP_LOG_LEVEL": "WARNING",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    gen = [sys.executable, "-m", "loadtests.gen", "--url", base, "--users", str(users)]
+    out: list[dict[str, Any]] = []
+    for size in [0, *args.catalog]:
+        folder = tmp / f"catalog-{size}"
+        registry = catalog.write(folder, size, catalog.PER_PROVIDER, tmp / "registry.yaml")
+        subprocess.run(
+            [sys.executable, "-m", "broker.cli", "registry", "import", "--schemas", str(folder / "schemas"),
+             str(registry)], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        what = "the demo catalog evenly" if size == 0 else f"{size:,} synthetic services evenly"
+        with contextlib.ExitStack() as stack:
+            if size == 0:
+                even = _demo_even(base, folder / "even.json")
+            else:
+                print(f"[catalog {size:,}] starting its adapters ...", flush=True)
+                stack.enter_context(_catalog_adapters(env, size, folder / "adapters.log"))
+                even = folder / "even.json"
+                even.write_text(json.dumps(catalog.mix(size)))
+            first = json.loads(even.read_text())
+            for key, service, body in first:  # every one: the registry and its adapter reached
+                _wait_answered(base, key, service, body)
+            raw = raw_ceiling(bootstrap, users, args)
+            one = [*gen, "--even", str(even)]
+            if args.warmup:
+                _run_measured([*one, "--seconds", str(args.warmup), "--seed", "1"], timeout=args.warmup + 60)
+            m = _measured(base, up, f"[{what}]", [*one, "--seconds", str(args.seconds)], args.seconds + 60)
+        m.update(services=size or len(first), synthetic=size > 0, users=users, raw=raw,
+                 ratio=m["exchange"]["rps"] / raw["rps"] if raw["rps"] else 0.0)  # fmt: skip
+        out.append(m)
+    return out
+
+
+def report_catalog(results: list[dict[str, Any]]) -> None:
+    head = f"\n{'catalog':>22} {'raw/s':>7} | {'exch/s':>7} {'p50':>6} {'p99':>6} {'fail':>5} {'share':>6}"
+    print(head + " | CPU ms/exchange: " + " ".join(f"{p:>8}" for p in PARTS) + f" {'total':>8} | exact")
+    for r in results:
+        ex, c = r["exchange"], r["cpu_ms_per_exchange"]
+        name = f"{r['services']:,} synthetic" if r["synthetic"] else f"demo ({r['services']}) evenly"
+        print(
+            f"{name:>22} {r['raw']['rps']:7.0f} | {ex['rps']:7.0f} {ex['p50']:6.1f} {ex['p99']:6.1f}"
+            f" {ex['failures'] + ex['errors']:5d} {r['ratio']:6.1%} | {'':16}"
+            + " ".join(f"{c[p]:8.3f}" for p in PARTS)
+            + f" {sum(c.values()):8.3f} |"
+            f" {r['counted']} {'==' if r['exact'] else '!='} {r['responses']}"
+        )
+
+
+def plot_catalog(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    synthetic = [r for r in results if r["synthetic"]]
+    sizes = [r["services"] for r in synthetic]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(sizes, [100 * r["ratio"] for r in synthetic], "o-", label="synthetic catalog, evenly")
+    for r in results:
+        if not r["synthetic"]:
+            left.axhline(
+                100 * r["ratio"], ls=":", color="grey", label=f"demo catalog ({r['services']}) evenly"
+            )
+    left.set(xlabel="services in the catalog", ylabel="% of raw Kafka request/reply", xscale="log",
+             title="Throughput, share of the raw ceiling", xticks=sizes, ylim=(0, None))  # fmt: skip
+    left.set_xticklabels([f"{s:,}" for s in sizes])
+    left.minorticks_off()
+    left.legend()
+    left.grid(alpha=0.3)
+    bottom = [0.0] * len(synthetic)
+    for part in PARTS:
+        values = [r["cpu_ms_per_exchange"][part] for r in synthetic]
+        if max(values, default=0) > 0.005:
+            right.bar([str(s) for s in sizes], values, bottom=bottom, label=part)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    right.set(
+        xlabel="services in the catalog", ylabel="CPU ms per exchange", title="CPU per exchange, by part"
+    )
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 COVERAGE: dict[str, tuple[float, float, int]] = {}
@@ -369,6 +528,16 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def catalog_main(swept: list[dict[str, Any]], out: Path | None) -> int:
+    report_catalog(swept)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "catalog.json").write_text(json.dumps(swept, indent=2))
+        plot_catalog(swept, out / "catalog.png")
+        print(f"figures in {out / 'catalog.json'} and {out / 'catalog.png'}")
+    return 0 if all(r["exact"] for r in swept) else 1
+
+
 def main() -> int:
     sigterm_as_exit()
     parser = argparse.ArgumentParser(
@@ -390,8 +559,14 @@ def main() -> int:
         "--log-cost", action="store_true",
         help="also measure with the exchange log's part paused: the log's cost to the sync path",
     )  # fmt: skip
+    parser.add_argument(
+        "--catalog", default="", metavar="N,…",
+        help="instead of the sweep over --users: the demo catalog evenly, then synthetic catalogs of N "
+        "services (10 per provider) evenly, at the first --users (e.g. 13,200,1000)",
+    )  # fmt: skip
     args = parser.parse_args()
     args.compare = [s for s in args.compare.split(",") if s]
+    args.catalog = [int(n) for n in args.catalog.split(",") if n]
     sweep = [int(u) for u in args.users.split(",")]
     with (
         tempfile.TemporaryDirectory(prefix="ndxp-bench-") as tmp,
@@ -399,6 +574,8 @@ def main() -> int:
         running_platform(Path(tmp), bootstrap, args.workers) as (base, up),
     ):
         print(f"platform up at {base} ({args.workers} gateway worker(s)) on Kafka {bootstrap}", flush=True)
+        if args.catalog:
+            return catalog_main(catalog_sweep(base, up, bootstrap, Path(tmp), args), args.out)
         results = [measure(base, up, bootstrap, users, args) for users in sweep]
         async_results = (
             [measure_async(base, up, users, args) for users in sweep] if args.respond_async else []

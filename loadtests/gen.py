@@ -25,6 +25,8 @@ import random
 import sys
 import time
 from collections import Counter
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -35,19 +37,29 @@ from loadtests.rawkafka import summary
 
 
 def requests(
-    host: str, n: int, seed: int, *, respond_async: bool = False, only: str | None = None
+    host: str,
+    n: int,
+    seed: int,
+    *,
+    respond_async: bool = False,
+    only: str | None = None,
+    even: list[tuple[str, str, Any]] | None = None,
 ) -> list[tuple[bytes, str]]:
-    """``n`` ready-to-send HTTP requests drawn from the exchange mix (``only``: of that service),
-    with the caller's key."""
+    """``n`` ready-to-send HTTP requests drawn from the exchange mix (``only``: of that service;
+    ``even``: these (key, service, body), each as often), with the caller's key."""
     rng = random.Random(seed)  # synthetic identifiers, not secrets
     mix = [m for m in MIX if only in (None, m[2])]
     if not mix:
         raise SystemExit(f"no service {only} in the mix: {', '.join(m[2] for m in MIX)}")
     weights = [m[0] for m in mix]
     out: list[tuple[bytes, str]] = []
-    for _ in range(n):
-        _, key, service, make = rng.choices(mix, weights=weights)[0]
-        body = orjson.dumps(make(rng))
+    for i in range(n):
+        if even:
+            key, service, doc = even[i % len(even)]
+            body = orjson.dumps(doc)
+        else:
+            _, key, service, make = rng.choices(mix, weights=weights)[0]
+            body = orjson.dumps(make(rng))
         head = (
             f"POST /v1/exchange/{service} HTTP/1.1\r\nHost: {host}\r\n"
             f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
@@ -98,12 +110,14 @@ async def run(
     respond_async: bool = False,
     only: str | None = None,
     rate: float | None = None,
+    even: list[tuple[str, str, Any]] | None = None,
 ) -> dict[str, object]:
     """``rate``: requests per second in all, each user sending on its own schedule (rate/users a
     second; a user behind it sends at once, never more than one at a time); None: back to back."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    pool = requests(f"{host}:{port}", 4096, seed, respond_async=respond_async, only=only)
+    n = max(4096, 4 * len(even or ()))
+    pool = requests(f"{host}:{port}", n, seed, respond_async=respond_async, only=only, even=even)
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
     errors = 0
@@ -157,9 +171,22 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--async", dest="respond_async", action="store_true", help="submit async, then poll")
     parser.add_argument("--only", metavar="PROVIDER/SERVICE", help="one service of the mix alone")
+    parser.add_argument(
+        "--even", type=Path, metavar="FILE",
+        help="not the demo mix: a JSON list of [key, provider/service, body], each called as often",
+    )  # fmt: skip
     args = parser.parse_args()
+    even = [tuple(e) for e in orjson.loads(args.even.read_bytes())] if args.even else None
     result = uvloop.run(
-        run(args.url, args.users, args.seconds, args.seed, respond_async=args.respond_async, only=args.only)
+        run(
+            args.url,
+            args.users,
+            args.seconds,
+            args.seed,
+            respond_async=args.respond_async,
+            only=args.only,
+            even=even,
+        )
     )
     print(orjson.dumps(result).decode(), flush=True)
     return 0

@@ -162,7 +162,7 @@ async def run_adapters(
             )
             resources.push_async_callback(runner.cleanup)
             progress(f"adapter metrics on http://{settings.internal_host}:{settings.metrics_port}/metrics")
-        await _serve(adapters, progress)
+        await serve_until_stopped(adapters, progress)
 
 
 class _Refresh:
@@ -205,7 +205,8 @@ def _warn_unserved(catalog: Catalog, adapters: Sequence[Adapter], noted: set[str
                 log.warning("%s was published, but nothing here serves it", svc.key)
 
 
-async def _serve(adapters: list[Adapter], progress: Callable[[str], Any]) -> None:
+async def serve_until_stopped(adapters: list[Adapter], progress: Callable[[str], Any] = print) -> None:
+    """Start ``adapters``, wait until each has its partitions, serve until SIGTERM/SIGINT, stop them."""
     started: list[Adapter] = []
     try:
         for adapter in adapters:
