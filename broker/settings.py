@@ -349,6 +349,16 @@ class Settings:
 
     # -- Adapters --
     adapter_concurrency: int = setting(256, minimum=1, help="Requests one adapter handles at once.")
+    adapter_service_concurrency: int = setting(
+        128, minimum=1,
+        help="Of them, most of one service at once: more of it wait their turn while other services' "
+        "go on (a slow service does not hold up the rest).",
+    )  # fmt: skip
+    adapter_backlog: int = setting(
+        4096, minimum=1,
+        help="Requests one adapter holds (running, or waiting their service's turn) before it stops "
+        "fetching: past it, a backlogged service delays its provider's others.",
+    )  # fmt: skip
     adapter_dedupe_size: int = setting(
         100_000,
         minimum=1,

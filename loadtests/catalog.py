@@ -6,8 +6,10 @@ one contract per service, and a benchmark client ``bench`` (key
 ``demo-bench``) with a right to every synthetic provider and to the demo's;
 ``serve`` runs their adapters (one per provider, as ``ndxp adapter`` does,
 sharing one reply producer) with a trivial in-process handler until
-SIGTERM. Service *i* is ``syn<i // per_provider>/lookup<i % per_provider>``,
-so a bigger catalog contains every smaller one.
+SIGTERM. Service *i* of a catalog of *N* is
+``syn<N>-<i // per_provider>/lookup<i % per_provider>``: each catalog size has
+providers of its own (new consumer groups), so that one size's adapters never
+inherit another's (a static member that rejoins keeps its old assignment).
 
     python -m loadtests.catalog write --services 1000 --out /tmp/catalog
     python -m loadtests.catalog serve --services 1000
@@ -34,7 +36,7 @@ def layout(services: int, per_provider: int = PER_PROVIDER) -> dict[str, list[st
     """Provider → its services, for a catalog of ``services`` services."""
     out: dict[str, list[str]] = {}
     for i in range(services):
-        out.setdefault(f"syn{i // per_provider:04d}", []).append(f"lookup{i % per_provider:02d}")
+        out.setdefault(f"syn{services}-{i // per_provider:04d}", []).append(f"lookup{i % per_provider:02d}")
     return out
 
 

@@ -163,7 +163,7 @@ class EchoHandlers:
 
     async def slow(self, req: Request) -> Any:
         self.calls[req.body["msg"]] += 1
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(req.body.get("sleep_ms", 1000) / 1000)
         return {"msg": req.body["msg"], "via": req.meta.reply_to}
 
     async def store(self, req: Request) -> Any:

@@ -1,17 +1,23 @@
 """The adapter runtime: serves one provider agency over Kafka.
 
-A consumer in group ``ndxp.adapter.<provider>`` reads the provider's request
-topics (``ndxp``: ``NDXP_TOPIC_PREFIX``, as in every topic and group name).
+A consumer in group ``ndxp.adapter.<provider>`` reads the provider's two
+request topics, ``ndxp.req.<provider>.lookups`` and ``….writes``, whatever
+the number of its services: the service is a header (``ndxp``:
+``NDXP_TOPIC_PREFIX``, as in every topic and group name; decision 0012).
 Delivery follows each service's declared effects (DESIGN §2):
 
 - **Lookups** (``effects: read``, the default) are served at least once,
   without stop-and-wait: every record gets its own task as soon as it is
-  polled (at most ``adapter_concurrency`` in flight; the consumer stops
-  polling when that many are), its reply is produced as soon as its handler
-  returns, and a committer commits, every ``LOOKUP_COMMIT_EVERY_S``, each
-  partition's offset up to its oldest record still in progress. A crash
-  redelivers at most what was in progress or not yet committed; the gateway
-  ignores a second reply for the same exchange.
+  polled, its reply is produced as soon as its handler returns, and a
+  committer commits, every ``LOOKUP_COMMIT_EVERY_S``, each partition's offset
+  up to its oldest record still in progress. A crash redelivers at most what
+  was in progress or not yet committed; the gateway ignores a second reply
+  for the same exchange. At most ``adapter_concurrency`` run at once, and at
+  most ``adapter_service_concurrency`` of one service: the others of a busy
+  service wait their turn in memory (in order; one past its deadline is
+  dropped at once, counted as expired) while other services' go on, so a
+  slow or backlogged service does not hold up the rest. The consumer stops
+  fetching while ``adapter_backlog`` records are held.
 - **Writes** (``effects: write``) are served exactly once: a batch of write
   requests is handled, then its replies, the changes its handlers recorded
   (``Request.record_change`` → ``ndxp.data.<provider>``) and its offsets go
@@ -34,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -65,11 +72,14 @@ from broker.kafka import (
 from broker.kafka.routing import LeaderWatch
 from broker.metrics import AdapterMetrics
 from broker.model.envelope import (
+    H_DEADLINE,
     H_ERROR,
     H_ORIGIN,
+    H_SERVICE,
     Reply,
     ReplyOutcome,
     RequestMeta,
+    now_ms,
     reply_mac,
 )
 from broker.settings import Settings
@@ -86,6 +96,18 @@ class _Out(Outgoing):
     reply: Reply | None = None
     deadline_ms: int = 0
     """The deadline of the request ``reply`` answers (how long the reply memory keeps it)."""
+
+
+def _lane(msg: Record) -> tuple[str, int]:
+    """A request's service and deadline, from its headers (what waits its turn, and until when); a
+    header that is missing or not a number is left to the handling's checks."""
+    service, deadline = "", 0
+    for key, value in msg.headers or ():
+        if key == H_SERVICE and value:
+            service = value.decode(errors="replace")
+        elif key == H_DEADLINE and value and value.isdigit():
+            deadline = int(value)
+    return service, deadline
 
 
 def _problem(exchange_id: str, status: int, code: str, detail: str) -> bytes:
@@ -130,8 +152,8 @@ class Adapter(KafkaService):
         self.metrics = metrics or AdapterMetrics(CollectorRegistry())
         self.names = names = settings.names
         self.group_id = names.adapter_group(provider)
-        self.topics = [names.request(provider, s) for s in sorted(self.handlers)]
-        self._write_topics = {names.request(provider, s) for s in self.writes}
+        self._requests = [names.requests(provider), names.requests(provider, write=True)]
+        self.topics = self._requests if self.handlers else []
         self._memory = ReplyMemory(settings.adapter_dedupe_size, int(settings.adapter_dedupe_mb * 2**20))
         self._shared_producer = producer
         self._producer: Producer | None = None
@@ -139,7 +161,13 @@ class Adapter(KafkaService):
         self._txn_producer: Producer | None = None
         self._tx: Transactions | None = None
         self._offsets = OffsetTracker()
-        self._in_flight = 0
+        self._held = 0
+        """Records polled and not yet finished (running, waiting their service's turn, or writes)."""
+        self._busy: Counter[str] = Counter()
+        """Lookups running, by service (``_busy_total`` in all)."""
+        self._busy_total = 0
+        self._waiting: dict[str, deque[tuple[TopicPartition, Record, int]]] = {}
+        """Lookups of a service at its limit, in order, with their deadlines."""
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._write_queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -154,13 +182,11 @@ class Adapter(KafkaService):
         the backend to dedupe by)."""
         self.handlers = dict(handlers)
         self.writes = self.writes & set(self.handlers)
-        topics = [self.names.request(self.provider, s) for s in sorted(self.handlers)]
+        topics = self._requests if self.handlers else []
         if topics == self.topics:
             return
-        specs = Topics(self.settings)
-        await ensure_topics(self.settings, [specs.request(self.provider, s) for s in sorted(self.handlers)])
+        await ensure_topics(self.settings, Topics(self.settings).requests(self.provider))
         self.topics = topics
-        self._write_topics = {self.names.request(self.provider, s) for s in self.writes}
         if self.consumer is not None:
             if topics:
                 self.consumer.subscribe(topics, listener=_Rebalance(self))
@@ -178,8 +204,7 @@ class Adapter(KafkaService):
 
     async def _open(self) -> None:
         topics = Topics(self.settings)
-        specs = [topics.request(self.provider, s) for s in sorted(self.handlers)]
-        specs.append(topics.dlq(self.provider))
+        specs = [*topics.requests(self.provider), topics.dlq(self.provider)]
         if self.writes:
             specs.append(topics.data(self.provider))
             events = topics.events(Catalog.load(self.settings.schemas_dir), self.provider)
@@ -246,34 +271,83 @@ class Adapter(KafkaService):
         await self._commit_lookups(revoked)
         await self._write_idle.wait()
         self._offsets.forget(revoked)
+        gone = set(revoked)
+        for service, queue in list(self._waiting.items()):  # the new owner reads them again
+            kept = deque(w for w in queue if w[0] not in gone)
+            self._freed(len(queue) - len(kept))
+            if kept:
+                self._waiting[service] = kept
+            else:
+                del self._waiting[service]
 
     # -- the poll loop ------------------------------------------------------
 
     async def _capacity(self) -> int:
         """Backpressure: poll only for as many records as there is room for."""
-        while self._in_flight >= self.settings.adapter_concurrency and not self.stopping:
+        backlog = self.settings.adapter_backlog
+        while self._held >= backlog and not self.stopping:
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.2):
                     await self._room.wait()
-        return max(1, self.settings.adapter_concurrency - self._in_flight)
+        return max(1, min(self.settings.adapter_concurrency, backlog - self._held))
 
     async def _on_batch(self, batch: Batch) -> None:
         for tp, messages in batch.items():
-            write = tp.topic in self._write_topics
+            # A write on the exactly-once lane; without one (no write service has code here: a bound
+            # one's backend dedupes by exchange id), on the lookups' lane.
+            write = tp.topic == self._requests[1] and self._tx is not None
             for msg in messages:
-                self._in_flight += 1
+                self._held += 1
                 if write:
                     self._write_idle.clear()
                     self._write_queue.put_nowait(msg)
                     continue
                 self._offsets.fetched(tp, msg.offset)
-                task = asyncio.create_task(self._serve_lookup(tp, msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                service, deadline = _lane(msg)
+                queue = self._waiting.get(service)
+                if queue is None and self._may_run(service):
+                    self._run(tp, msg, service)
+                else:
+                    self._waiting.setdefault(service, deque()).append((tp, msg, deadline))
+
+    def _may_run(self, service: str) -> bool:
+        return (
+            self._busy_total < self.settings.adapter_concurrency
+            and self._busy[service] < self.settings.adapter_service_concurrency
+        )
+
+    def _run(self, tp: TopicPartition, msg: Record, service: str) -> None:
+        self._busy[service] += 1
+        self._busy_total += 1
+        task = asyncio.create_task(self._serve_lookup(tp, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._ran(service))
+
+    def _ran(self, service: str) -> None:
+        self._busy_total -= 1
+        self._busy[service] -= 1
+        if not self._busy[service]:
+            del self._busy[service]
+        self._freed()
+        if self._waiting:
+            self._turns()
+
+    def _turns(self) -> None:
+        """Start what waits and may run now; a waiting request past its deadline at once (it is only
+        counted as expired)."""
+        now = now_ms()
+        for service in list(self._waiting):
+            queue = self._waiting[service]
+            while queue and (queue[0][2] <= now or self._may_run(service)):
+                tp, msg, _ = queue.popleft()
+                self._run(tp, msg, service)
+            if not queue:
+                del self._waiting[service]
 
     def _freed(self, n: int = 1) -> None:
-        self._in_flight -= n
+        self._held -= n
         self._room.set()
 
     # -- lookups: at least once ---------------------------------------------
@@ -293,27 +367,24 @@ class Adapter(KafkaService):
     async def _serve_lookup(self, tp: TopicPartition, msg: Record) -> None:
         producer = self._shared_producer or self._producer
         assert producer is not None
-        try:
-            outs = await self._handle(msg, changes=False)
-            delay = 0.1
-            while True:
-                try:
-                    deliveries = [await self._send(producer, o) for o in outs]
-                    for delivery in deliveries:
-                        await delivery
-                    break
-                except Exception as exc:
-                    if self.stopping:
-                        # Left uncommitted: the next member answers it.
-                        log.warning("%s: reply to %s not sent before stop: %s", self.what, msg.offset, exc)
-                        return
-                    log.warning("%s: sending a reply failed (%s); retrying", self.what, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(2.0, delay * 2)
-            self._remember(outs)
-            self._offsets.done(tp, msg.offset)
-        finally:
-            self._freed()
+        outs = await self._handle(msg, changes=False)
+        delay = 0.1
+        while True:
+            try:
+                deliveries = [await self._send(producer, o) for o in outs]
+                for delivery in deliveries:
+                    await delivery
+                break
+            except Exception as exc:
+                if self.stopping:
+                    # Left uncommitted: the next member answers it.
+                    log.warning("%s: reply to %s not sent before stop: %s", self.what, msg.offset, exc)
+                    return
+                log.warning("%s: sending a reply failed (%s); retrying", self.what, exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+        self._remember(outs)
+        self._offsets.done(tp, msg.offset)
 
     async def _committer(self) -> None:
         consumer = self.consumer
@@ -321,6 +392,8 @@ class Adapter(KafkaService):
         lag_at = 0.0
         while True:
             await asyncio.sleep(LOOKUP_COMMIT_EVERY_S)
+            if self._waiting:  # a waiting request's deadline passed
+                self._turns()
             await self._commit_lookups()
             if time.monotonic() >= lag_at:
                 lag_at = time.monotonic() + 1.0

@@ -339,12 +339,11 @@ async def kafka_credentials(request: web.Request) -> web.Response:
         raise Conflict("this platform's Kafka has no users of its own (not SASL): run it with SASL_SSL, "
                        "e.g. `ndxp kafka start --secure`")  # fmt: skip
     settings = admin.settings
-    services = sorted({s.service for s in admin.live.catalog.versions(aid)})
     if settings.kafka_users == "kafka":
-        creds = await members.grant(settings, aid, services)
+        creds = await members.grant(settings, aid)
         issued: dict[str, object] = {"username": creds.username, "password": creds.password}
     else:  # Strimzi's User Operator owns the users: the KafkaUser to apply, its password in a Secret
-        await members.ensure_member_topics(settings, aid, services)
+        await members.ensure_member_topics(settings, aid)
         user = members.kafka_user(settings, aid)
         issued = {"username": members.member_user(aid), "password": None,
                   "password_secret": members.member_user(aid), "kafka_user": user}  # fmt: skip
@@ -480,7 +479,7 @@ async def publish_service(request: web.Request) -> web.Response:
     topics = Topics(admin.settings)
     await ensure_topics(
         admin.settings,
-        [topics.request(provider, name)] + ([topics.data(provider)] if svc.effects is Effects.WRITE else []),
+        [*topics.requests(provider)] + ([topics.data(provider)] if svc.effects is Effects.WRITE else []),
     )
 
     def write(live: LiveRegistry, change: Change) -> list[Entry]:

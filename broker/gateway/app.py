@@ -184,7 +184,7 @@ def create_app(
     async def tx_recorder(app: web.Application) -> AsyncIterator[None]:
         # Request topics too: an async exchange is accepted while its provider has never run.
         topics = Topics(settings)
-        requests = [topics.request(s.provider, s.service) for s in catalog]
+        requests = [spec for provider in catalog.providers() for spec in topics.requests(provider)]
         await ensure_topics(settings, [topics.tx(), *requests, *topics.events(catalog)])
         gw.recorder.start(gw.producer, gw.leaders)
         yield

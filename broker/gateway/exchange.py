@@ -169,7 +169,7 @@ async def _round_trip(gw: Gateway, ex: Exchange) -> Reply:
         # acknowledging is "unavailable", not a slow provider); then the reply
         # is awaited until the deadline the provider was given.
         await gw.hand_off(
-            gw.settings.names.request(svc.provider, svc.service), ex.body,
+            gw.settings.names.requests(svc.provider, write=svc.effects is Effects.WRITE), ex.body,
             what="the request", headers=meta.headers(), at_most_s=svc.timeout_ms / 1000,
             # A lookup's copy that arrives late is past its deadline or answered from the adapter's
             # memory; a write is never sent twice.

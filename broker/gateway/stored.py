@@ -26,6 +26,7 @@ import time
 import orjson
 from aiohttp import web
 
+from broker.contracts.catalog import Effects
 from broker.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
@@ -111,7 +112,8 @@ async def stored_exchange(gw: Gateway, ex: Exchange, key: str | None) -> web.Res
                 return await _replay(gw, ex, held, fp)
         meta = ex.meta(reply_to=view.topic, reply_partition=partition, deadline_ms=deadline)
         await gw.hand_off(
-            gw.settings.names.request(svc.provider, svc.service), ex.body, what="the request",
+            gw.settings.names.requests(svc.provider, write=svc.effects is Effects.WRITE), ex.body,
+            what="the request",
             headers=meta.headers(),
         )  # fmt: skip
         ex.sent()

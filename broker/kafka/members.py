@@ -196,21 +196,17 @@ def _revoke(settings: Settings, provider: str) -> None:
             raise
 
 
-async def grant(settings: Settings, provider: str, services: list[str] | None = None) -> Credentials:
+async def grant(settings: Settings, provider: str) -> Credentials:
     """Create (or give a new password to) ``provider``'s member user and its ACLs, after the topics
-    its adapter uses and may not create itself (its dead letters, its changes, the request topics
-    of ``services``)."""
-    await ensure_member_topics(settings, provider, services)
+    its adapter uses and may not create itself (its dead letters, its changes, its request topics)."""
+    await ensure_member_topics(settings, provider)
     return await asyncio.to_thread(_grant, settings, provider)
 
 
-async def ensure_member_topics(settings: Settings, provider: str, services: list[str] | None = None) -> None:
+async def ensure_member_topics(settings: Settings, provider: str) -> None:
     """The topics a member's adapter uses and may not create itself."""
     topics = Topics(settings)
-    await ensure_topics(
-        settings,
-        [topics.dlq(provider), topics.data(provider), *(topics.request(provider, s) for s in services or [])],
-    )
+    await ensure_topics(settings, [topics.dlq(provider), topics.data(provider), *topics.requests(provider)])
 
 
 async def revoke(settings: Settings, provider: str) -> None:

@@ -15,7 +15,8 @@ from broker.model.documents import EXCHANGES_PARTITIONS, MAX_ASYNC_TTL_MS
 from broker.settings import Settings
 
 REQUEST_PARTITIONS = 4
-"""Partitions of a request topic, created by the gateway or the adapter, whichever starts first."""
+"""Partitions of a provider's request topic (its lookups', its writes'), created by the gateway or the
+adapter, whichever starts first."""
 TX_PARTITIONS = 4
 """Partitions of the transaction topic (the counter's parallelism)."""
 DATA_PARTITIONS = 4
@@ -121,8 +122,13 @@ class Topics:
         """Callbacks that could not be delivered after every attempt."""
         return TopicSpec(name=f"{self.settings.exchanges_topic}.callbacks.dlq")
 
-    def request(self, provider: str, service: str) -> TopicSpec:
-        return TopicSpec(name=self.settings.names.request(provider, service), partitions=REQUEST_PARTITIONS)
+    def requests(self, provider: str) -> list[TopicSpec]:
+        """A provider's two request topics: its lookups' and its writes' (each with every service)."""
+        names = self.settings.names
+        return [
+            TopicSpec(name=names.requests(provider, write=write), partitions=REQUEST_PARTITIONS)
+            for write in (False, True)
+        ]
 
     def dlq(self, provider: str) -> TopicSpec:
         """Requests to ``provider`` that its adapter cannot decode."""
@@ -153,7 +159,7 @@ class Topics:
     def of_provider(self, catalog: Catalog, provider: str) -> list[TopicSpec]:
         """What a provider's adapter uses: its request topics, its DLQ, and for writes its changes."""
         services = catalog.of_provider(provider)
-        out = [self.dlq(provider), *(self.request(provider, s.service) for s in services)]
+        out = [self.dlq(provider), *self.requests(provider)]
         if any(s.effects is Effects.WRITE for s in services):
             out.append(self.data(provider))
         return out

@@ -62,8 +62,11 @@ class Names:
 
     prefix: str = "ndxp"
 
-    def request(self, provider: str, service: str) -> str:
-        return f"{self.prefix}.req.{provider}.{service}"
+    def requests(self, provider: str, *, write: bool = False) -> str:
+        """A provider's requests: one topic for its lookups, one for its writes, whatever the number of
+        its services (the service is a header), so that what its adapter fetches does not grow with
+        its catalog (decision 0012)."""
+        return f"{self.prefix}.req.{provider}.{'writes' if write else 'lookups'}"
 
     @property
     def reply_prefix(self) -> str:

@@ -40,11 +40,63 @@ async def _read(
     return got
 
 
-def _meta(provider: str, eid: str, reply_to: str, deadline_ms: int) -> RequestMeta:
+def _meta(provider: str, eid: str, reply_to: str, deadline_ms: int, service: str = "echo") -> RequestMeta:
     return RequestMeta(
-        exchange_id=eid, client="alice", provider=provider, service="echo",
+        exchange_id=eid, client="alice", provider=provider, service=service,
         reply_to=reply_to, deadline_ms=deadline_ms,
     )  # fmt: skip
+
+
+async def test_a_slow_backlogged_service_does_not_hold_up_the_providers_others(
+    exchange_settings: Settings, provider: str
+) -> None:
+    """One request topic carries every lookup of a provider: a service with a 2 s handler and a
+    backlog of 108 requests (4 of it at a time) leaves the other service's 20 requests to be answered
+    at once, not behind it; those of its requests whose deadline passes while they wait their turn
+    are dropped, counted as expired, never handled."""
+    settings = exchange_settings.replace(adapter_concurrency=16, adapter_service_concurrency=4)
+    replies = settings.names.reply(f"{settings.instance_id}-lanes")
+    topic = settings.names.requests(provider)
+    await ensure_topics(settings, [TopicSpec(name=replies), TopicSpec(name=topic, partitions=4)])
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        far, soon = now_ms() + 120_000, now_ms() + 1_500
+        sends = [(f"slow-{i}", far, "slow") for i in range(8)]
+        sends += [(f"soon-{i}", soon, "slow") for i in range(10)]  # behind 8 of 2 s each, 4 at a time
+        sends += [(f"slow-{i}", far, "slow") for i in range(8, 108)]
+        sends += [(f"fast-{i}", far, "echo") for i in range(20)]
+        for msg, deadline, service in sends:
+            meta = _meta(provider, msg, replies, deadline, service)
+            body = f'{{"msg": "{msg}", "sleep_ms": 2000}}' if service == "slow" else f'{{"msg": "{msg}"}}'
+            await producer.send(topic, body.encode(), headers=meta.headers())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    handlers = EchoHandlers()
+    async with running_adapter(settings, provider, handlers) as adapter:
+        consumer = make_consumer(settings)
+        await consumer.start()
+        consumer.assign([TopicPartition(replies, 0)])
+        await consumer.seek_to_beginning(TopicPartition(replies, 0))
+        answered: list[str] = []
+        try:
+            async with asyncio.timeout(60):
+                while sum(e.startswith("fast-") for e in answered) < 20:
+                    batch = await consumer.getmany(timeout_ms=200)
+                    answered += [Reply.from_message(m.headers, m.value or b"").exchange_id
+                                 for msgs in batch.values() for m in msgs]  # fmt: skip
+        finally:
+            await consumer.stop()
+        async with asyncio.timeout(20):
+            labels = {"provider": provider, "service": "slow"}
+            while sample(adapter.metrics.registry, "ndxp_adapter_expired_total", **labels) < 10:
+                await asyncio.sleep(0.05)
+    slow = [e for e in answered if e.startswith("slow-")]
+    # 4 slow ones at a time, 2 s each: the fast ones came while the slow backlog had barely started.
+    assert len(slow) <= 16, f"the fast service waited behind {len(slow)} slow requests"
+    assert not any(m.startswith("soon-") for m in handlers.calls)
+    assert not any(e.startswith("soon-") for e in answered)
 
 
 async def test_redelivered_exchange_is_answered_from_memory_and_expired_ones_are_skipped(
@@ -58,7 +110,7 @@ async def test_redelivered_exchange_is_answered_from_memory_and_expired_ones_are
         producer = make_producer(settings)
         await producer.start()
         try:
-            topic = settings.names.request(provider, "echo")
+            topic = settings.names.requests(provider)
             fresh = _meta(provider, "dup-1", replies, now_ms() + 60_000)
             await delivered(producer, topic, b'{"msg": "once"}', headers=fresh.headers())
             await _read(settings, replies, 1)
@@ -91,7 +143,7 @@ async def test_undecodable_messages_go_to_the_dead_letter_topic(
         producer = make_producer(settings)
         await producer.start()
         try:
-            topic = settings.names.request(provider, "echo")
+            topic = settings.names.requests(provider)
             await delivered(producer, topic, b"no headers at all")
             meta = _meta(provider, "bad-json", replies, now_ms() + 60_000)
             await delivered(producer, topic, b"{nope", headers=meta.headers())
@@ -116,7 +168,7 @@ async def test_a_stopping_adapter_finishes_and_commits_what_it_holds(
     replies = settings.names.reply(f"{settings.instance_id}-stop")
     await ensure_topics(
         settings,
-        [TopicSpec(name=replies), TopicSpec(name=settings.names.request(provider, "echo"), partitions=4)],
+        [TopicSpec(name=replies), TopicSpec(name=settings.names.requests(provider), partitions=4)],
     )
     producer = make_producer(settings)
     await producer.start()
@@ -124,7 +176,7 @@ async def test_a_stopping_adapter_finishes_and_commits_what_it_holds(
         for i in range(20):
             meta = _meta(provider, f"s-{i}", replies, now_ms() + 120_000)
             body = f'{{"msg": "s-{i}", "sleep_ms": 400}}'.encode()
-            await producer.send(settings.names.request(provider, "echo"), body, headers=meta.headers())
+            await producer.send(settings.names.requests(provider), body, headers=meta.headers())
         await producer.flush()
     finally:
         await producer.stop()

@@ -268,7 +268,7 @@ async def test_write_service_is_processed_exactly_once_across_an_adapter_sigkill
 ) -> None:
     settings = exchange_settings
     total = 300
-    topic = settings.names.request(provider, "store")
+    topic = settings.names.requests(provider, write=True)
     replies = settings.names.reply(f"{settings.instance_id}-store")
     await ensure_topics(settings, [TopicSpec(name=topic, partitions=4), TopicSpec(name=replies)])
     producer = make_producer(settings)

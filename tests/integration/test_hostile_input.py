@@ -86,7 +86,7 @@ async def test_a_null_header_value_is_dead_lettered_and_the_adapter_keeps_servin
         producer = make_producer(settings)
         await producer.start()
         try:
-            topic = settings.names.request(provider, "echo")
+            topic = settings.names.requests(provider)
             await delivered(producer, topic, b'{"msg": "x"}', headers=[(H_EXCHANGE_ID, None)])
             meta = RequestMeta(
                 exchange_id="after-null", client="alice", provider=provider, service="echo",

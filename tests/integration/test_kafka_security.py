@@ -107,7 +107,7 @@ async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and
     registry; once revoked, it cannot connect."""
     provider, other = f"tp{uuid.uuid4().hex[:10]}", f"tq{uuid.uuid4().hex[:10]}"
     async with secure_platform(base_settings, tmp_path, provider) as platform:
-        await ensure_topics(platform, [Topics(platform).request(other, "echo"), Topics(platform).data(other)])
+        await ensure_topics(platform, [*Topics(platform).requests(other), Topics(platform).data(other)])
         async with running_admin(platform) as (admin, _):
             by_alice = await admin.post(f"/admin/v1/agencies/{provider}/kafka-credentials",
                                         headers={"Authorization": "Bearer key-alice"})  # fmt: skip
@@ -176,9 +176,9 @@ async def test_a_member_adapter_with_its_own_credentials_serves_its_requests_and
             assert (await answer.json())["msg"] == "held", "the forged reply never answered the caller"
         names = platform.names
         refused = TopicAuthorizationFailedError.errno
-        seen = await _described(member, [names.request(provider, "echo"), names.request(other, "echo"),
+        seen = await _described(member, [names.requests(provider), names.requests(other),
                                          platform.registry_topic, platform.stats_topic])  # fmt: skip
-        assert seen == {names.request(provider, "echo"): 0, names.request(other, "echo"): refused,
+        assert seen == {names.requests(provider): 0, names.requests(other): refused,
                         platform.registry_topic: refused, platform.stats_topic: refused}, seen  # fmt: skip
         writer = make_producer(member)
         await writer.start()

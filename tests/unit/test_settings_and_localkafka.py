@@ -155,7 +155,8 @@ def test_one_topic_prefix_names_every_topic_and_group_and_is_checked() -> None:
     s = Settings.from_env({"NDXP_TOPIC_PREFIX": "run-1"})
     n = s.names
     names = [
-        s.tx_topic, s.stats_topic, s.exchanges_topic, n.request("bca", "lookup"), n.reply("host-w0"),
+        s.tx_topic, s.stats_topic, s.exchanges_topic, n.requests("bca"), n.requests("bca", write=True),
+        n.reply("host-w0"),
         n.reply_prefix, n.dlq("bca"), n.data("bca"), n.adapter_group("bca"), n.events("bca", "moved"),
         n.subscriber_group("c", "bca", "moved"),
     ]  # fmt: skip
@@ -164,7 +165,7 @@ def test_one_topic_prefix_names_every_topic_and_group_and_is_checked() -> None:
     # Set explicitly, a topic keeps its name; the others still follow the prefix.
     s = Settings.from_env({"NDXP_TOPIC_PREFIX": "run-1", "NDXP_TX_TOPIC": "audit.tx"})
     assert (s.tx_topic, s.stats_topic) == ("audit.tx", "run-1.stats")
-    assert Settings.from_env({}).names.request("bca", "lookup") == "ndxp.req.bca.lookup"
+    assert Settings.from_env({}).names.requests("bca") == "ndxp.req.bca.lookups"
     for bad in ("a b", "x/y", "a" * 101):
         with pytest.raises(SettingsError, match="NDXP_TOPIC_PREFIX"):
             Settings.from_env({"NDXP_TOPIC_PREFIX": bad})
@@ -173,7 +174,7 @@ def test_one_topic_prefix_names_every_topic_and_group_and_is_checked() -> None:
 def test_replace_keeps_derived_topic_names_under_the_new_prefix() -> None:
     moved = Settings().replace(topic_prefix="x")
     assert (moved.tx_topic, moved.stats_topic, moved.exchanges_topic) == ("x.tx", "x.stats", "x.exchanges")
-    assert moved.names.request("bca", "citizen") == "x.req.bca.citizen"
+    assert moved.names.requests("bca", write=True) == "x.req.bca.writes"
     # Set explicitly, a topic keeps its name when the prefix changes; given in the same call, it wins.
     kept = Settings.from_env({"NDXP_TX_TOPIC": "audit.tx"}).replace(topic_prefix="y")
     assert (kept.tx_topic, kept.stats_topic) == ("audit.tx", "y.stats")
