@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +48,7 @@ import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from adapters.runtime.decisions import DeadLetter, Expired, Replay, ReplyMemory, change_records, triage
+from adapters.runtime.decisions import DeadLetter, Expired, Replay, ReplyMemory, Turns, change_records, triage
 from adapters.runtime.request import Change, Handler, Request
 from broker.contracts.catalog import Catalog, Effects
 from broker.errors import BusinessError, TransactionFenced
@@ -163,11 +162,9 @@ class Adapter(KafkaService):
         self._offsets = OffsetTracker()
         self._held = 0
         """Records polled and not yet finished (running, waiting their service's turn, or writes)."""
-        self._busy: Counter[str] = Counter()
-        """Lookups running, by service (``_busy_total`` in all)."""
-        self._busy_total = 0
-        self._waiting: dict[str, deque[tuple[TopicPartition, Record, int]]] = {}
-        """Lookups of a service at its limit, in order, with their deadlines."""
+        self._turns: Turns[tuple[TopicPartition, Record]] = Turns(
+            settings.adapter_concurrency, settings.adapter_service_concurrency
+        )
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._write_queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -272,13 +269,7 @@ class Adapter(KafkaService):
         await self._write_idle.wait()
         self._offsets.forget(revoked)
         gone = set(revoked)
-        for service, queue in list(self._waiting.items()):  # the new owner reads them again
-            kept = deque(w for w in queue if w[0] not in gone)
-            self._freed(len(queue) - len(kept))
-            if kept:
-                self._waiting[service] = kept
-            else:
-                del self._waiting[service]
+        self._freed(self._turns.drop(lambda item: item[0] not in gone))  # the new owner reads them again
 
     # -- the poll loop ------------------------------------------------------
 
@@ -305,46 +296,24 @@ class Adapter(KafkaService):
                     continue
                 self._offsets.fetched(tp, msg.offset)
                 service, deadline = _lane(msg)
-                queue = self._waiting.get(service)
-                if queue is None and self._may_run(service):
+                if self._turns.admit(service, (tp, msg), deadline):
                     self._run(tp, msg, service)
-                else:
-                    self._waiting.setdefault(service, deque()).append((tp, msg, deadline))
-
-    def _may_run(self, service: str) -> bool:
-        return (
-            self._busy_total < self.settings.adapter_concurrency
-            and self._busy[service] < self.settings.adapter_service_concurrency
-        )
 
     def _run(self, tp: TopicPartition, msg: Record, service: str) -> None:
-        self._busy[service] += 1
-        self._busy_total += 1
         task = asyncio.create_task(self._serve_lookup(tp, msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._ran(service))
 
     def _ran(self, service: str) -> None:
-        self._busy_total -= 1
-        self._busy[service] -= 1
-        if not self._busy[service]:
-            del self._busy[service]
+        self._turns.done(service)
         self._freed()
-        if self._waiting:
-            self._turns()
+        self._next_turns()
 
-    def _turns(self) -> None:
-        """Start what waits and may run now; a waiting request past its deadline at once (it is only
-        counted as expired)."""
-        now = now_ms()
-        for service in list(self._waiting):
-            queue = self._waiting[service]
-            while queue and (queue[0][2] <= now or self._may_run(service)):
-                tp, msg, _ = queue.popleft()
+    def _next_turns(self) -> None:
+        if self._turns.waiting:
+            for service, (tp, msg) in self._turns.ready(now_ms()):
                 self._run(tp, msg, service)
-            if not queue:
-                del self._waiting[service]
 
     def _freed(self, n: int = 1) -> None:
         self._held -= n
@@ -392,8 +361,7 @@ class Adapter(KafkaService):
         lag_at = 0.0
         while True:
             await asyncio.sleep(LOOKUP_COMMIT_EVERY_S)
-            if self._waiting:  # a waiting request's deadline passed
-                self._turns()
+            self._next_turns()  # a waiting request's deadline passed
             await self._commit_lookups()
             if time.monotonic() >= lag_at:
                 lag_at = time.monotonic() + 1.0

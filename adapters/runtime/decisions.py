@@ -5,7 +5,8 @@
 - :func:`triage`: what becomes of a request before its handler runs (dead
   letter, an answer from memory, skipped past its deadline, or handled);
 - :func:`change_records`: what a write's recorded changes become in its
-  transaction (data records, events, and the events' transaction records).
+  transaction (data records, events, and the events' transaction records);
+- :class:`Turns`: which lookups run now, and which wait their service's turn.
 
 The runtime (``adapters.runtime.adapter``) does the I/O around them; the
 unit tests drive them directly.
@@ -14,9 +15,10 @@ unit tests drive them directly.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import orjson
 
@@ -165,3 +167,67 @@ def change_records(
         out.append(Outgoing(names.events(provider, c.event), value, c.key.encode(), header))
         out.append(Outgoing(tx_topic, published_record(event_id, provider, c.event, t_ms, value).encode()))
     return out
+
+
+T = TypeVar("T")
+
+
+class Turns(Generic[T]):
+    """Which of a provider's lookups run now: at most ``total`` at once and at most ``per_service`` of
+    one service; the others wait, in order, per service, so that a slow or backlogged service leaves
+    room for the rest (its requests share the provider's request topic, decision 0012). A waiting
+    request past its deadline may start at once, whatever the limits: it is only counted as expired."""
+
+    def __init__(self, total: int, per_service: int) -> None:
+        self.total, self.per_service = total, per_service
+        self.running: Counter[str] = Counter()
+        self.running_total = 0
+        self.waiting: dict[str, deque[tuple[T, int]]] = {}
+
+    def _may_run(self, service: str) -> bool:
+        return self.running_total < self.total and self.running[service] < self.per_service
+
+    def _start(self, service: str) -> None:
+        self.running[service] += 1
+        self.running_total += 1
+
+    def admit(self, service: str, item: T, deadline_ms: int) -> bool:
+        """A request arrives: True if it runs now (counted as running), else it waits."""
+        if service not in self.waiting and self._may_run(service):
+            self._start(service)
+            return True
+        self.waiting.setdefault(service, deque()).append((item, deadline_ms))
+        return False
+
+    def done(self, service: str) -> None:
+        """A running request of ``service`` finished."""
+        self.running_total -= 1
+        self.running[service] -= 1
+        if not self.running[service]:
+            del self.running[service]
+
+    def ready(self, now: int) -> list[tuple[str, T]]:
+        """The waiting requests that start now (counted as running): those the limits allow, in order
+        per service, and any past its deadline."""
+        out: list[tuple[str, T]] = []
+        for service in list(self.waiting):
+            queue = self.waiting[service]
+            while queue and (queue[0][1] <= now or self._may_run(service)):
+                out.append((service, queue.popleft()[0]))
+                self._start(service)
+            if not queue:
+                del self.waiting[service]
+        return out
+
+    def drop(self, keep: Callable[[T], bool]) -> int:
+        """Forget the waiting requests ``keep`` refuses (their partitions went to another member);
+        how many."""
+        dropped = 0
+        for service, queue in list(self.waiting.items()):
+            kept = deque(w for w in queue if keep(w[0]))
+            dropped += len(queue) - len(kept)
+            if kept:
+                self.waiting[service] = kept
+            else:
+                del self.waiting[service]
+        return dropped

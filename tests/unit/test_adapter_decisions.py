@@ -14,6 +14,7 @@ from adapters.runtime.decisions import (
     Handle,
     Replay,
     ReplyMemory,
+    Turns,
     change_records,
     triage,
 )
@@ -146,3 +147,34 @@ def test_lookup_offsets_commit_up_to_the_oldest_request_still_in_progress() -> N
     offsets.fetched(TP, 13)
     offsets.forget([TP])  # revoked: the next member continues from the committed offset
     assert offsets.committable() == {}
+
+
+def test_turns_keep_a_busy_service_to_its_share_and_let_the_others_run() -> None:
+    turns: Turns[str] = Turns(total=3, per_service=2)
+    far = now_ms() + 60_000
+    assert [turns.admit("slow", f"s{i}", far) for i in range(4)] == [True, True, False, False]
+    # The slow service is at its share: another service's request runs at once, past the queue.
+    assert turns.admit("fast", "f0", far)
+    assert not turns.admit("fast", "f1", far)  # all 3 run: it waits too
+    turns.done("fast")
+    # A freed place goes to what waits, in order; the slow service is still at its share.
+    assert turns.ready(now_ms()) == [("fast", "f1")]
+    turns.done("slow")
+    assert turns.ready(now_ms()) == [("slow", "s2")]
+    assert turns.ready(now_ms()) == []
+    assert turns.running == {"slow": 2, "fast": 1}
+    assert turns.running_total == 3
+
+
+def test_turns_start_a_waiting_request_past_its_deadline_at_once_and_drop_revoked_ones() -> None:
+    turns: Turns[str] = Turns(total=8, per_service=1)
+    now = now_ms()
+    assert turns.admit("slow", "running", now + 60_000)
+    for item, deadline in (("late", now - 1), ("later", now + 60_000), ("gone", now + 60_000)):
+        assert not turns.admit("slow", item, deadline)
+    # Past its deadline: it starts whatever the limit (to be counted as expired); the next one waits.
+    assert turns.ready(now) == [("slow", "late")]
+    assert turns.drop(lambda item: item != "gone") == 1
+    assert [w[0] for w in turns.waiting["slow"]] == ["later"]
+    assert turns.drop(lambda item: False) == 1
+    assert not turns.waiting
