@@ -69,6 +69,7 @@ from broker.kafka import (
     static_member,
 )
 from broker.kafka.routing import LeaderWatch
+from broker.kafka.topics import WRITE_REPLY_PARTITION
 from broker.metrics import AdapterMetrics
 from broker.model.envelope import (
     H_DEADLINE,
@@ -328,7 +329,9 @@ class Adapter(KafkaService):
         if isinstance(out, _Out) and out.reply is not None and out.partition is None:
             if self._leaders is None or self._leaders.producer is not producer:
                 self._leaders = LeaderWatch(producer)
-            return await self._leaders.send(out.topic, out.value, key=out.key, headers=headers)
+            # Not the partition of writes' replies: a lookup's there would wait for their transactions.
+            spare = WRITE_REPLY_PARTITION
+            return await self._leaders.send(out.topic, out.value, key=out.key, headers=headers, spare=spare)
         return await producer.send(
             out.topic, out.value, key=out.key, headers=headers, partition=out.partition
         )

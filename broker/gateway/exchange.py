@@ -66,6 +66,7 @@ from broker.gateway.middleware import (
 )
 from broker.gateway.state import EXCHANGE_ID, GATEWAY, Gateway
 from broker.gateway.stored import stored_exchange
+from broker.kafka.topics import WRITE_REPLY_PARTITION
 from broker.model.envelope import Reply, now_ms
 from broker.model.records import Mode, Outcome, subject_key
 
@@ -159,7 +160,13 @@ async def _round_trip(gw: Gateway, ex: Exchange) -> Reply:
     """Produce the request and await its reply within the service timeout."""
     svc = ex.svc
     assert svc is not None
-    meta = ex.meta(reply_to=gw.replies.topic, deadline_ms=now_ms() + svc.timeout_ms)
+    write = svc.effects is Effects.WRITE
+    # A write's reply comes in its adapter's transaction: on a partition of its own (lookups' replies
+    # would otherwise wait behind the transaction).
+    meta = ex.meta(
+        reply_to=gw.replies.topic, deadline_ms=now_ms() + svc.timeout_ms,
+        reply_partition=WRITE_REPLY_PARTITION if write else None,
+    )  # fmt: skip
     provider = gw.registry.agencies.get(svc.provider)
     reply_future = gw.replies.expect(ex.id, svc.provider, provider.reply_secret if provider else None)
     gw.metrics.in_flight.inc()
@@ -169,11 +176,11 @@ async def _round_trip(gw: Gateway, ex: Exchange) -> Reply:
         # acknowledging is "unavailable", not a slow provider); then the reply
         # is awaited until the deadline the provider was given.
         await gw.hand_off(
-            gw.settings.names.requests(svc.provider, write=svc.effects is Effects.WRITE), ex.body,
+            gw.settings.names.requests(svc.provider, write=write), ex.body,
             what="the request", headers=meta.headers(), at_most_s=svc.timeout_ms / 1000,
             # A lookup's copy that arrives late is past its deadline or answered from the adapter's
             # memory; a write is never sent twice.
-            hedge=svc.effects is not Effects.WRITE,
+            hedge=not write,
         )  # fmt: skip
         ex.sent()
         try:

@@ -91,10 +91,13 @@ class LeaderWatch:
             self._good[topic] = (now + GOOD_FOR_S, fine)
         return fine
 
-    def choose(self, topic: str, *, besides: int | None = None) -> int | None:
+    def choose(self, topic: str, *, besides: int | None = None, spare: int | None = None) -> int | None:
         """A partition for a keyless record of ``topic``; None: no metadata yet (the producer's choice).
-        ``besides``: a partition (and its leader) to stay away from."""
+        ``besides``: a partition (and its leader) to stay away from; ``spare``: a partition to use only
+        when no other is good (kept for other writers)."""
         choices = self.good(topic)
+        if spare is not None:
+            choices = [p for p in choices if p != spare] or choices
         if besides is not None:
             other = self.leader(topic, besides)
             away = [p for p in choices if p != besides and (other is None or self.leader(topic, p) != other)]
@@ -124,10 +127,12 @@ class LeaderWatch:
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
         partition: int | None = None,
+        spare: int | None = None,
     ) -> asyncio.Future[Written]:
-        """Send to ``partition`` (default: a good one) and track the leader's answer; the delivery."""
+        """Send to ``partition`` (default: a good one, ``spare`` only if no other is) and track the
+        leader's answer; the delivery."""
         if partition is None:
-            partition = self.choose(topic)
+            partition = self.choose(topic, spare=spare)
         node = self.leader(topic, partition) if partition is not None else None
         delivery = await self.producer.send(topic, value, key=key, partition=partition, headers=headers)
         if node is not None:

@@ -24,6 +24,11 @@ DATA_PARTITIONS = 4
 REPLY_PARTITIONS = 3
 """Partitions of a gateway worker's reply topic: leaders on several brokers, so that a reply always
 has one with a live leader to go to (:mod:`broker.kafka.routing`)."""
+WRITE_REPLY_PARTITION = 0
+"""The reply topic's partition for writes' replies, which adapters write in Kafka transactions; the
+lookups' replies go to the others. A ``read_committed`` reader sees nothing of a partition past an
+open transaction's first record, so a lookup's reply behind a write's would wait for that whole
+transaction."""
 EVENT_PARTITIONS = 4
 """Partitions of an event type's topic."""
 _HOUR_MS = 3600 * 1000

@@ -92,6 +92,21 @@ async def test_a_second_copy_goes_to_another_leader_and_an_unknown_topic_is_the_
     assert watch.choose("unknown") is None
 
 
+async def test_a_spare_partition_is_used_only_when_no_other_is_good() -> None:
+    """Lookups' replies keep off the partition of writes' replies (transactional: a read_committed
+    reader waits there for each transaction), unless every other partition's leader is suspect."""
+    producer = _Producer()
+    watch = LeaderWatch(producer, sticky_s=0)  # type: ignore[arg-type]
+    for _ in range(30):
+        await watch.send("t", b"r", spare=0)
+    assert set(producer.sent) == {1, 2, 3, 4, 5}
+    for node in (1, 2):
+        watch._blame(node, "test")
+    assert {watch.choose("t", spare=3) for _ in range(30)} == {0}, "a good leader's other partition"
+    watch._blame(0, "test")
+    assert {watch.choose("t", spare=0) for _ in range(50)} == set(range(1, 6)), "all suspect: any but it"
+
+
 class _LateTopicConsumer:
     """A consumer whose broker learns of topic ``t`` only at its ``known_after``-th metadata refresh."""
 
