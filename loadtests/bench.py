@@ -279,11 +279,12 @@ def _wait_answered(base: str, key: str, service: str, body: Any, within_s: float
 
 
 @contextmanager
-def _catalog_adapters(env: Mapping[str, str], services: int, log_path: Path) -> Iterator[None]:
+def _catalog_adapters(env: Mapping[str, str], services: int, per: int, log_path: Path) -> Iterator[None]:
     """The synthetic catalog's adapters (``loadtests.catalog serve``) until the block ends."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "loadtests.catalog", "serve", "--services", str(services)],
+            [sys.executable, "-m", "loadtests.catalog", "serve", "--services", str(services),
+             "--per-provider", str(per)],
             cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -315,9 +316,9 @@ def catalog_sweep(
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     gen = [sys.executable, "-m", "loadtests.gen", "--url", base, "--users", str(users)]
     out: list[dict[str, Any]] = []
-    for size in [0, *args.catalog]:
-        folder = tmp / f"catalog-{size}"
-        registry = catalog.write(folder, size, catalog.PER_PROVIDER, tmp / "registry.yaml")
+    for size, per in [(0, catalog.PER_PROVIDER), *args.catalog]:
+        folder = tmp / f"catalog-{size}-{per}"
+        registry = catalog.write(folder, size, per, tmp / "registry.yaml")
         subprocess.run(
             [sys.executable, "-m", "broker.cli", "registry", "import", "--schemas", str(folder / "schemas"),
              str(registry)], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
@@ -328,9 +329,9 @@ def catalog_sweep(
                 even = _demo_even(base, folder / "even.json")
             else:
                 print(f"[catalog {size:,}] starting its adapters ...", flush=True)
-                stack.enter_context(_catalog_adapters(env, size, folder / "adapters.log"))
+                stack.enter_context(_catalog_adapters(env, size, per, folder / "adapters.log"))
                 even = folder / "even.json"
-                even.write_text(json.dumps(catalog.mix(size)))
+                even.write_text(json.dumps(catalog.mix(size, per)))
             first = json.loads(even.read_text())
             for key, service, body in first:  # every one: the registry and its adapter reached
                 _wait_answered(base, key, service, body)
@@ -339,7 +340,8 @@ def catalog_sweep(
             if args.warmup:
                 _run_measured([*one, "--seconds", str(args.warmup), "--seed", "1"], timeout=args.warmup + 60)
             m = _measured(base, up, f"[{what}]", [*one, "--seconds", str(args.seconds)], args.seconds + 60)
-        m.update(services=size or len(first), synthetic=size > 0, users=users, raw=raw,
+        m.update(services=size or len(first), providers=len(catalog.layout(size, per)) if size else 0,
+                 synthetic=size > 0, users=users, raw=raw,
                  ratio=m["exchange"]["rps"] / raw["rps"] if raw["rps"] else 0.0)  # fmt: skip
         out.append(m)
     return out
@@ -350,7 +352,8 @@ def report_catalog(results: list[dict[str, Any]]) -> None:
     print(head + " | CPU ms/exchange: " + " ".join(f"{p:>8}" for p in PARTS) + f" {'total':>8} | exact")
     for r in results:
         ex, c = r["exchange"], r["cpu_ms_per_exchange"]
-        name = f"{r['services']:,} synthetic" if r["synthetic"] else f"demo ({r['services']}) evenly"
+        name = (f"{r['services']:,} on {r['providers']} providers" if r["synthetic"]
+                else f"demo ({r['services']}) evenly")  # fmt: skip
         print(
             f"{name:>22} {r['raw']['rps']:7.0f} | {ex['rps']:7.0f} {ex['p50']:6.1f} {ex['p99']:6.1f}"
             f" {ex['failures'] + ex['errors']:5d} {r['ratio']:6.1%} | {'':16}"
@@ -367,7 +370,8 @@ def plot_catalog(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     synthetic = [r for r in results if r["synthetic"]]
-    sizes = [r["services"] for r in synthetic]
+    sizes = list(range(len(synthetic)))
+    labels = [f"{r['services']:,}\n({r['providers']} prov.)" for r in synthetic]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     left.plot(sizes, [100 * r["ratio"] for r in synthetic], "o-", label="synthetic catalog, evenly")
     for r in results:
@@ -375,17 +379,16 @@ def plot_catalog(results: list[dict[str, Any]], path: Path) -> None:
             left.axhline(
                 100 * r["ratio"], ls=":", color="grey", label=f"demo catalog ({r['services']}) evenly"
             )
-    left.set(xlabel="services in the catalog", ylabel="% of raw Kafka request/reply", xscale="log",
+    left.set(xlabel="services in the catalog", ylabel="% of raw Kafka request/reply",
              title="Throughput, share of the raw ceiling", xticks=sizes, ylim=(0, None))  # fmt: skip
-    left.set_xticklabels([f"{s:,}" for s in sizes])
-    left.minorticks_off()
+    left.set_xticklabels(labels)
     left.legend()
     left.grid(alpha=0.3)
     bottom = [0.0] * len(synthetic)
     for part in PARTS:
         values = [r["cpu_ms_per_exchange"][part] for r in synthetic]
         if max(values, default=0) > 0.005:
-            right.bar([str(s) for s in sizes], values, bottom=bottom, label=part)
+            right.bar(labels, values, bottom=bottom, label=part)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     right.set(
         xlabel="services in the catalog", ylabel="CPU ms per exchange", title="CPU per exchange, by part"
@@ -528,6 +531,12 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _catalog_size(text: str) -> tuple[int, int]:
+    """``N`` or ``N/M``: N services, M per provider (default 10)."""
+    services, _, per = text.partition("/")
+    return int(services), int(per or 10)
+
+
 def catalog_main(swept: list[dict[str, Any]], out: Path | None) -> int:
     report_catalog(swept)
     if out is not None:
@@ -562,11 +571,11 @@ def main() -> int:
     parser.add_argument(
         "--catalog", default="", metavar="N,…",
         help="instead of the sweep over --users: the demo catalog evenly, then synthetic catalogs of N "
-        "services (10 per provider) evenly, at the first --users (e.g. 13,200,1000)",
+        "services (N/M: M per provider, default 10) evenly, at the first --users (e.g. 13,200,1000,1000/100)",
     )  # fmt: skip
     args = parser.parse_args()
     args.compare = [s for s in args.compare.split(",") if s]
-    args.catalog = [int(n) for n in args.catalog.split(",") if n]
+    args.catalog = [_catalog_size(n) for n in args.catalog.split(",") if n]
     sweep = [int(u) for u in args.users.split(",")]
     with (
         tempfile.TemporaryDirectory(prefix="ndxp-bench-") as tmp,

@@ -7,7 +7,7 @@ one contract per service, and a benchmark client ``bench`` (key
 ``serve`` runs their adapters (one per provider, as ``ndxp adapter`` does,
 sharing one reply producer) with a trivial in-process handler until
 SIGTERM. Service *i* of a catalog of *N* is
-``syn<N>-<i // per_provider>/lookup<i % per_provider>``: each catalog size has
+``syn<N>-<per_provider>-<i // per_provider>/lookup<i % per_provider>``: each catalog has
 providers of its own (new consumer groups), so that one size's adapters never
 inherit another's (a static member that rejoins keeps its old assignment).
 
@@ -36,7 +36,8 @@ def layout(services: int, per_provider: int = PER_PROVIDER) -> dict[str, list[st
     """Provider → its services, for a catalog of ``services`` services."""
     out: dict[str, list[str]] = {}
     for i in range(services):
-        out.setdefault(f"syn{services}-{i // per_provider:04d}", []).append(f"lookup{i % per_provider:02d}")
+        provider = f"syn{services}-{per_provider}-{i // per_provider:04d}"
+        out.setdefault(provider, []).append(f"lookup{i % per_provider:03d}")
     return out
 
 

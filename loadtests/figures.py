@@ -50,6 +50,29 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def catalog_table(rows: list[dict[str, Any]]) -> str:
+    """``bench.py --catalog --out``'s ``catalog.json``: the demo catalog evenly, then each synthetic
+    catalog size evenly, each beside the raw ceiling measured just before it."""
+    out = [
+        "| catalog, called evenly | raw Kafka/s | exchanges/s | p50 ms | p99 ms | failed | of raw "
+        "| counted = answered | CPU ms per exchange (total) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        ex = r["exchange"]
+        cpu = r["cpu_ms_per_exchange"]
+        parts = ", ".join(f"{part} {ms:.3f}" for part, ms in cpu.items() if ms >= 0.0005)
+        name = (f"{_n(r['services'])} synthetic, {r.get('providers', '?')} providers" if r["synthetic"]
+                else f"the demo's {r['services']}")  # fmt: skip
+        out.append(
+            f"| {name} | {_n(r['raw']['rps'])} | {_n(ex['rps'])} | {ex['p50']:.1f} | {ex['p99']:.1f} "
+            f"| {ex['failures'] + ex['errors']} | {r['ratio']:.1%} "
+            f"| {_n(r['counted'])} {'=' if r['exact'] else '≠'} {_n(r['responses'])} "
+            f"| {parts} ({sum(cpu.values()):.3f}) |"
+        )
+    return "\n".join(out)
+
+
 def faults_table(rows: list[dict[str, Any]]) -> str:
     """``faults.py``'s ``faults.json``: one row per fault; over the fault's window (its injection to its
     end, at least 10 s): failed calls of those sent, by kind, p99, seconds to the first success."""
@@ -73,11 +96,13 @@ def faults_table(rows: list[dict[str, Any]]) -> str:
 def table(path: Path) -> str:
     """The table of a figures file, chosen by its name."""
     rows = json.loads(path.read_text())
+    if path.name.startswith("catalog"):
+        return catalog_table(rows)
     if path.name.startswith("bench"):
         return bench_table(rows)
     if path.name.startswith("faults"):
         return faults_table(rows)
-    raise ValueError(f"{path}: no table for this file (bench*.json or faults*.json)")
+    raise ValueError(f"{path}: no table for this file (bench*, catalog* or faults*.json)")
 
 
 if __name__ == "__main__":
