@@ -244,6 +244,7 @@ class Adapter(KafkaService):
         if self.topics:  # none yet: a provider whose bindings are still to be published or compiled
             self.consumer.subscribe(self.topics, listener=_Rebalance(self))
         self.spawn(self._committer(), "committer")
+        self.spawn(self._expiry(), "expiry")
         if self.writes:
             self.spawn(self._write_lane(), "writes")
 
@@ -317,9 +318,12 @@ class Adapter(KafkaService):
         self._freed()
         self._next_turns()
 
-    def _next_turns(self) -> None:
-        if self._turns.waiting:
-            for service, (tp, msg) in self._turns.ready(now_ms()):
+    def _next_turns(self, *, expired: bool = False) -> None:
+        """Start what may run now (``expired``: and every waiting request past its deadline)."""
+        if self._turns.waiting and not self.stopping:  # stopping: what waits is left uncommitted
+            now = now_ms()
+            due = self._turns.expired(now) if expired else []
+            for service, (tp, msg) in [*due, *self._turns.ready(now)]:
                 self._run(tp, msg, service)
 
     def _freed(self, n: int = 1) -> None:
@@ -364,16 +368,19 @@ class Adapter(KafkaService):
         self._remember(outs)
         self._offsets.done(tp, msg.offset)
 
+    async def _expiry(self) -> None:
+        """Waiting requests whose deadline passed go at once (a commit that waits holds nothing up)."""
+        while True:
+            await asyncio.sleep(TURNS_EVERY_S)
+            self._next_turns(expired=True)
+
     async def _committer(self) -> None:
         consumer = self.consumer
         assert consumer is not None
-        lag_at = commit_at = 0.0
+        lag_at = 0.0
         while True:
-            await asyncio.sleep(TURNS_EVERY_S)
-            self._next_turns()  # a waiting request's deadline passed
-            if time.monotonic() >= commit_at:
-                commit_at = time.monotonic() + LOOKUP_COMMIT_EVERY_S
-                await self._commit_lookups()
+            await asyncio.sleep(LOOKUP_COMMIT_EVERY_S)
+            await self._commit_lookups()
             if time.monotonic() >= lag_at:
                 lag_at = time.monotonic() + 1.0
                 self.metrics.consumer_lag.labels(self.provider).set(await consumer_lag(consumer))

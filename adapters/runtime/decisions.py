@@ -219,6 +219,24 @@ class Turns(Generic[T]):
                 del self.waiting[service]
         return out
 
+    def expired(self, now: int) -> list[tuple[str, T]]:
+        """Every waiting request past its deadline, wherever it is in its queue, to start now (counted
+        as running): it is only counted as expired, and waits no longer behind live ones."""
+        out: list[tuple[str, T]] = []
+        for service, queue in list(self.waiting.items()):
+            if not any(deadline <= now for _, deadline in queue):
+                continue
+            for item, deadline in queue:
+                if deadline <= now:
+                    out.append((service, item))
+                    self._start(service)
+            kept = deque(w for w in queue if w[1] > now)
+            if kept:
+                self.waiting[service] = kept
+            else:
+                del self.waiting[service]
+        return out
+
     def drop(self, keep: Callable[[T], bool]) -> int:
         """Forget the waiting requests ``keep`` refuses (their partitions went to another member);
         how many."""

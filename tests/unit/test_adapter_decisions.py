@@ -174,6 +174,11 @@ def test_turns_start_a_waiting_request_past_its_deadline_at_once_and_drop_revoke
         assert not turns.admit("slow", item, deadline)
     # Past its deadline: it starts whatever the limit (to be counted as expired); the next one waits.
     assert turns.ready(now) == [("slow", "late")]
+    # One past its deadline behind a live one: started by the sweep, not left behind it.
+    assert not turns.admit("slow", "late-behind", now - 1)
+    assert turns.ready(now) == []
+    assert turns.expired(now) == [("slow", "late-behind")]
+    assert turns.expired(now) == []
     assert turns.drop(lambda item: item != "gone") == 1
     assert [w[0] for w in turns.waiting["slow"]] == ["later"]
     assert turns.drop(lambda item: False) == 1
