@@ -8,7 +8,7 @@ the steps, top to bottom:
 2. **read**: the body within its size and time limits, checked against the
    request schema (``_read``);
 3. **exchange**: a sync call is admitted (rate, in-flight), produced to
-   ``<prefix>.req.<provider>.<service>`` and its reply awaited on this
+   ``<prefix>.req.<provider>.lookups`` (``.writes`` for a write) and its reply awaited on this
    worker's reply topic until the deadline (``_round_trip``); the reply is
    judged against the response schema (``broker.contracts.verdicts``). An
    async or idempotent call takes the stored path (``broker.gateway.stored``);
