@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
+from adapters.runtime.adapter import Adapter
 from broker.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from broker.model.envelope import (
     H_ERROR,
@@ -38,6 +39,14 @@ async def _read(
     finally:
         await consumer.stop()
     return got
+
+
+async def _expired(adapter: Adapter, service: str, count: int, within_s: float) -> None:
+    """Until the adapter has counted ``count`` requests of ``service`` as expired."""
+    labels = {"provider": adapter.provider, "service": service}
+    async with asyncio.timeout(within_s):
+        while sample(adapter.metrics.registry, "ndxp_adapter_expired_total", **labels) < count:
+            await asyncio.sleep(0.05)
 
 
 def _meta(provider: str, eid: str, reply_to: str, deadline_ms: int, service: str = "echo") -> RequestMeta:
@@ -89,10 +98,7 @@ async def test_a_slow_backlogged_service_does_not_hold_up_the_providers_others(
                                  for msgs in batch.values() for m in msgs]  # fmt: skip
         finally:
             await consumer.stop()
-        async with asyncio.timeout(20):
-            labels = {"provider": provider, "service": "slow"}
-            while sample(adapter.metrics.registry, "ndxp_adapter_expired_total", **labels) < 10:
-                await asyncio.sleep(0.05)
+        await _expired(adapter, "slow", 10, within_s=20)
     slow = [e for e in answered if e.startswith("slow-")]
     # 4 slow ones at a time, 2 s each: the fast ones came while the slow backlog had barely started.
     assert len(slow) <= 16, f"the fast service waited behind {len(slow)} slow requests"
@@ -122,10 +128,7 @@ async def test_redelivered_exchange_is_answered_from_memory_and_expired_ones_are
             got = await _read(settings, replies, 2)
         finally:
             await producer.stop()
-        async with asyncio.timeout(10):
-            labels = {"provider": provider, "service": "echo"}
-            while sample(adapter.metrics.registry, "ndxp_adapter_expired_total", **labels) < 1:
-                await asyncio.sleep(0.05)
+        await _expired(adapter, "echo", 1, within_s=10)
     answers = [Reply.from_message(h, v) for h, v in got]
     assert [a.exchange_id for a in answers] == ["dup-1", "dup-1"]
     assert answers[0].body == answers[1].body
