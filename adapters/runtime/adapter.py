@@ -9,11 +9,11 @@ Delivery follows each service's declared effects (DESIGN §2):
 - **Lookups** (``effects: read``, the default) are served at least once,
   without stop-and-wait: every record gets its own task as soon as it is
   polled, its reply is produced as soon as its handler returns, and a
-  committer commits, every ``LOOKUP_COMMIT_EVERY_S`` (1 s) or after ``LOOKUP_COMMIT_AFTER`` (32)
-  are done, each partition's offset
-  up to its oldest record still in progress. A crash redelivers at most what
-  was in progress or not yet committed; the gateway ignores a second reply
-  for the same exchange. At most ``adapter_concurrency`` run at once, and at
+  committer commits each partition's offset up to its oldest record still in
+  progress, once ``LOOKUP_COMMIT_AFTER`` (32) are done or every
+  ``LOOKUP_COMMIT_EVERY_S`` (1 s). A crash redelivers at most what was in
+  progress or not yet committed; the gateway ignores a second reply for the
+  same exchange. At most ``adapter_concurrency`` run at once, and at
   most ``adapter_service_concurrency`` of one service: the others of a busy
   service wait their turn in memory (in order; one past its deadline is
   dropped at once, counted as expired) while other services' go on, so a
@@ -93,6 +93,7 @@ LOOKUP_COMMIT_EVERY_S = 1.0
 commits once a second. Each commit is a write to Kafka per provider: every 0.1 s, 100 providers'
 adapters made up to 1,000 a second, the biggest part of Kafka's CPU at 1,000 services."""
 LOOKUP_COMMIT_AFTER = 32
+"""Lookups done since the last commit that make the next one due at once."""
 TURNS_EVERY_S = 0.1
 """How often waiting requests are looked at for a deadline that passed."""
 WRITE_BATCH = 256
