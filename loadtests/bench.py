@@ -340,10 +340,20 @@ def catalog_sweep(
             if args.warmup:
                 _run_measured([*one, "--seconds", str(args.warmup), "--seed", "1"], timeout=args.warmup + 60)
             m = _measured(base, up, f"[{what}]", [*one, "--seconds", str(args.seconds)], args.seconds + 60)
+            # ``--compare``: each of those demo services alone, beside the same raw ceiling.
+            alone = [
+                (s, _measured(base, up, f"[{s} alone]", [*one, "--only", s, "--seconds", str(args.seconds)],
+                              args.seconds + 60))
+                for s in (args.compare if size == 0 else [])
+            ]  # fmt: skip
         m.update(services=size or len(first), providers=len(catalog.layout(size, per)) if size else 0,
                  synthetic=size > 0, users=users, raw=raw,
                  ratio=m["exchange"]["rps"] / raw["rps"] if raw["rps"] else 0.0)  # fmt: skip
         out.append(m)
+        for service, a in alone:
+            a.update(services=1, providers=1, synthetic=False, users=users, raw=raw, only=service,
+                     ratio=a["exchange"]["rps"] / raw["rps"] if raw["rps"] else 0.0)  # fmt: skip
+            out.append(a)
     return out
 
 
@@ -353,7 +363,7 @@ def report_catalog(results: list[dict[str, Any]]) -> None:
     for r in results:
         ex, c = r["exchange"], r["cpu_ms_per_exchange"]
         name = (f"{r['services']:,} on {r['providers']} providers" if r["synthetic"]
-                else f"demo ({r['services']}) evenly")  # fmt: skip
+                else r.get("only") or f"demo ({r['services']}) evenly")  # fmt: skip
         print(
             f"{name:>22} {r['raw']['rps']:7.0f} | {ex['rps']:7.0f} {ex['p50']:6.1f} {ex['p99']:6.1f}"
             f" {ex['failures'] + ex['errors']:5d} {r['ratio']:6.1%} | {'':16}"

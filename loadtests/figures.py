@@ -63,7 +63,7 @@ def catalog_table(rows: list[dict[str, Any]]) -> str:
         cpu = r["cpu_ms_per_exchange"]
         parts = ", ".join(f"{part} {ms:.3f}" for part, ms in cpu.items() if ms >= 0.0005)
         name = (f"{_n(r['services'])} synthetic, {r.get('providers', '?')} providers" if r["synthetic"]
-                else f"the demo's {r['services']}")  # fmt: skip
+                else r.get("only") or f"the demo's {r['services']}")  # fmt: skip
         out.append(
             f"| {name} | {_n(r['raw']['rps'])} | {_n(ex['rps'])} | {ex['p50']:.1f} | {ex['p99']:.1f} "
             f"| {ex['failures'] + ex['errors']} | {r['ratio']:.1%} "
