@@ -22,10 +22,7 @@ Delivery follows each service's declared effects (DESIGN §2):
 - **Writes** (``effects: write``) are served exactly once: a batch of write
   requests is handled, then its replies, the changes its handlers recorded
   (``Request.record_change`` → ``ndxp.data.<provider>``) and its offsets go
-  out in one Kafka transaction. Each partition of the writes topic has a lane
-  of its own (its queue and transactional producer, as Kafka Streams'
-  exactly-once had one per input partition), so the lanes' transactions
-  overlap instead of waiting for each other. A failed transaction is retried with the same
+  out in one Kafka transaction. A failed transaction is retried with the same
   results; a crash before the commit leaves nothing visible
   (``read_committed``) and the batch is processed again.
 
@@ -46,6 +43,7 @@ import logging
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -100,9 +98,6 @@ TURNS_EVERY_S = 0.1
 """How often waiting requests are looked at for a deadline that passed."""
 WRITE_BATCH = 256
 """Most write requests in one transaction."""
-WRITE_LANES = 4
-"""Write lanes of one adapter, each with its own transactional producer: the partitions of the writes
-topic (``REQUEST_PARTITIONS``) share them modulo their number."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +167,8 @@ class Adapter(KafkaService):
         self._shared_producer = producer
         self._producer: Producer | None = None
         self._leaders: LeaderWatch | None = None
-        self._lanes: list[tuple[asyncio.Queue[Record], Transactions]] = []
-        """Per partition of the writes topic (modulo their number): its queue and its transactions."""
-        self._writes_held = 0
+        self._txn_producer: Producer | None = None
+        self._tx: Transactions | None = None
         self._offsets = OffsetTracker()
         self._done_since_commit = 0
         self._held = 0
@@ -184,6 +178,7 @@ class Adapter(KafkaService):
         )
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._write_queue: asyncio.Queue[Any] = asyncio.Queue()
         self._write_idle = asyncio.Event()
         self._write_idle.set()
         self.assigned = asyncio.Event()
@@ -228,16 +223,13 @@ class Adapter(KafkaService):
             self._producer = make_producer(self.settings, client_id=f"ndxp-adapter-{self.provider}")
             await self._producer.start()
         if self.writes:
-            for n in range(WRITE_LANES):
-                # Lane 0 keeps the id a single lane had: an older instance's open transaction is fenced.
-                suffix = f".{n}" if n else ""
-                txn_producer = make_producer(
-                    self.settings,
-                    client_id=f"ndxp-adapter-{self.provider}-tx{n}",
-                    transactional_id=f"{self.group_id}.{self.settings.instance_id}{suffix}",
-                )
-                self._lanes.append((asyncio.Queue(), Transactions(txn_producer, self.group_id, self.what)))
-                await txn_producer.start()
+            self._txn_producer = make_producer(
+                self.settings,
+                client_id=f"ndxp-adapter-{self.provider}-tx",
+                transactional_id=f"{self.group_id}.{self.settings.instance_id}",
+            )
+            await self._txn_producer.start()
+            self._tx = Transactions(self._txn_producer, self.group_id, self.what)
         self.consumer = make_consumer(
             self.settings,
             group_id=self.group_id,
@@ -259,8 +251,8 @@ class Adapter(KafkaService):
             self.consumer.subscribe(self.topics, listener=_Rebalance(self))
         self.spawn(self._committer(), "committer")
         self.spawn(self._expiry(), "expiry")
-        for n, (queue, tx) in enumerate(self._lanes):
-            self.spawn(self._write_lane(queue, tx), f"writes {n}")
+        if self.writes:
+            self.spawn(self._write_lane(), "writes")
 
     async def _close(self) -> None:
         """Finish what is in hand (replies and commits), then leave the group."""
@@ -280,11 +272,10 @@ class Adapter(KafkaService):
         if self.consumer is not None:
             await self._commit_lookups()
         await super()._close()
-        for producer in (self._producer, *(tx.producer for _, tx in self._lanes)):
+        for producer in (self._producer, self._txn_producer):
             if producer is not None:
                 await producer.stop()
-        self._producer = None
-        self._lanes = []
+        self._producer = self._txn_producer = None
 
     async def _release(self, revoked: Collection[TopicPartition]) -> None:
         """Partitions move to another member: commit what is done, finish the open transaction."""
@@ -310,17 +301,12 @@ class Adapter(KafkaService):
         for tp, messages in batch.items():
             # A write on the exactly-once lane; without one (no write service has code here: a bound
             # one's backend dedupes by exchange id), on the lookups' lane.
-            lane = (
-                self._lanes[tp.partition % len(self._lanes)][0]
-                if tp.topic == self._requests[1] and self._lanes
-                else None
-            )
+            write = tp.topic == self._requests[1] and self._tx is not None
             for msg in messages:
                 self._held += 1
-                if lane is not None:
-                    self._writes_held += 1
+                if write:
                     self._write_idle.clear()
-                    lane.put_nowait(msg)
+                    self._write_queue.put_nowait(msg)
                     continue
                 self._offsets.fetched(tp, msg.offset)
                 service, deadline = _lane(msg)
@@ -423,24 +409,26 @@ class Adapter(KafkaService):
 
     # -- writes: exactly once -----------------------------------------------
 
-    async def _write_lane(self, queue: asyncio.Queue[Record], tx: Transactions) -> None:
+    async def _write_lane(self) -> None:
         while True:
-            batch = [await queue.get()]
-            while len(batch) < WRITE_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
+            batch = [await self._write_queue.get()]
+            while len(batch) < WRITE_BATCH and not self._write_queue.empty():
+                batch.append(self._write_queue.get_nowait())
             try:
-                await self._write_batch(batch, tx)
+                await self._write_batch(batch)
             except TransactionFenced as exc:
                 log.critical("%s; stopping", exc)
                 self.request_stop(exc)
                 raise
             finally:
                 self._freed(len(batch))
-                self._writes_held -= len(batch)
-                if not self._writes_held:
+                if self._write_queue.empty():
                     self._write_idle.set()
 
-    async def _write_batch(self, batch: list[Record], tx: Transactions) -> None:
+    async def _write_batch(self, batch: list[Record]) -> None:
+        tx, consumer = self._tx, self.consumer
+        assert tx is not None
+        assert consumer is not None
         handled = await asyncio.gather(*(self._handle(msg, changes=True) for msg in batch))
         outs = [out for outs_of_one in handled for out in outs_of_one]
         offsets: dict[TopicPartition, int] = {}
