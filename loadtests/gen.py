@@ -48,12 +48,12 @@ def requests(
     """``n`` ready-to-send HTTP requests drawn from the exchange mix (``only``: of that service;
     ``even``: these (key, service, body), each as often), with the caller's key."""
     rng = random.Random(seed)  # synthetic identifiers, not secrets
-    if even and only:
-        even = [e for e in even if e[1] == only]
+    if even:
+        even = [e for e in even if only in (None, e[1])]
         if not even:
             raise SystemExit(f"no service {only} in the even mix")
-    mix = [m for m in MIX if only in (None, m[2])] or MIX
-    if not mix or (not even and only and only not in {m[2] for m in MIX}):
+    mix = MIX if even else [m for m in MIX if only in (None, m[2])]
+    if not mix:
         raise SystemExit(f"no service {only} in the mix: {', '.join(m[2] for m in MIX)}")
     weights = [m[0] for m in mix]
     out: list[tuple[bytes, str]] = []

@@ -219,33 +219,31 @@ class Turns(Generic[T]):
                 del self.waiting[service]
         return out
 
-    def expired(self, now: int) -> list[tuple[str, T]]:
-        """Every waiting request past its deadline, wherever it is in its queue, to start now (counted
-        as running): it is only counted as expired, and waits no longer behind live ones."""
+    def _take(self, match: Callable[[T, int], bool]) -> list[tuple[str, T]]:
+        """Remove the waiting requests ``match`` (item, deadline) picks, wherever they are; them."""
         out: list[tuple[str, T]] = []
         for service, queue in list(self.waiting.items()):
-            if not any(deadline <= now for _, deadline in queue):
-                continue
+            kept: deque[tuple[T, int]] = deque()
             for item, deadline in queue:
-                if deadline <= now:
+                if match(item, deadline):
                     out.append((service, item))
-                    self._start(service)
-            kept = deque(w for w in queue if w[1] > now)
+                else:
+                    kept.append((item, deadline))
             if kept:
                 self.waiting[service] = kept
             else:
                 del self.waiting[service]
         return out
 
+    def expired(self, now: int) -> list[tuple[str, T]]:
+        """Every waiting request past its deadline, wherever it is in its queue, to start now (counted
+        as running): it is only counted as expired, and waits no longer behind live ones."""
+        out = self._take(lambda _, deadline: deadline <= now)
+        for service, _ in out:
+            self._start(service)
+        return out
+
     def drop(self, keep: Callable[[T], bool]) -> int:
         """Forget the waiting requests ``keep`` refuses (their partitions went to another member);
         how many."""
-        dropped = 0
-        for service, queue in list(self.waiting.items()):
-            kept = deque(w for w in queue if keep(w[0]))
-            dropped += len(queue) - len(kept)
-            if kept:
-                self.waiting[service] = kept
-            else:
-                del self.waiting[service]
-        return dropped
+        return len(self._take(lambda item, _: not keep(item)))
