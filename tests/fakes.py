@@ -226,15 +226,6 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
 
-    def pause(self, *partitions: TopicPartition) -> None:
-        self._paused = self.paused() | set(partitions)
-
-    def resume(self, *partitions: TopicPartition) -> None:
-        self._paused = self.paused() - set(partitions)
-
-    def paused(self) -> set[TopicPartition]:
-        return set(getattr(self, "_paused", set()))
-
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         parts = self.kafka.topics.get(topic)
         return set(range(len(parts))) if parts else None
