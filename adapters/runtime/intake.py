@@ -1,4 +1,4 @@
-"""One consumer for every provider an adapter process serves.
+"""One consumer for every provider an adapter process serves (decision 0013).
 
 With a consumer per provider, a process that serves 100 providers ran 100 consumer groups: each fetched,
 heartbeated and committed for a few records a second, and Kafka spent 1.4–2.7 ms of CPU per exchange

@@ -90,7 +90,7 @@ class Names:
 
     def adapters_group(self) -> str:
         """The consumer group of the platform's adapter processes, one consumer each for every
-        provider it serves."""
+        provider it serves (decision 0013)."""
         return f"{self.prefix}.adapters"
 
     def events(self, provider: str, type_: str) -> str:
