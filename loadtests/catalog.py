@@ -111,7 +111,6 @@ async def serve(services: int, per_provider: int) -> None:
     from adapters.demo.serve import serve_until_stopped
     from adapters.runtime import Handler, Request
     from adapters.runtime.adapter import Adapter
-    from adapters.runtime.intake import Intake
     from broker.kafka import make_producer
     from broker.metrics import AdapterMetrics
     from broker.settings import Settings
@@ -133,8 +132,7 @@ async def serve(services: int, per_provider: int) -> None:
             )
             for p, names in layout(services, per_provider).items()
         ]
-        intake = Intake(settings, adapters, name=f"bench catalog {services}/{per_provider}")
-        await serve_until_stopped(adapters, lambda m: print(m, flush=True), intake)
+        await serve_until_stopped(adapters, lambda m: print(m, flush=True))
     finally:
         await producer.stop()
 

@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 from adapters.demo.agencies import AGENCIES, handlers_for, known
 from adapters.runtime.adapter import Adapter
 from adapters.runtime.bindings import Bindings
-from adapters.runtime.intake import Intake
 from broker.contracts.catalog import Catalog, Effects
 from broker.contracts.registry import Registry
 from broker.errors import AdapterSetupError
@@ -119,9 +118,6 @@ async def run_adapters(
             resources.push_async_callback(bound[provider].close)
             await bound[provider].sync()
         adapters = build_adapters(settings, served, metrics, resources, producer, catalog, bound)
-        # One consumer for all of them; a member's adapter (its own Kafka user) reads in its own group.
-        name = ",".join(sorted(agencies)) + (" +bound" if every_bound else "")
-        intake = Intake(settings, adapters, name=name) if contracts is None else None
         code = {a.provider: {k: v for k, v in a.handlers.items() if k not in bound[a.provider].handlers}
                 for a in adapters}  # fmt: skip
         noted = {f"{a.provider}/{s.service}" for a in adapters for s in catalog.of_provider(a.provider)}
@@ -134,11 +130,8 @@ async def run_adapters(
                     resources.push_async_callback(bound[provider].close)
                     code[provider] = {}
                     new = Adapter(settings, provider, {}, writes=[], metrics=metrics, producer=producer)
-                    if intake is not None:
-                        await intake.add(new)
-                    else:
-                        await new.start()
-                        resources.push_async_callback(new.stop)
+                    await new.start()
+                    resources.push_async_callback(new.stop)
                     adapters.append(new)
                     progress(f"adapter for {provider} started (a bound service was published)")
             named = set(agencies)
@@ -169,7 +162,7 @@ async def run_adapters(
             )
             resources.push_async_callback(runner.cleanup)
             progress(f"adapter metrics on http://{settings.internal_host}:{settings.metrics_port}/metrics")
-        await serve_until_stopped(adapters, progress, intake)
+        await serve_until_stopped(adapters, progress)
 
 
 class _Refresh:
@@ -212,25 +205,18 @@ def _warn_unserved(catalog: Catalog, adapters: Sequence[Adapter], noted: set[str
                 log.warning("%s was published, but nothing here serves it", svc.key)
 
 
-async def serve_until_stopped(
-    adapters: list[Adapter], progress: Callable[[str], Any] = print, intake: Intake | None = None
-) -> None:
-    """Start ``adapters`` (through ``intake``, which reads for all of them, or each with a consumer
-    of its own), wait until each has its partitions, serve until SIGTERM/SIGINT, stop them."""
-    started: list[Adapter | Intake] = []
+async def serve_until_stopped(adapters: list[Adapter], progress: Callable[[str], Any] = print) -> None:
+    """Start ``adapters``, wait until each has its partitions, serve until SIGTERM/SIGINT, stop them."""
+    started: list[Adapter] = []
     try:
-        if intake is not None:
-            await intake.start()
-            started.append(intake)
-        else:
-            for adapter in adapters:
-                await adapter.start()
-                started.append(adapter)
+        for adapter in adapters:
+            await adapter.start()
+            started.append(adapter)
         await asyncio.gather(*(a.wait_assigned(within_s=120) for a in adapters))
         progress(f"adapters serving: {', '.join(a.provider for a in adapters)}")
 
         def failure() -> str | None:
-            dead = [p for p in (*([intake] if intake else []), *adapters) if not p.healthy]
+            dead = [a for a in adapters if not a.healthy]
             return f"{dead[0].what} stopped: {dead[0].failed!r}" if dead else None
 
         await run_until_stopped(failure)

@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,6 @@ from broker.contracts.catalog import Catalog, Effects
 from broker.errors import BusinessError, TransactionFenced
 from broker.kafka import (
     Batch,
-    Consumer,
     KafkaService,
     OffsetTracker,
     Outgoing,
@@ -129,7 +128,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.adapter = adapter
 
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
-        await self.adapter.release(revoked)
+        await self.adapter._release(revoked)
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         self.adapter.assigned.set()
@@ -162,8 +161,6 @@ class Adapter(KafkaService):
         self.metrics = metrics or AdapterMetrics(CollectorRegistry())
         self.names = names = settings.names
         self.group_id = names.adapter_group(provider)
-        """The consumer group: the provider's own, or that of the process's intake (``attach``)."""
-        self._attached: Callable[[], None] | None = None
         self._requests = [names.requests(provider), names.requests(provider, write=True)]
         self.topics = self._requests if self.handlers else []
         self._memory = ReplyMemory(settings.adapter_dedupe_size, int(settings.adapter_dedupe_mb * 2**20))
@@ -186,24 +183,6 @@ class Adapter(KafkaService):
         self._write_idle.set()
         self.assigned = asyncio.Event()
 
-    def attach(
-        self, consumer: Consumer, group_id: str, room: asyncio.Event, on_topics: Callable[[], None]
-    ) -> None:
-        """Before ``start``: read through ``consumer``, an intake's (:mod:`adapters.runtime.intake`),
-        in its group ``group_id``, instead of a consumer of its own. The intake polls and commits; the
-        adapter sets ``room`` when it has room again and calls ``on_topics`` when its topics change."""
-        self.consumer, self.group_id, self._room, self._attached = consumer, group_id, room, on_topics
-
-    @property
-    def requests(self) -> list[str]:
-        """The provider's two request topics (whether served now or not)."""
-        return self._requests
-
-    @property
-    def held(self) -> int:
-        """Records polled and not yet finished."""
-        return self._held
-
     async def update(self, handlers: Mapping[str, Handler]) -> None:
         """Serve ``handlers`` from now on (a binding was published, changed or withdrawn): what is in
         flight finishes with the handler it started with; new services' topics are subscribed to.
@@ -216,9 +195,7 @@ class Adapter(KafkaService):
             return
         await ensure_topics(self.settings, Topics(self.settings).requests(self.provider))
         self.topics = topics
-        if self._attached is not None:
-            self._attached()
-        elif self.consumer is not None:
+        if self.consumer is not None:
             if topics:
                 self.consumer.subscribe(topics, listener=_Rebalance(self))
             else:
@@ -249,15 +226,10 @@ class Adapter(KafkaService):
             self._txn_producer = make_producer(
                 self.settings,
                 client_id=f"ndxp-adapter-{self.provider}-tx",
-                transactional_id=f"{self.names.adapter_group(self.provider)}.{self.settings.instance_id}",
+                transactional_id=f"{self.group_id}.{self.settings.instance_id}",
             )
             await self._txn_producer.start()
             self._tx = Transactions(self._txn_producer, self.group_id, self.what)
-        self.spawn(self._expiry(), "expiry")
-        if self.writes:
-            self.spawn(self._write_lane(), "writes")
-        if self._attached is not None:
-            return  # the intake polls, commits and follows the group for it
         self.consumer = make_consumer(
             self.settings,
             group_id=self.group_id,
@@ -278,12 +250,9 @@ class Adapter(KafkaService):
         if self.topics:  # none yet: a provider whose bindings are still to be published or compiled
             self.consumer.subscribe(self.topics, listener=_Rebalance(self))
         self.spawn(self._committer(), "committer")
-
-    async def _loop(self) -> None:
-        if self._attached is None:
-            await super()._loop()
-        else:  # the intake's loop polls for it
-            await self._stopping.wait()
+        self.spawn(self._expiry(), "expiry")
+        if self.writes:
+            self.spawn(self._write_lane(), "writes")
 
     async def _close(self) -> None:
         """Finish what is in hand (replies and commits), then leave the group."""
@@ -302,18 +271,14 @@ class Adapter(KafkaService):
                 await task
         if self.consumer is not None:
             await self._commit_lookups()
-        if self._attached is not None:
-            self.consumer = None  # the intake's, closed by it
         await super()._close()
         for producer in (self._producer, self._txn_producer):
             if producer is not None:
                 await producer.stop()
         self._producer = self._txn_producer = None
 
-    async def release(self, revoked: Collection[TopicPartition]) -> None:
+    async def _release(self, revoked: Collection[TopicPartition]) -> None:
         """Partitions move to another member: commit what is done, finish the open transaction."""
-        if self.consumer is None:  # stopped (its intake's consumer leaving the group)
-            return
         await self._commit_lookups(revoked)
         await self._write_idle.wait()
         self._offsets.forget(revoked)
@@ -331,9 +296,6 @@ class Adapter(KafkaService):
                 async with asyncio.timeout(0.2):
                     await self._room.wait()
         return max(1, min(self.settings.adapter_concurrency, backlog - self._held))
-
-    async def on_batch(self, batch: Batch) -> None:
-        await self._on_batch(batch)
 
     async def _on_batch(self, batch: Batch) -> None:
         for tp, messages in batch.items():
@@ -425,35 +387,16 @@ class Adapter(KafkaService):
         lag_at = commit_at = 0.0
         while True:
             await asyncio.sleep(TURNS_EVERY_S)
-            if self.done_since_commit >= LOOKUP_COMMIT_AFTER or time.monotonic() >= commit_at:
+            if self._done_since_commit >= LOOKUP_COMMIT_AFTER or time.monotonic() >= commit_at:
                 commit_at = time.monotonic() + LOOKUP_COMMIT_EVERY_S
+                self._done_since_commit = 0
                 await self._commit_lookups()
             if time.monotonic() >= lag_at:
                 lag_at = time.monotonic() + 1.0
-                await self.measure_lag()
-
-    @property
-    def done_since_commit(self) -> int:
-        """Lookups done since their offsets were last taken to commit."""
-        return self._done_since_commit
-
-    def committable(self) -> dict[TopicPartition, int]:
-        """The lookups' offsets to commit now (the count of those done starts again)."""
-        self._done_since_commit = 0
-        return self._offsets.committable()
-
-    def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self._offsets.committed(offsets)
-
-    async def measure_lag(self) -> None:
-        if self.consumer is not None:
-            lag = await consumer_lag(self.consumer, self.topics)
-            self.metrics.consumer_lag.labels(self.provider).set(lag)
+                self.metrics.consumer_lag.labels(self.provider).set(await consumer_lag(consumer))
 
     async def _commit_lookups(self, only: Collection[TopicPartition] | None = None) -> None:
         assert self.consumer is not None
-        if only is None:
-            self._done_since_commit = 0
         offsets = self._offsets.committable(only)
         if not offsets:
             return

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 from typing import Any, Unpack, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -148,13 +148,10 @@ async def topic_partitions(consumer: Consumer, topic: str, within_s: float = 10.
     return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
-async def consumer_lag(consumer: Consumer, topics: Collection[str] | None = None) -> int:
-    """Records not yet consumed over the consumer's assignment (high watermark - position); ``topics``:
-    of these topics only."""
+async def consumer_lag(consumer: Consumer) -> int:
+    """Records not yet consumed over the consumer's assignment (high watermark - position)."""
     lag = 0
     for tp in consumer.assignment():
-        if topics is not None and tp.topic not in topics:
-            continue
         high = consumer.highwater(tp)
         if high is None:  # nothing fetched from this partition yet
             continue

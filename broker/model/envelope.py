@@ -84,14 +84,8 @@ class Names:
         return f"{self.prefix}.data.{provider}"
 
     def adapter_group(self, provider: str) -> str:
-        """The consumer group of a provider's own adapters, a member's (also the stem of the
-        transactional ids of every adapter of the provider)."""
+        """The consumer group of a provider's adapters (also the stem of their transactional ids)."""
         return f"{self.prefix}.adapter.{provider}"
-
-    def adapters_group(self) -> str:
-        """The consumer group of the platform's adapter processes, one consumer each for every
-        provider it serves (decision 0013)."""
-        return f"{self.prefix}.adapters"
 
     def events(self, provider: str, type_: str) -> str:
         return f"{self.prefix}.events.{provider}.{type_}"
