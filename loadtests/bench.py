@@ -226,9 +226,19 @@ def measure(
         base, up, f"[{users} users] exchanges", [*gen, "--seconds", str(args.seconds)], args.seconds + 60
     )
     _read_coverage()  # before the log is paused (the catch-up after a pause is not the log's delay)
-    without_log = (
-        _without_log(base, up, users, [*gen, "--seconds", str(args.seconds)], args) if args.log_cost else None
-    )
+    without_log, log_rounds = None, []
+    for n in range(args.log_cost):
+        # Rounds alternate (with, paused) so that the machine's drift falls on both sides alike; the log
+        # catches up after each pause before the next round with it, so no round carries another's work.
+        with_log = m if n == 0 else _measured(
+            base, up, f"[{users} users] exchanges, round {n + 1}", [*gen, "--seconds", str(args.seconds)],
+            args.seconds + 60,
+        )  # fmt: skip
+        paused = _without_log(base, up, users, [*gen, "--seconds", str(args.seconds)], args)
+        without_log = without_log or paused
+        log_rounds.append({"with": with_log["exchange"]["rps"], "paused": paused["exchange"]["rps"],
+                           "exact": with_log["exact"] and paused["exact"]})  # fmt: skip
+        _await_log_caught_up()
     alone = {}
     for service in args.compare:
         one = [*gen, "--only", service]
@@ -244,7 +254,7 @@ def measure(
         "ratio": m["exchange"]["rps"] / raw["rps"] if raw["rps"] else 0.0,
         **m,
         **({"alone": alone} if alone else {}),
-        **({"without_log": without_log} if without_log else {}),
+        **({"without_log": without_log, "log_rounds": log_rounds} if without_log else {}),
     }
 
 
@@ -435,6 +445,24 @@ def _coverage() -> tuple[float, float, int] | None:
     return COVERAGE.get("run")
 
 
+def _await_log_caught_up(limit_s: float = 120.0) -> None:
+    """Wait (bounded) until the audit part has every transaction record in the log (its lag is 0)."""
+    deadline = time.monotonic() + limit_s
+    lag = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{AUDIT['port']}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            lag = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("ndxp_audit_lag "))  # fmt: skip
+        except (OSError, StopIteration):
+            lag = None
+        if lag == 0:
+            return
+        time.sleep(1)
+    print(f"  the exchange log had not caught up after {limit_s:.0f}s (lag {lag})", flush=True)
+
+
 def _without_log(
     base: str, up: subprocess.Popen[bytes], users: int, gen: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -575,8 +603,9 @@ def main() -> int:
         help="also each of these services alone (e.g. a bound one and an in-process handler's)",
     )  # fmt: skip
     parser.add_argument(
-        "--log-cost", action="store_true",
-        help="also measure with the exchange log's part paused: the log's cost to the sync path",
+        "--log-cost", nargs="?", const=1, default=0, type=int, metavar="ROUNDS",
+        help="also measure with the exchange log's part paused: the log's cost to the sync path; ROUNDS "
+        "(default 1) alternating pairs of runs, with the log and paused",
     )  # fmt: skip
     parser.add_argument(
         "--catalog", default="", metavar="N,…",
@@ -620,6 +649,19 @@ def main() -> int:
                 f"{w['rps']:.0f}/s with it paused"
                 f" ({cost:+.1%}); the log part's CPU {r['cpu_ms_per_exchange']['audit']:.3f} ms/exchange"
             )
+            rounds = r["log_rounds"]
+            if len(rounds) > 1:
+                for i, pair in enumerate(rounds, 1):
+                    cost = 1 - pair["with"] / pair["paused"] if pair["paused"] else 0.0
+                    print(f"  round {i}: {pair['with']:.0f}/s with the log, {pair['paused']:.0f}/s paused"
+                          f" ({cost:+.1%})")  # fmt: skip
+                total_with = sum(p["with"] for p in rounds)
+                total_paused = sum(p["paused"] for p in rounds)
+                costs = sorted(1 - p["with"] / p["paused"] for p in rounds if p["paused"])
+                print(
+                    f"log cost over {len(rounds)} rounds: {1 - total_with / total_paused:+.1%} of the paused"
+                    f" throughput (median round {costs[len(costs) // 2]:+.1%})"
+                )
     coverage = _coverage()
     if coverage is not None:
         print(f"exchange log: a checkpoint covered each exchange within p50 {coverage[0]:.2f} s, "
@@ -640,7 +682,8 @@ def main() -> int:
         plot(results, args.out / "bench.png")
         print(f"figures in {args.out / 'bench.json'} and {args.out / 'bench.png'}")
     alone = [a for r in results for a in r.get("alone", {}).values()]
-    return 0 if all(r["exact"] for r in results + async_results + alone) else 1
+    rounds = [p for r in results for p in r.get("log_rounds", [])]
+    return 0 if all(r["exact"] for r in results + async_results + alone + rounds) else 1
 
 
 if __name__ == "__main__":
