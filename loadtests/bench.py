@@ -664,6 +664,11 @@ def main() -> int:
                     f" {_platform_cpu(p):.3f} ms/exchange: {cpu_cost:+.1%}; the log part's"
                     f" {w['cpu_ms_per_exchange']['audit']:.3f} ms"
                 )
+                more = ", ".join(
+                    f"{part} {w['cpu_ms_per_exchange'][part] - p['cpu_ms_per_exchange'][part]:+.3f}"
+                    for part in PARTS
+                )
+                print(f"    CPU ms/exchange with the log minus paused: {more}")
             total_with = sum(p["with"]["exchange"]["rps"] for p in rounds)
             total_paused = sum(p["paused"]["exchange"]["rps"] for p in rounds)
             cpu_with = sum(_platform_cpu(p["with"]) for p in rounds)
