@@ -226,18 +226,7 @@ def measure(
         base, up, f"[{users} users] exchanges", [*gen, "--seconds", str(args.seconds)], args.seconds + 60
     )
     _read_coverage()  # before the log is paused (the catch-up after a pause is not the log's delay)
-    without_log, log_rounds = None, []
-    for n in range(args.log_cost):
-        # Rounds come after the main measurement (Kafka's JIT compiles the exchange path's code in the
-        # first minute of load: a first window pays for it, CPU the log's pause would be credited with),
-        # and alternate (with, paused) so that the machine's drift and the hypervisor's steal fall on both
-        # sides alike; the log catches up after each pause, so no round carries another's work.
-        run = [*gen, "--seconds", str(args.seconds)]
-        with_log = _measured(base, up, f"[{users} users] exchanges, round {n + 1}", run, args.seconds + 60)
-        paused = _without_log(base, up, users, run, args)
-        without_log = without_log or paused
-        log_rounds.append({"with": with_log, "paused": paused})
-        _await_log_caught_up()
+    log_cost = _log_toggled(base, up, users, gen, args) if args.log_cost else None
     alone = {}
     for service in args.compare:
         one = [*gen, "--only", service]
@@ -253,7 +242,7 @@ def measure(
         "ratio": m["exchange"]["rps"] / raw["rps"] if raw["rps"] else 0.0,
         **m,
         **({"alone": alone} if alone else {}),
-        **({"without_log": without_log, "log_rounds": log_rounds} if without_log else {}),
+        **({"log_cost": log_cost} if log_cost else {}),
     }
 
 
@@ -462,23 +451,60 @@ def _await_log_caught_up(limit_s: float = 120.0) -> None:
     print(f"  the exchange log had not caught up after {limit_s:.0f}s (lag {lag})", flush=True)
 
 
-def _without_log(
+def _log_toggled(
     base: str, up: subprocess.Popen[bytes], users: int, gen: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """The same measurement with the exchange log's part paused (SIGSTOP): what the log costs the sync
-    path is the difference (the gateway's share, hashing the bodies and keying the subject, stays in
-    both). It catches up afterwards (its lag is printed)."""
+    """What the exchange log costs the sync path: one run of the generator while the log's part is
+    paused (SIGSTOP) and resumed every ``--log-window`` seconds, ``--log-cost`` times each.
+
+    Short windows in turn within one run: this shared machine's speed drifts over tens of seconds by
+    more than the log costs, and a drift falls on both kinds of window alike. The log keeps up over the
+    whole run (in each window with it, it also appends what came during the pause before), so the run's
+    average is the throughput with the log and the paused windows' is the throughput without it:
+    cost = 1 - average / paused. The gateway's share (hashing the bodies, keying the subject) is in both.
+    Throughput is the counted exchanges (``/v1/stats``) per window."""
     pids = platform_parts(up.pid)["audit"]
     if not pids:
         raise RuntimeError("--log-cost: no audit part is running")
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    window, n = args.log_window, 2 * args.log_cost
+    ramp = 2.0
+    print(f"[{users} users] exchanges, the log paused every other {window:.0f}s window ({n} windows) ...",
+          flush=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*gen, "--seconds", str(int(ramp + n * window + 2))], cwd=ROOT, stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    windows: list[dict[str, Any]] = []
     try:
-        m = _measured(base, up, f"[{users} users] exchanges, the log paused", gen, args.seconds + 60)
+        time.sleep(ramp)
+        parts = platform_parts(up.pid)
+        for i in range(n):
+            paused = i % 2 == 1
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+            total0, cpu0, t0 = stats_total(base), _snapshot(parts), time.monotonic()
+            time.sleep(window)
+            total1, cpu1, t1 = stats_total(base), _snapshot(parts), time.monotonic()
+            done = total1 - total0
+            windows.append({"paused": paused, "rps": done / (t1 - t0), "exchanges": done,
+                            "cpu_s": {p: cpu1[p] - cpu0[p] for p in PARTS}})  # fmt: skip
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
-    return m
+        proc.wait(window + 60)
+    _await_log_caught_up()
+    with_log = [w["rps"] for w in windows if not w["paused"]]
+    without = [w["rps"] for w in windows if w["paused"]]
+    average, paused_rps = sum(with_log + without) / n, sum(without) / len(without)
+    exchanges = max(1, sum(w["exchanges"] for w in windows))
+    cpu_ms = {p: 1000 * sum(w["cpu_s"][p] for w in windows) / exchanges for p in PARTS}
+    return {
+        "windows": windows,
+        "average_rps": average,
+        "paused_rps": paused_rps,
+        "cost": 1 - average / paused_rps if paused_rps else 0.0,
+        "cpu_ms_per_exchange": cpu_ms,  # over the whole run, in which the log's part did all its work
+    }
 
 
 def _measured(
@@ -512,11 +538,6 @@ def _steal_s() -> float:
     with open("/proc/stat") as f:
         fields = f.readline().split()
     return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
-
-
-def _platform_cpu(m: dict[str, Any]) -> float:
-    """CPU ms per exchange of the platform's parts (the generator's own left out)."""
-    return float(sum(v for part, v in m["cpu_ms_per_exchange"].items() if part != "generator"))
 
 
 def measure_async(
@@ -616,10 +637,13 @@ def main() -> int:
         help="also each of these services alone (e.g. a bound one and an in-process handler's)",
     )  # fmt: skip
     parser.add_argument(
-        "--log-cost", nargs="?", const=1, default=0, type=int, metavar="ROUNDS",
-        help="also measure with the exchange log's part paused: the log's cost to the sync path; ROUNDS "
-        "(default 1) alternating pairs of runs after the main one, with the log and paused",
+        "--log-cost", nargs="?", const=6, default=0, type=int, metavar="PAIRS",
+        help="also measure the exchange log's cost to the sync path: one run in which the log's part is "
+        "paused every other --log-window seconds, PAIRS (default 6) times",
     )  # fmt: skip
+    parser.add_argument(
+        "--log-window", type=float, default=5.0, metavar="S", help="seconds per --log-cost window (5)"
+)  # fmt: skip
     parser.add_argument(
         "--catalog", default="", metavar="N,…",
         help="instead of the sweep over --users: the demo catalog evenly, then synthetic catalogs of N "
@@ -651,35 +675,15 @@ def main() -> int:
                 f" counted {a['counted']} {'==' if a['exact'] else '!='} {a['responses']} answered"
             )
     for r in results:
-        if "without_log" in r:
-            rounds = r["log_rounds"]
-            for i, pair in enumerate(rounds, 1):
-                w, p = pair["with"], pair["paused"]
-                cost = 1 - w["exchange"]["rps"] / p["exchange"]["rps"] if p["exchange"]["rps"] else 0.0
-                cpu_cost = 1 - _platform_cpu(p) / _platform_cpu(w)
-                print(
-                    f"  log round {i}: {w['exchange']['rps']:.0f}/s with the log (steal"
-                    f" {w['steal_cores']:.2f} cores), {p['exchange']['rps']:.0f}/s paused (steal"
-                    f" {p['steal_cores']:.2f}): {cost:+.1%}; platform CPU {_platform_cpu(w):.3f} /"
-                    f" {_platform_cpu(p):.3f} ms/exchange: {cpu_cost:+.1%}; the log part's"
-                    f" {w['cpu_ms_per_exchange']['audit']:.3f} ms"
-                )
-                more = ", ".join(
-                    f"{part} {w['cpu_ms_per_exchange'][part] - p['cpu_ms_per_exchange'][part]:+.3f}"
-                    for part in PARTS
-                )
-                print(f"    CPU ms/exchange with the log minus paused: {more}")
-            total_with = sum(p["with"]["exchange"]["rps"] for p in rounds)
-            total_paused = sum(p["paused"]["exchange"]["rps"] for p in rounds)
-            cpu_with = sum(_platform_cpu(p["with"]) for p in rounds)
-            cpu_paused = sum(_platform_cpu(p["paused"]) for p in rounds)
+        if "log_cost" in r:
+            c = r["log_cost"]
+            total = sum(v for p, v in c["cpu_ms_per_exchange"].items() if p != "generator")
+            rates = " ".join(f"{w['rps']:.0f}{'p' if w['paused'] else ''}" for w in c["windows"])
+            print(f"  log cost windows (exchanges/s; p: the log paused): {rates}")
             print(
-                f"log cost, {r['users']} users, {len(rounds)} round(s): {1 - total_with / total_paused:+.1%}"
-                f" of the throughput with the log paused ({total_with / len(rounds):.0f}/s against"
-                f" {total_paused / len(rounds):.0f}/s); by the platform's CPU per exchange"
-                f" {1 - cpu_paused / cpu_with:+.1%} ({cpu_with / len(rounds):.3f} against"
-                f" {cpu_paused / len(rounds):.3f} ms; the machine is saturated, so this is the throughput"
-                " it costs, without the steal's noise)"
+                f"log cost, {r['users']} users: {c['average_rps']:.0f}/s over the run with the log,"
+                f" {c['paused_rps']:.0f}/s in its paused windows: {c['cost']:+.1%}; the log part's CPU"
+                f" {c['cpu_ms_per_exchange']['audit']:.3f} ms/exchange of the parts' {total:.3f}"
             )
     coverage = _coverage()
     if coverage is not None:
@@ -701,8 +705,7 @@ def main() -> int:
         plot(results, args.out / "bench.png")
         print(f"figures in {args.out / 'bench.json'} and {args.out / 'bench.png'}")
     alone = [a for r in results for a in r.get("alone", {}).values()]
-    rounds = [m for r in results for pair in r.get("log_rounds", []) for m in pair.values()]
-    return 0 if all(r["exact"] for r in results + async_results + alone + rounds) else 1
+    return 0 if all(r["exact"] for r in results + async_results + alone) else 1
 
 
 if __name__ == "__main__":
