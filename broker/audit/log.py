@@ -64,19 +64,20 @@ class RecentIds:
     def __init__(self, size: int) -> None:
         self.size = size
         self._order: collections.deque[bytes] = collections.deque()
-        self._ids: set[bytes] = set()
-
-    def seen(self, exchange_id: str) -> bool:
-        return id_key(exchange_id) in self._ids
+        self.keys: set[bytes] = set()
+        """The remembered exchanges, by :func:`id_key`."""
 
     def add(self, exchange_ids: Iterable[str]) -> None:
-        for eid in exchange_ids:
-            k = id_key(eid)
-            if k not in self._ids:
-                self._ids.add(k)
+        self.add_keys(id_key(eid) for eid in exchange_ids)
+
+    def add_keys(self, keys: Iterable[bytes]) -> None:
+        """Remember exchanges by their :func:`id_key` ."""
+        for k in keys:
+            if k not in self.keys:
+                self.keys.add(k)
                 self._order.append(k)
         while len(self._order) > self.size:
-            self._ids.discard(self._order.popleft())
+            self.keys.discard(self._order.popleft())
 
 
 def index_key(n: int) -> bytes:
@@ -341,7 +342,8 @@ class AuditLog(KafkaService):
         assert index is not None
         batch, self._gathered, self._gathered_n = self._gathered, {}, 0
         leaves: list[bytes] = []
-        ids: set[str] = set()
+        ids: set[bytes] = set()
+        recent = self.recent.keys
         ended: list[float] = []
         for messages in batch.values():
             for msg in messages:
@@ -350,10 +352,11 @@ class AuditLog(KafkaService):
                 except ValueError:
                     self.metrics.malformed.inc()
                     continue
-                if rec.exchange_id in ids or self.recent.seen(rec.exchange_id):
+                key = id_key(rec.exchange_id)
+                if key in ids or key in recent:
                     self.metrics.duplicates.inc()
                     continue
-                ids.add(rec.exchange_id)
+                ids.add(key)
                 leaves.append(msg.value or b"")
                 ended.append(rec.t_out or rec.t_in)
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
@@ -361,7 +364,7 @@ class AuditLog(KafkaService):
         self._uncovered.extend(ended)
         if self._checkpoint_size >= index.tree.size:
             self._covered()
-        self.recent.add(ids)
+        self.recent.add_keys(ids)
 
     async def _commit_leaves(
         self, leaves: list[bytes], offsets: dict[TopicPartition, int], *, force_checkpoint: bool = False

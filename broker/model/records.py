@@ -149,6 +149,12 @@ def id_key(exchange_id: str) -> bytes:
     """An exchange id as 16 bytes for a dedupe set: a UUID's own bytes (the gateway's ids), else a
     16-byte BLAKE2b digest (a record written by something else)."""
     if len(exchange_id) == 36:
+        e = exchange_id
+        if e[8] == e[13] == e[18] == e[23] == "-":  # the canonical form: 5x faster than uuid.UUID
+            with contextlib.suppress(ValueError):
+                key = bytes.fromhex(e.replace("-", ""))
+                if len(key) == 16:  # (fromhex skips whitespace; uuid.UUID decides those below)
+                    return key
         with contextlib.suppress(ValueError):
             return uuid.UUID(exchange_id).bytes
     return hashlib.blake2b(exchange_id.encode(errors="surrogatepass"), digest_size=16).digest()
