@@ -71,7 +71,7 @@ class RecentIds:
         self.add_keys(id_key(eid) for eid in exchange_ids)
 
     def add_keys(self, keys: Iterable[bytes]) -> None:
-        """Remember exchanges by their :func:`id_key` ."""
+        """Remember exchanges by their :func:`id_key`."""
         for k in keys:
             if k not in self.keys:
                 self.keys.add(k)

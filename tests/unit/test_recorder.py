@@ -200,3 +200,18 @@ async def test_a_late_delivery_is_recorded_once_acknowledged_and_never_if_it_fai
     assert ran == ["acked"]
     assert _value(metrics, "ndxp_tx_records_lost_total") == 1
     assert _value(metrics, "ndxp_tx_records_pending") == 0
+
+
+def test_id_key_is_a_uuids_bytes_and_a_digest_of_anything_else() -> None:
+    import uuid
+
+    from broker.model.records import id_key
+
+    for _ in range(1000):
+        u = uuid.uuid4()
+        assert id_key(str(u)) == u.bytes
+        assert id_key(str(u).upper()) == u.bytes
+    # Not a UUID, though 36 characters with the dashes where a UUID has them: a digest, not fromhex's bytes.
+    spaced = "0123 567-89ab-cdef-0123-456789abcdef"
+    assert len(id_key(spaced)) == 16 and id_key(spaced) != id_key("01230567-89ab-cdef-0123-456789abcdef")
+    assert id_key("not-an-id") != id_key("not-an-id2") and len(id_key("not-an-id")) == 16
