@@ -213,5 +213,7 @@ def test_id_key_is_a_uuids_bytes_and_a_digest_of_anything_else() -> None:
         assert id_key(str(u).upper()) == u.bytes
     # Not a UUID, though 36 characters with the dashes where a UUID has them: a digest, not fromhex's bytes.
     spaced = "0123 567-89ab-cdef-0123-456789abcdef"
-    assert len(id_key(spaced)) == 16 and id_key(spaced) != id_key("01230567-89ab-cdef-0123-456789abcdef")
-    assert id_key("not-an-id") != id_key("not-an-id2") and len(id_key("not-an-id")) == 16
+    assert len(id_key(spaced)) == 16
+    assert id_key(spaced) != id_key("01230567-89ab-cdef-0123-456789abcdef")
+    assert id_key("not-an-id") != id_key("not-an-id2")
+    assert len(id_key("not-an-id")) == 16
