@@ -15,8 +15,11 @@ from broker.model.documents import EXCHANGES_PARTITIONS, MAX_ASYNC_TTL_MS
 from broker.settings import Settings
 
 REQUEST_PARTITIONS = 4
-"""Partitions of a provider's request topic (its lookups', its writes'), created by the gateway or the
-adapter, whichever starts first."""
+"""Partitions of a provider's lookups topic, created by the gateway or the adapter, whichever starts
+first."""
+WRITE_REQUEST_PARTITIONS = 1
+"""Partitions of a provider's writes topic: its adapter runs one transaction at a time, so more would
+only make every fetch name more partitions (decision 0013)."""
 TX_PARTITIONS = 4
 """Partitions of the transaction topic (the counter's parallelism)."""
 DATA_PARTITIONS = 4
@@ -131,7 +134,10 @@ class Topics:
         """A provider's two request topics: its lookups' and its writes' (each with every service)."""
         names = self.settings.names
         return [
-            TopicSpec(name=names.requests(provider, write=write), partitions=REQUEST_PARTITIONS)
+            TopicSpec(
+                name=names.requests(provider, write=write),
+                partitions=WRITE_REQUEST_PARTITIONS if write else REQUEST_PARTITIONS,
+            )
             for write in (False, True)
         ]
 
