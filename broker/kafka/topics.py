@@ -14,7 +14,7 @@ from broker.kafka.admin import TopicSpec
 from broker.model.documents import EXCHANGES_PARTITIONS, MAX_ASYNC_TTL_MS
 from broker.settings import Settings
 
-REQUEST_PARTITIONS = 4
+REQUEST_PARTITIONS = 2
 """Partitions of a provider's lookups topic, created by the gateway or the adapter, whichever starts
 first."""
 WRITE_REQUEST_PARTITIONS = 1
