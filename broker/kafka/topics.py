@@ -16,7 +16,9 @@ from broker.settings import Settings
 
 REQUEST_PARTITIONS = 2
 """Partitions of a provider's lookups topic, created by the gateway or the adapter, whichever starts
-first."""
+first: two adapter instances can share a provider's lookups, and a provider that needs more adds
+partitions with Kafka's own tool (decision 0013; every fetch names every partition, so fewer is
+cheaper)."""
 WRITE_REQUEST_PARTITIONS = 1
 """Partitions of a provider's writes topic: its adapter runs one transaction at a time, so more would
 only make every fetch name more partitions (decision 0013)."""
