@@ -410,20 +410,21 @@ def plot_catalog(results: list[dict[str, Any]], path: Path) -> None:
 COVERAGE: dict[str, tuple[float, float, int]] = {}
 
 
+def _audit_metrics() -> dict[str, list[tuple[dict[str, str], float]]] | None:
+    """The audit part's /metrics samples by name, or None if it does not answer."""
+    from broker.ops.status import scrape
+
+    return scrape(f"http://127.0.0.1:{AUDIT['port']}/metrics")
+
+
 def _read_coverage() -> None:
     """The audit part's ``ndxp_audit_coverage_seconds`` p50 and p99 so far (kept for the report)."""
     from broker.ops.status import quantile
 
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{AUDIT['port']}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
+    samples = _audit_metrics()
+    if samples is None:
         return
-    buckets: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith("ndxp_audit_coverage_seconds_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[float(le)] = float(line.rsplit(" ", 1)[1])
+    buckets = {float(labels["le"]): v for labels, v in samples.get("ndxp_audit_coverage_seconds_bucket", [])}
     p50, p99 = quantile(buckets, 0.5), quantile(buckets, 0.99)
     if p50 is not None and p99 is not None:
         COVERAGE["run"] = (p50, p99, int(max(buckets.values())))
@@ -438,13 +439,8 @@ def _await_log_caught_up(limit_s: float = 120.0) -> None:
     deadline = time.monotonic() + limit_s
     lag = None
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{AUDIT['port']}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-            lag = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                       if line.startswith("ndxp_audit_lag "))  # fmt: skip
-        except (OSError, StopIteration):
-            lag = None
+        samples = _audit_metrics()
+        lag = next((v for _, v in (samples or {}).get("ndxp_audit_lag", [])), None)
         if lag == 0:
             return
         time.sleep(1)
@@ -492,6 +488,8 @@ def _log_toggled(
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
         proc.wait(window + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"--log-cost: the generator failed (exit {proc.returncode})")
     _await_log_caught_up()
     with_log = [w["rps"] for w in windows if not w["paused"]]
     without = [w["rps"] for w in windows if w["paused"]]
@@ -643,7 +641,7 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument(
         "--log-window", type=float, default=5.0, metavar="S", help="seconds per --log-cost window (5)"
-)  # fmt: skip
+    )
     parser.add_argument(
         "--catalog", default="", metavar="N,…",
         help="instead of the sweep over --users: the demo catalog evenly, then synthetic catalogs of N "
